@@ -1,0 +1,3 @@
+"""lkm_core: the LKM-UNet segmentation engine (no Slicer, no Qt)."""
+
+__version__ = "0.1.0"
