@@ -1,0 +1,93 @@
+"""The Mamba layer (Gu & Dao), with mamba_ssm's parameter names, shapes and initialisation.
+
+State dicts move between this layer and ``mamba_ssm.Mamba`` unchanged: in_proj, conv1d,
+x_proj, dt_proj, A_log, D, out_proj. The fused CUDA kernels are used when present; otherwise
+the depthwise causal convolution is a padded nn.Conv1d and the scan is ours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .kernels import causal_conv1d_fn
+from .scan import selective_scan
+
+
+class Mamba(nn.Module):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random",
+                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4, conv_bias: bool = True,
+                 bias: bool = False, use_out_proj: bool = True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        # A bidirectional block sums two inner outputs and projects them once, so it asks
+        # its Mamba layers for no out_proj (and no such keys in the state dict).
+        self.out_proj = (nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+                         if use_out_proj else nn.Identity())
+
+        self._init_dt(dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+        # S4D-real initialisation: A = -(1..n) for every channel, stored as log, kept in fp32
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+
+    def _init_dt(self, dt_init, dt_scale, dt_min, dt_max, dt_init_floor):
+        std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        else:
+            raise ValueError(f"dt_init must be 'random' or 'constant', not {dt_init!r}")
+        # bias such that softplus(bias) is log-uniform in [dt_min, dt_max]
+        dt = torch.exp(torch.rand(self.d_inner, device=self.dt_proj.bias.device)
+                       * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        inverse_softplus = dt + torch.log(-torch.expm1(-dt))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inverse_softplus)
+        self.dt_proj.bias._no_reinit = True
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, length, d_model) -> (batch, length, d_model) (d_inner without out_proj)."""
+        # fp16 scans overflow: the whole layer runs in fp32 whatever autocast says
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self._forward_fp32(hidden.float())
+
+    def _forward_fp32(self, hidden):
+        length = hidden.shape[1]
+        xz = self.in_proj(hidden).transpose(1, 2)              # (b, 2*d_inner, l)
+        x, z = xz.chunk(2, dim=1)
+        x = self._causal_conv(x.contiguous(), length)
+        x_dbl = self.x_proj(x.transpose(1, 2))                  # (b, l, r + 2n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias goes in as delta_bias
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(x, delta.contiguous(), A, B.transpose(1, 2).contiguous(),
+                           C.transpose(1, 2).contiguous(), self.D.float(), z.contiguous(),
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
+
+    def _causal_conv(self, x, length):
+        fused = causal_conv1d_fn() if x.is_cuda else None
+        if fused is not None:
+            weight = self.conv1d.weight.squeeze(1)
+            return fused(x, weight, self.conv1d.bias, activation="silu")
+        return F.silu(self.conv1d(x)[..., :length])
