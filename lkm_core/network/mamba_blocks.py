@@ -1,0 +1,160 @@
+"""The Mamba parts of LKM-UNet: bidirectional Mamba (BiM), pixel-level (PiM) and patch-level (PaM).
+
+PiM cuts the feature map into windows and runs BiM inside each window, so every sequence is a
+large *local* kernel. Two partitions are offered:
+
+* ``"window"`` (the paper): contiguous windows of the given size; the tokens of one window are
+  one sequence, in raster order, so spatial neighbours stay close in the sequence.
+* ``"strided"`` (the official code): the given sizes are strides; sequence (i, j, k) holds the
+  voxels at offsets (i, j, k) modulo the stride, i.e. a dilated grid across the whole map.
+
+A map that the window does not divide is zero-padded at its far end and cropped afterwards; it
+is never turned into one global sequence (the official code does, which can need tens of GB).
+
+PaM average-pools each window to one token, runs BiM over the pooled tokens (global context
+at low cost) and copies each result back over its window.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ssm import Mamba
+
+PARTITIONS = ("window", "strided")
+
+
+def _pad_to_multiple(x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial dims of (B, C, *S) at their far end to multiples of sizes."""
+    spatial = x.shape[2:]
+    padded = tuple(math.ceil(s / w) * w for s, w in zip(spatial, sizes))
+    if padded == tuple(spatial):
+        return x, padded
+    pad = []
+    for s, p in reversed(list(zip(spatial, padded))):
+        pad += [0, p - s]
+    return F.pad(x, pad), padded
+
+
+def _crop(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    return x[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+
+
+def partition(x: torch.Tensor, sizes: Sequence[int], mode: str = "window"):
+    """(B, C, *S) -> sequences (B * n_seq, seq_len, C) and what `unpartition` needs."""
+    if mode not in PARTITIONS:
+        raise ValueError(f"pim_partition must be one of {PARTITIONS}, not {mode!r}")
+    dims = x.dim() - 2
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) != dims:
+        raise ValueError(f"window {sizes} does not match a {dims}D feature map")
+    spatial = tuple(x.shape[2:])
+    x, padded = _pad_to_multiple(x, sizes)
+    B, C = x.shape[:2]
+    counts = tuple(p // w for p, w in zip(padded, sizes))
+    split = [B, C]
+    for n, w in zip(counts, sizes):
+        split += [n, w]
+    x = x.reshape(split)  # (B, C, n0, w0, n1, w1, ...)
+    count_axes = [2 + 2 * i for i in range(dims)]
+    size_axes = [3 + 2 * i for i in range(dims)]
+    if mode == "window":   # one sequence per window, tokens = positions inside the window
+        seq_axes, tok_axes = count_axes, size_axes
+    else:                  # one sequence per offset, tokens = the strided grid of that offset
+        seq_axes, tok_axes = size_axes, count_axes
+    seqs = x.permute(0, *seq_axes, *tok_axes, 1)
+    seq_len = math.prod(seqs.shape[1 + dims:1 + 2 * dims])
+    seqs = seqs.reshape(-1, seq_len, C)
+    return seqs, (spatial, padded, sizes, counts, mode)
+
+
+def unpartition(seqs: torch.Tensor, batch: int, layout) -> torch.Tensor:
+    """Inverse of `partition`: (B * n_seq, seq_len, C) -> (B, C, *S)."""
+    spatial, padded, sizes, counts, mode = layout
+    dims = len(sizes)
+    C = seqs.shape[-1]
+    seq_shape, tok_shape = (counts, sizes) if mode == "window" else (sizes, counts)
+    x = seqs.reshape(batch, *seq_shape, *tok_shape, C)
+    # axes now: 0 batch, 1..dims seq index, dims+1..2dims token index, last channel
+    order = [0, 2 * dims + 1]
+    for i in range(dims):
+        count_axis, size_axis = (1 + i, 1 + dims + i) if mode == "window" else (1 + dims + i, 1 + i)
+        order += [count_axis, size_axis]
+    x = x.permute(order).reshape(batch, C, *padded)
+    return _crop(x, spatial)
+
+
+class BiMamba(nn.Module):
+    """LayerNorm, then Mamba over the sequence and (separate weights) over its reverse.
+
+    The two inner outputs are summed (the reverse one flipped back) and projected once by a
+    shared Linear(d_inner -> C): each Mamba has no out_proj of its own.
+    """
+
+    def __init__(self, channels: int, bidirectional: bool = True, d_state: int = 16,
+                 d_conv: int = 4, expand: int = 2):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.mamba_fwd = Mamba(channels, d_state, d_conv, expand, use_out_proj=False)
+        self.mamba_bwd = (Mamba(channels, d_state, d_conv, expand, use_out_proj=False)
+                          if bidirectional else None)
+        self.out_proj = nn.Linear(self.mamba_fwd.d_inner, channels, bias=False)
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(N, L, C) -> (N, L, C), fp32 throughout."""
+        with torch.autocast(device_type=seqs.device.type, enabled=False):
+            normed = self.norm(seqs.float())
+            inner = self.mamba_fwd(normed)
+            if self.mamba_bwd is not None:
+                inner = inner + self.mamba_bwd(normed.flip(1)).flip(1)
+            return self.out_proj(inner)
+
+
+class PixelMamba(nn.Module):
+    """PiM: BiM inside each window (or strided sequence) of the feature map, plus the input."""
+
+    def __init__(self, channels: int, window: Sequence[int], partition_mode: str = "window",
+                 bidirectional: bool = True, **mamba_kwargs):
+        super().__init__()
+        if partition_mode not in PARTITIONS:
+            raise ValueError(f"pim_partition must be one of {PARTITIONS}, not {partition_mode!r}")
+        self.window = tuple(int(w) for w in window)
+        self.partition_mode = partition_mode
+        self.bim = BiMamba(channels, bidirectional, **mamba_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seqs, layout = partition(x, self.window, self.partition_mode)
+        out = unpartition(self.bim(seqs), x.shape[0], layout)
+        return (x.float() + out).to(x.dtype)
+
+
+class PatchMamba(nn.Module):
+    """PaM: average-pool each pooling window to one token, BiM over the tokens, copy back, add."""
+
+    def __init__(self, channels: int, pool: Sequence[int], bidirectional: bool = True, **mamba_kwargs):
+        super().__init__()
+        self.pool = tuple(int(p) for p in pool)
+        self.bim = BiMamba(channels, bidirectional, **mamba_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x.shape[2:]
+        xf = x.float()
+        padded, _ = _pad_to_multiple(xf, self.pool)
+        pool_op = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[x.dim() - 2]
+        pooled = pool_op(padded, self.pool, self.pool)
+        if padded.shape != xf.shape:
+            # average over real voxels only: padding must not dilute border windows
+            ones, _ = _pad_to_multiple(torch.ones_like(xf[:, :1]), self.pool)
+            pooled = pooled / pool_op(ones, self.pool, self.pool).clamp_min(1e-6)
+        B, C = pooled.shape[:2]
+        grid = pooled.shape[2:]
+        tokens = pooled.reshape(B, C, -1).transpose(1, 2)
+        out = self.bim(tokens).transpose(1, 2).reshape(B, C, *grid)
+        for axis, p in enumerate(self.pool):
+            out = out.repeat_interleave(p, dim=2 + axis)   # nearest-neighbour unpooling
+        return (xf + _crop(out, spatial)).to(x.dtype)
