@@ -1,0 +1,215 @@
+"""The predictor: one image in, a label image on the input's exact grid out.
+
+    predictor = Predictor(load_bundle("model.zip"), device="auto", quick=True)
+    result = predictor.predict_file("ct.nii.gz")      # result.labels: SimpleITK image
+
+Device "auto" takes CUDA when torch sees a GPU, else the CPU. On the GPU convolutions run under
+autocast (the network keeps its Mamba layers in fp32); on CUDA out-of-memory the predictor halves
+the batch, then keeps the results on the CPU, then runs on the CPU, and logs a warning each time.
+Quick mode runs at the bundle's ``quick_spacing`` (3 mm by default). A subset of structures keeps
+only those labels (the network still sees every class, so boundaries match a full run).
+Progress goes to ``progress(event_dict)``; ``cancel`` (a threading.Event or a callable returning
+True) stops the run between patches with :class:`~lkm_core.errors.Cancelled`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .bundle import Bundle
+from .errors import InputError, ResourceError
+from . import io as lkm_io
+from .preprocessing import labels_to_input, prepare
+from .sliding_window import DeviceOutOfMemory, predict_sliding_window
+
+log = logging.getLogger(__name__)
+
+PHASES = ("read", "preprocess", "network", "postprocess", "write")
+
+
+@dataclass
+class Result:
+    case: str
+    labels: sitk.Image                 # on the input grid, uint8/uint16
+    label_list: list                   # bundle Labels present in the output (subset applied)
+    device: str
+    timings: dict = field(default_factory=dict)
+    network_shape: tuple = ()
+    network_spacing: tuple = ()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of PyTorch" if torch.version.cuda is None else \
+                f"PyTorch built for CUDA {torch.version.cuda}, but no usable GPU/driver was found"
+            raise ResourceError(f"The GPU was requested (--device {device}) but this is {build}. "
+                                "Use --device cpu, or install a CUDA build of PyTorch that "
+                                "matches the NVIDIA driver.")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"Unknown device {device!r}: use auto, cpu or cuda.")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+
+
+def resolve_subset(bundle: Bundle, subset: Sequence[str] | None) -> list:
+    """Bundle labels for the requested names (all when subset is empty)."""
+    if not subset:
+        return list(bundle.labels)
+    chosen, unknown = [], []
+    for name in subset:
+        lab = bundle.label_by_name(name)
+        (chosen if lab else unknown).append(lab or name)
+    if unknown:
+        raise InputError(f"Unknown structure name(s) in --subset: {', '.join(unknown)}. The model "
+                         f"{bundle.name} knows: {', '.join(lab.name for lab in bundle.labels)}.")
+    return sorted(set(chosen), key=lambda lab: lab.value)
+
+
+class Predictor:
+    def __init__(self, bundle: Bundle, *, device: str = "auto", threads: int | None = None,
+                 quick: bool = False, tta: bool = False, step: float | None = None,
+                 batch_size: int | None = None, subset: Sequence[str] | None = None,
+                 folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
+                 progress: Callable[[dict], None] | None = None, cancel=None):
+        self.bundle = bundle
+        set_threads(threads)
+        self.device = resolve_device(device)
+        self.quick = quick
+        defaults = bundle.inference_defaults
+        self.step = float(step if step is not None else defaults.get("step", 0.5))
+        if not 0 < self.step <= 1:
+            raise InputError(f"--step must be in (0, 1], not {self.step}.")
+        n_axes = 3 if bundle.dimension == "3d" else 2
+        self.mirror_axes = tuple(defaults.get("mirror_axes", range(n_axes))) if tta else ()
+        self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
+        self.labels = resolve_subset(bundle, subset)
+        self.progress = progress
+        self.cancel = cancel
+        self.folds = list(folds) if folds else bundle.folds
+        self._networks = list(networks) if networks is not None else None
+        self._networks_device = None
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _emit(self, case, phase, fraction):
+        if self.progress is not None:
+            self.progress({"event": "progress", "case": case, "phase": phase,
+                           "fraction": round(float(fraction), 4)})
+
+    def _should_stop(self) -> bool:
+        c = self.cancel
+        if c is None:
+            return False
+        return c.is_set() if hasattr(c, "is_set") else bool(c())
+
+    def networks(self, device: torch.device) -> list:
+        if self._networks is None or (self._networks_device is not None
+                                      and self._networks_device != device):
+            if self._networks is None:
+                self._networks = [self.bundle.load_network(f, device) for f in self.folds]
+            else:
+                self._networks = [n.to(device) for n in self._networks]
+            self._networks_device = device
+        return self._networks
+
+    @property
+    def spacing(self) -> tuple:
+        return self.bundle.quick_spacing if self.quick else self.bundle.spacing
+
+    # --- the pipeline ------------------------------------------------------------------------
+    def predict_file(self, path, case: str | None = None) -> Result:
+        case = case or lkm_io.case_name(path)
+        self._emit(case, "read", 0.0)
+        t0 = time.perf_counter()
+        image = lkm_io.read_image(path)
+        image = lkm_io.validate_image(image, path, self.bundle.dimension)
+        timings = {"read": time.perf_counter() - t0}
+        self._emit(case, "read", 1.0)
+        return self.predict_image(image, case=case, timings=timings)
+
+    def predict_image(self, image: sitk.Image, case: str = "image",
+                      timings: dict | None = None) -> Result:
+        timings = dict(timings or {})
+        if image.GetPixelID() != sitk.sitkFloat32 or image.GetDimension() != 3:
+            image = lkm_io.validate_image(image, case, self.bundle.dimension)
+        b = self.bundle
+        self._emit(case, "preprocess", 0.0)
+        t0 = time.perf_counter()
+        prepared = prepare(image, spacing=self.spacing, transpose=b.transpose,
+                           dimension=b.dimension, normalization=b.normalization,
+                           orientation=b.orientation, timings=timings)
+        timings["preprocess"] = time.perf_counter() - t0
+        self._emit(case, "preprocess", 1.0)
+        if self._should_stop():
+            from .errors import Cancelled
+            raise Cancelled("Stopped by the user.")
+
+        t0 = time.perf_counter()
+        self._emit(case, "network", 0.0)
+        labels, used = self._run_network(prepared.array, case)
+        timings["network"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self._emit(case, "postprocess", 0.0)
+        keep = {lab.value for lab in self.labels}
+        if len(keep) < len(b.labels):
+            lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=labels.dtype)
+            for v in keep:
+                if v < len(lut):
+                    lut[v] = v
+            labels = lut[labels]
+        label_image = labels_to_input(labels, prepared, image)
+        timings["postprocess"] = time.perf_counter() - t0
+        self._emit(case, "postprocess", 1.0)
+        return Result(case=case, labels=label_image, label_list=list(self.labels),
+                      device=str(used), timings=timings,
+                      network_shape=tuple(prepared.array.shape[1:]),
+                      network_spacing=tuple(prepared.grid.GetSpacing()))
+
+    def _run_network(self, array: np.ndarray, case: str):
+        b = self.bundle
+        patch = tuple(b.patch_size) if b.dimension == "3d" else (1, *b.patch_size)
+        mirror = tuple(a + 1 for a in self.mirror_axes) if b.dimension == "2d" else self.mirror_axes
+        device = self.device
+        attempts = [(device, device)]
+        if device.type == "cuda":
+            attempts += [(device, torch.device("cpu")), (torch.device("cpu"), torch.device("cpu"))]
+        for n, (dev, results_dev) in enumerate(attempts):
+            try:
+                labels = predict_sliding_window(
+                    self.networks(dev), array, patch, b.num_classes, step=self.step,
+                    mirror_axes=mirror, batch_size=self.batch_size if dev.type == "cuda" else 1,
+                    device=dev, results_device=results_dev,
+                    autocast_dtype=torch.float16 if dev.type == "cuda" else None,
+                    progress=lambda f: self._emit(case, "network", f),
+                    should_stop=self._should_stop)
+                return labels, dev
+            except (DeviceOutOfMemory, torch.cuda.OutOfMemoryError) as exc:
+                if n + 1 == len(attempts):
+                    raise ResourceError("Out of memory even on the CPU. Use --quick, close other "
+                                        "programs, or use a machine with more memory.") from exc
+                torch.cuda.empty_cache()
+                nxt = attempts[n + 1]
+                if nxt[0].type == "cpu":
+                    log.warning("CUDA out of memory: continuing on CPU (slower)")
+                else:
+                    log.warning("CUDA out of memory: keeping the results on the CPU and retrying")
+                self.batch_size = 1
+        raise AssertionError("unreachable")

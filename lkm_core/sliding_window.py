@@ -1,0 +1,179 @@
+"""Sliding-window prediction: overlapping patches, Gaussian weighting, mirroring, padding.
+
+Works on a network-ready array (C, D, H, W) and returns the label map (D, H, W) (argmax over
+classes of the Gaussian-weighted sum of logits over patches, mirrors and folds). The weighted sum
+is not divided by the summed weights: that division is a positive per-voxel factor and does not
+change the argmax, so one accumulator of (classes, D, H, W) is all the memory needed.
+
+A 2D network runs through the same code with a patch of depth 1: each patch is a slice window,
+squeezed to (B, C, H, W) for the network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import Cancelled
+
+log = logging.getLogger(__name__)
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """CUDA ran out of memory even with one patch per batch."""
+
+
+def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1 / 8) -> torch.Tensor:
+    """Separable Gaussian centred in the patch, max 1, no zeros (edges still count a little)."""
+    weights = None
+    for n in patch:
+        if n == 1:
+            axis = torch.ones(1)
+        else:
+            sigma = n * sigma_scale
+            x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+            axis = torch.exp(-0.5 * (x / sigma) ** 2)
+        weights = axis if weights is None else weights[..., None] * axis
+    weights = (weights / weights.max()).float()
+    floor = weights[weights > 0].min()
+    return torch.clamp(weights, min=float(floor))
+
+
+def tile_starts(size: int, patch: int, step: float) -> list:
+    """Start indices of patches along one axis: evenly spaced, overlap >= 1 - step, first at 0,
+    last flush with the end."""
+    if size <= patch:
+        return [0]
+    n = math.ceil((size - patch) / (patch * step)) + 1
+    stride = (size - patch) / (n - 1)
+    return [int(round(i * stride)) for i in range(n)]
+
+
+def pad_to_patch(array: torch.Tensor, patch: Sequence[int]):
+    """Pad spatial axes (symmetrically, zeros) to at least the patch; returns (array, slices to
+    crop the result back)."""
+    spatial = array.shape[1:]
+    pads, crops = [], []
+    for n, p in zip(spatial, patch):
+        total = max(0, p - n)
+        before = total // 2
+        pads.append((before, total - before))
+        crops.append(slice(before, before + n))
+    if not any(sum(p) for p in pads):
+        return array, tuple(crops)
+    flat = [v for pair in reversed(pads) for v in pair]  # torch pads the last axis first
+    return torch.nn.functional.pad(array, flat), tuple(crops)
+
+
+def mirror_sets(mirror_axes: Sequence[int]) -> list:
+    """All combinations of flips of the given spatial axes (0-based), identity first."""
+    axes = list(mirror_axes)
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def predict_sliding_window(
+    networks: Sequence[Callable],
+    array: np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    *,
+    step: float = 0.5,
+    mirror_axes: Sequence[int] = (),
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    results_device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Label map (D, H, W) of ``array`` (C, D, H, W).
+
+    ``patch_size`` has 3 entries (a 2D network: (1, h, w)). ``networks`` are callables taking
+    (B, C, *patch) [2D: (B, C, h, w)] and returning logits (B, num_classes, same spatial).
+    On CUDA out-of-memory the batch is halved; with one patch it raises DeviceOutOfMemory.
+    """
+    device = torch.device(device)
+    results_device = torch.device(results_device) if results_device else device
+    two_d = patch_size[0] == 1
+    data = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+    data, crops = pad_to_patch(data, patch_size)
+    spatial = data.shape[1:]
+    weights = gaussian_weights(patch_size).to(results_device)
+    starts = [tile_starts(n, p, step if not (two_d and axis == 0) else 1.0)
+              for axis, (n, p) in enumerate(zip(spatial, patch_size))]
+    tiles = list(itertools.product(*starts))
+    mirrors = mirror_sets(mirror_axes)
+    accumulator = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=results_device)
+    total = len(tiles) * len(mirrors) * len(networks)
+    done = 0
+    log.info("sliding window: %d patches of %s, %d mirror(s), %d fold(s) on %s",
+             len(tiles), tuple(patch_size), len(mirrors), len(networks), device)
+
+    def run(net, batch):
+        x = batch.to(device, non_blocking=True)
+        summed = None
+        for flips in mirrors:
+            dims = [a + 2 for a in flips]
+            xi = torch.flip(x, dims) if dims else x
+            if two_d:
+                xi = xi[:, :, 0]
+            with torch.autocast(device.type, dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
+                y = net(xi)
+            if isinstance(y, (list, tuple)):  # deep supervision left on: full resolution first
+                y = y[0]
+            y = y.float()
+            if two_d:
+                y = y[:, :, None]
+            if dims:
+                y = torch.flip(y, dims)
+            summed = y if summed is None else summed + y
+        return summed
+
+    with torch.inference_mode():
+        for net in networks:
+            i = 0
+            while i < len(tiles):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("Stopped by the user.")
+                chunk = tiles[i:i + batch_size]
+                batch = torch.stack([
+                    data[(slice(None), *[slice(s, s + p) for s, p in zip(t, patch_size)])]
+                    for t in chunk])
+                try:
+                    logits = run(net, batch)
+                except RuntimeError as exc:
+                    if device.type != "cuda" or not _is_oom(exc):
+                        raise
+                    del exc
+                    torch.cuda.empty_cache()
+                    if batch_size == 1:
+                        raise DeviceOutOfMemory("CUDA out of memory with one patch per batch")
+                    batch_size = max(1, batch_size // 2)
+                    log.warning("CUDA out of memory: retrying with %d patch(es) per batch",
+                                batch_size)
+                    continue
+                if logits.shape[1] != num_classes:
+                    raise ValueError(f"network returned {logits.shape[1]} classes, "
+                                     f"the model lists {num_classes}")
+                logits = logits.to(results_device)
+                for t, y in zip(chunk, logits):
+                    region = (slice(None), *[slice(s, s + p) for s, p in zip(t, patch_size)])
+                    accumulator[region].addcmul_(y, weights)
+                i += len(chunk)
+                done += len(chunk) * len(mirrors)
+                if progress is not None:
+                    progress(done / total)
+        labels = accumulator[(slice(None), *crops)].argmax(0)
+    del accumulator
+    labels = labels.to(torch.uint8 if num_classes <= 256 else torch.int16)
+    return labels.cpu().numpy()

@@ -1,0 +1,133 @@
+"""Names, colours and SNOMED CT codes of common abdominal structures.
+
+Used when a bundle is made (``bundle init``, nnU-Net export) to give every label a display name,
+a colour and a terminology entry that 3D Slicer understands, and by the outputs to write them
+into ``.seg.nrrd`` files.
+
+Conventions
+-----------
+- Keys are lower-case snake_case names (``kidney_right``); :func:`lookup` also accepts spaces,
+  hyphens and capitals ("Kidney Right", "kidney-right").
+- Colours are RGB floats in 0–1 (Slicer's segment colour convention).
+- Codes are ``{"scheme": "SCT", "code": "...", "meaning": "..."}`` (SNOMED CT). A terminology
+  entry is ``{"category": code, "type": code, "modifier": code (optional)}``.
+- A name not in the table gets a neutral colour and the generic "Tissue" type, so a model with
+  unusual labels still loads; its terminology is marked as such.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+SCHEME = "SCT"
+SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+def code(value: str, meaning: str) -> dict:
+    return {"scheme": SCHEME, "code": value, "meaning": meaning}
+
+
+ANATOMICAL_STRUCTURE = code("123037004", "Anatomical Structure")
+TISSUE_CATEGORY = code("85756007", "Tissue")
+TISSUE_TYPE = code("85756007", "Tissue")
+RIGHT = code("24028007", "Right")
+LEFT = code("7771000", "Left")
+
+NEUTRAL_COLOR = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Structure:
+    name: str           # snake_case key
+    display: str        # human-readable name
+    color: tuple        # RGB 0-1
+    type: dict          # SNOMED CT type code
+    modifier: dict | None = None
+
+    def terminology(self) -> dict:
+        entry = {"category": dict(ANATOMICAL_STRUCTURE), "type": dict(self.type)}
+        if self.modifier:
+            entry["modifier"] = dict(self.modifier)
+        return entry
+
+
+def _rgb(r: int, g: int, b: int) -> tuple:
+    return (round(r / 255, 4), round(g / 255, 4), round(b / 255, 4))
+
+
+# Colours follow the customary anatomical palette (liver brown-red, spleen purple, kidneys
+# orange, gallbladder green, vessels red/blue, ...).
+_STRUCTURES = [
+    Structure("liver", "Liver", _rgb(221, 130, 101), code("10200004", "Liver")),
+    Structure("spleen", "Spleen", _rgb(157, 108, 162), code("78961009", "Spleen")),
+    Structure("kidney_right", "Right kidney", _rgb(185, 102, 83), code("64033007", "Kidney"), RIGHT),
+    Structure("kidney_left", "Left kidney", _rgb(185, 102, 83), code("64033007", "Kidney"), LEFT),
+    Structure("kidney", "Kidney", _rgb(185, 102, 83), code("64033007", "Kidney")),
+    Structure("gallbladder", "Gallbladder", _rgb(139, 150, 98), code("28231008", "Gallbladder")),
+    Structure("stomach", "Stomach", _rgb(216, 132, 105), code("69695003", "Stomach")),
+    Structure("pancreas", "Pancreas", _rgb(249, 180, 111), code("15776009", "Pancreas")),
+    Structure("aorta", "Aorta", _rgb(224, 97, 76), code("15825003", "Aorta")),
+    Structure("inferior_vena_cava", "Inferior vena cava", _rgb(0, 151, 206),
+              code("64131007", "Inferior vena cava")),
+    Structure("portal_vein", "Portal vein", _rgb(0, 112, 165), code("32764006", "Portal vein")),
+    Structure("esophagus", "Esophagus", _rgb(211, 171, 143), code("32849002", "Esophagus")),
+    Structure("duodenum", "Duodenum", _rgb(255, 253, 229), code("38848004", "Duodenum")),
+    Structure("small_intestine", "Small intestine", _rgb(205, 167, 142),
+              code("30315005", "Small intestine")),
+    Structure("colon", "Colon", _rgb(204, 168, 143), code("71854001", "Colon")),
+    Structure("urinary_bladder", "Urinary bladder", _rgb(222, 154, 132),
+              code("89837001", "Urinary bladder")),
+    Structure("adrenal_gland_right", "Right adrenal gland", _rgb(249, 186, 150),
+              code("23451007", "Adrenal gland"), RIGHT),
+    Structure("adrenal_gland_left", "Left adrenal gland", _rgb(249, 186, 150),
+              code("23451007", "Adrenal gland"), LEFT),
+    Structure("prostate", "Prostate", _rgb(230, 158, 140), code("41216001", "Prostate")),
+    Structure("heart", "Heart", _rgb(206, 110, 84), code("80891009", "Heart")),
+]
+
+TABLE: dict[str, Structure] = {s.name: s for s in _STRUCTURES}
+
+# other spellings people (and datasets) use
+ALIASES = {
+    "right_kidney": "kidney_right", "left_kidney": "kidney_left",
+    "gall_bladder": "gallbladder", "ivc": "inferior_vena_cava", "postcava": "inferior_vena_cava",
+    "vena_cava_inferior": "inferior_vena_cava", "bladder": "urinary_bladder",
+    "oesophagus": "esophagus", "right_adrenal_gland": "adrenal_gland_right",
+    "left_adrenal_gland": "adrenal_gland_left", "portal_vein_and_splenic_vein": "portal_vein",
+}
+
+
+def normalize_name(name: str) -> str:
+    """'Kidney Right' / 'kidney-right' -> 'kidney_right'."""
+    return "_".join(str(name).strip().lower().replace("-", " ").replace("_", " ").split())
+
+
+def lookup(name: str) -> Structure | None:
+    """The table entry for a structure name (any common spelling), or None."""
+    key = normalize_name(name)
+    key = ALIASES.get(key, key)
+    return TABLE.get(key)
+
+
+def label_entry(value: int, name: str) -> dict:
+    """A bundle label dict for ``name``: display colour and terminology from the table, or a
+    neutral fallback (grey, generic "Tissue") for unknown names."""
+    structure = lookup(name)
+    if structure is None:
+        return {"value": int(value), "name": str(name), "color": list(NEUTRAL_COLOR),
+                "terminology": {"category": dict(TISSUE_CATEGORY), "type": dict(TISSUE_TYPE)}}
+    return {"value": int(value), "name": structure.name, "color": list(structure.color),
+            "terminology": copy.deepcopy(structure.terminology())}
+
+
+def slicer_terminology_string(terminology: dict) -> str:
+    """The ``TerminologyEntry`` tag Slicer stores in ``.seg.nrrd`` headers."""
+
+    def triple(c):
+        return "^".join([c.get("scheme", ""), c.get("code", ""), c.get("meaning", "")]) if c else "^^"
+
+    return "~".join([SLICER_CONTEXT, triple(terminology.get("category")),
+                     triple(terminology.get("type")), triple(terminology.get("modifier")),
+                     ANATOMIC_CONTEXT, "^^", "^^"])
