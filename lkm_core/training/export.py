@@ -1,0 +1,289 @@
+"""nnU-Net results folder -> model bundle.
+
+A results folder (``$nnUNet_results/DatasetXXX_Name/Trainer__Plans__Configuration``) holds
+plans.json, dataset.json, dataset_fingerprint.json and fold_*/checkpoint_*.pth. Everything the
+bundle needs is read from there: the network (the configuration's ``architecture`` block, which
+names lkm_core.network.LKMUNet), the preprocessing (spacing, patch size, transpose_forward,
+normalisation schemes with the dataset's intensity statistics), the labels (dataset.json; colours
+and SNOMED CT codes from lkm_core.terminology), and provenance (trainer, plans, epochs, date).
+The weights go to safetensors; nothing pickled ends up in the bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import re
+from pathlib import Path
+
+from ..errors import InputError, ModelError
+from .plans import NETWORK_CLASS, resolve_configuration
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+
+
+# ---------------------------------------------------------------------------------------------
+def load_checkpoint(path: Path, trust: bool = False) -> dict:
+    """Read an nnU-Net checkpoint. First with ``weights_only=True`` (no code can run); the
+    numpy scalars nnU-Net stores in its logs are allowed explicitly. ``trust=True`` falls back to
+    a full unpickle, for checkpoints written by your own training that still do not load."""
+    import numpy as np
+    import torch
+
+    safe = [np.dtype, type(np.dtype("float64")), type(np.dtype("float32")), type(np.dtype("int64"))]
+    try:
+        safe.append(np._core.multiarray.scalar)  # numpy >= 2
+    except AttributeError:
+        safe.append(np.core.multiarray.scalar)
+    try:
+        with torch.serialization.safe_globals(safe):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError and friends
+        if not trust:
+            raise ModelError(
+                f"The checkpoint {path} holds objects that cannot be loaded safely ({str(exc)[:200]}). "
+                "If it comes from your own training, repeat the command with --trust-checkpoint.") from exc
+        log.warning("Loading %s with a full unpickle (trusted by the user)", path)
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Strip DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def find_folds(results: Path, folds=None, checkpoint_name: str = "checkpoint_final.pth") -> dict:
+    """{fold_name: checkpoint path}."""
+    if folds:
+        names = [f if str(f).startswith("fold_") else f"fold_{f}" for f in folds]
+    else:
+        names = sorted(p.name for p in results.glob("fold_*") if p.is_dir())
+    out = {}
+    for name in names:
+        ckpt = results / name / checkpoint_name
+        if ckpt.is_file():
+            out[name] = ckpt
+        elif folds:
+            raise InputError(f"{ckpt} does not exist (has fold {name} finished training?).")
+    if not out:
+        raise InputError(f"No {checkpoint_name} in any fold_* folder of {results}. Finish training first, "
+                         "or name another checkpoint with --checkpoint (e.g. checkpoint_best.pth).")
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing: is this an nnU-Net results folder "
+                         "(Trainer__Plans__Configuration)?") from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+def normalization_from_plans(plans: dict, config: dict, fingerprint: dict | None) -> list:
+    """nnU-Net's normalisation schemes and intensity statistics -> bundle entries."""
+    props = plans.get("foreground_intensity_properties_per_channel") \
+        or plans.get("foreground_intensity_properties_by_modality") \
+        or (fingerprint or {}).get("foreground_intensity_properties_per_channel") or {}
+    use_mask = config.get("use_mask_for_norm") or []
+    out = []
+    for i, scheme in enumerate(config["normalization_schemes"]):
+        if scheme == "CTNormalization":
+            p = props.get(str(i)) or (fingerprint or {}).get(
+                "foreground_intensity_properties_per_channel", {}).get(str(i))
+            if not p:
+                raise InputError(f"The plans have no intensity statistics for channel {i} "
+                                 "(foreground_intensity_properties_per_channel); CT normalisation needs them.")
+            out.append({"scheme": "ct", "clip": [float(p["percentile_00_5"]), float(p["percentile_99_5"])],
+                        "mean": float(p["mean"]), "std": float(p["std"])})
+        elif scheme == "ZScoreNormalization":
+            out.append({"scheme": "zscore", "use_mask": bool(use_mask[i]) if i < len(use_mask) else False})
+        elif scheme == "NoNormalization":
+            out.append({"scheme": "none"})
+        else:
+            raise InputError(f"Channel {i} uses nnU-Net's {scheme}, which lkm_core's predictor does not "
+                             "implement (it knows CTNormalization, ZScoreNormalization, NoNormalization).")
+    return out
+
+
+def labels_from_dataset(dataset_json: dict) -> tuple[list, int]:
+    """dataset.json labels -> ([{value, name}], number of network outputs)."""
+    labels = dataset_json.get("labels")
+    if not labels:
+        raise InputError("dataset.json has no labels.")
+    if dataset_json.get("regions_class_order") is not None or any(
+            isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values()):
+        raise InputError("This model was trained on regions (overlapping labels); lkm_core's predictor "
+                         "supports plain label maps only.")
+    out = []
+    ignore = None
+    for name, value in labels.items():
+        value = int(value[0] if isinstance(value, (list, tuple)) else value)
+        if name == "ignore":
+            ignore = value
+            continue
+        if value > 0:
+            out.append({"value": value, "name": str(name)})
+    out.sort(key=lambda d: d["value"])
+    values = [d["value"] for d in out]
+    if values != list(range(1, len(values) + 1)):
+        raise InputError(f"dataset.json label values must be 1..N without gaps (nnU-Net requires it); got {values}.")
+    if ignore is not None and ignore != len(values) + 1:
+        raise InputError("dataset.json: the ignore label must have the highest value.")
+    return out, len(values) + 1
+
+
+def modality_from_channels(dataset_json: dict) -> str:
+    names = list((dataset_json.get("channel_names") or dataset_json.get("modality") or {}).values())
+    text = " ".join(str(n).upper() for n in names)
+    if "CT" in text.split() or text.strip() == "CT":
+        return "CT"
+    if any(t in text for t in ("MR", "T1", "T2", "FLAIR", "ADC", "DWI")):
+        return "MR"
+    return names[0] if len(names) == 1 else ""
+
+
+def network_config(config: dict, input_channels: int, num_classes: int) -> dict:
+    arch = config.get("architecture") or {}
+    cls = arch.get("network_class_name", "")
+    if cls != NETWORK_CLASS and cls.split(".")[-1] != "LKMUNet":
+        raise InputError(f"This configuration trains {cls or 'an unknown network'}, not LKM-UNet; only "
+                         "LKM-UNet models can become bundles. Add an LKM configuration with "
+                         "`lkm-segment plan` and train that.")
+    kwargs = dict(arch["arch_kwargs"])
+    kwargs.update(input_channels=int(input_channels), num_classes=int(num_classes), deep_supervision=False)
+    return {"class": "LKMUNet", "kwargs": kwargs}
+
+
+def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, configuration: str, *,
+                name: str | None = None, version: str = "1.0.0", description: str | None = None,
+                licence: str | None = None, provenance: dict | None = None,
+                mirror_axes=None) -> dict:
+    """model.json (without folds) for an LKM configuration of these plans."""
+    config = resolve_configuration(plans, configuration)
+    labels, num_classes = labels_from_dataset(dataset_json)
+    channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": "image"}
+    patch = [int(p) for p in config["patch_size"]]
+    dim = "3d" if len(patch) == 3 else "2d"
+    dataset_name = plans.get("dataset_name", "dataset")
+    meta = {
+        "name": name or _slug(dataset_name),
+        "version": str(version),
+        "description": description or f"LKM-UNet ({configuration}) trained with nnU-Net on {dataset_name}",
+        "licence": licence or "unspecified",
+        "modality": modality_from_channels(dataset_json),
+        "dimension": dim,
+        "input_channels": len(channels),
+        "spacing": [float(s) for s in config["spacing"]],
+        "patch_size": patch,
+        "transpose": [int(t) for t in plans.get("transpose_forward", [0, 1, 2])],
+        "normalization": normalization_from_plans(plans, config, fingerprint),
+        "network": network_config(config, len(channels), num_classes),
+        "labels": labels,
+        "inference": {"step": 0.5},
+        "provenance": {"trained": True, **(provenance or {})},
+    }
+    if mirror_axes is not None:
+        meta["inference"]["mirror_axes"] = [int(a) for a in mirror_axes]
+    return meta
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"^Dataset\d+_", "", str(text))
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
+
+
+def _nnunet_version() -> str | None:
+    try:
+        from importlib.metadata import version
+        return version("nnunetv2")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def export_results(results, output, *, folds=None, checkpoint_name: str = "checkpoint_final.pth",
+                   name: str | None = None, version: str = "1.0.0", description: str | None = None,
+                   licence: str | None = None, data: str | None = None, parent: str | None = None,
+                   trust_checkpoint: bool = False) -> Path:
+    """Write a bundle (folder, or .zip when ``output`` ends with .zip) from a results folder."""
+    from ..bundle import write_bundle, zip_bundle
+
+    results = Path(results)
+    if not results.is_dir():
+        raise InputError(f"{results} is not a folder; give nnU-Net's Trainer__Plans__Configuration folder.")
+    plans = _read_json(results / "plans.json")
+    dataset_json = _read_json(results / "dataset.json")
+    fp_path = results / "dataset_fingerprint.json"
+    fingerprint = _read_json(fp_path) if fp_path.is_file() else None
+
+    checkpoints = find_folds(results, folds, checkpoint_name)
+    weights, epochs, trainer, configuration, mirror_axes = {}, {}, None, None, None
+    for fold, path in checkpoints.items():
+        ckpt = load_checkpoint(path, trust_checkpoint)
+        if "network_weights" not in ckpt:
+            raise ModelError(f"{path} is not an nnU-Net checkpoint (no network_weights).")
+        weights[fold] = clean_state_dict(ckpt["network_weights"])
+        epochs[fold] = int(ckpt.get("current_epoch", 0))
+        init = ckpt.get("init_args") or {}
+        trainer = trainer or ckpt.get("trainer_name")
+        configuration = configuration or init.get("configuration")
+        if mirror_axes is None and ckpt.get("inference_allowed_mirroring_axes") is not None:
+            mirror_axes = list(ckpt["inference_allowed_mirroring_axes"])
+    parts = results.name.split("__")
+    if configuration is None:
+        if len(parts) != 3:
+            raise InputError(f"Cannot tell the configuration of {results}: its checkpoints do not name it "
+                             "and the folder is not called Trainer__Plans__Configuration.")
+        configuration = parts[2]
+    provenance = {
+        "data": data or f"{plans.get('dataset_name')} ({dataset_json.get('numTraining', '?')} training cases)",
+        "trainer": trainer or parts[0],
+        "framework": f"nnunetv2 {_nnunet_version() or ''}".strip(),
+        "plans": plans.get("plans_name", parts[1] if len(parts) == 3 else None),
+        "configuration": configuration,
+        "epochs": epochs,
+        "date": _dt.date.today().isoformat(),
+        "source": results.name,
+    }
+    if parent:
+        provenance["fine_tuned_from"] = parent
+    meta = bundle_meta(plans, dataset_json, fingerprint, configuration, name=name, version=version,
+                       description=description, licence=licence, provenance=provenance,
+                       mirror_axes=mirror_axes)
+    _check_weights_fit(meta, weights)
+    output = Path(output)
+    if output.suffix == ".zip":
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = write_bundle(Path(tmp) / "bundle", meta, weights)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            return zip_bundle(folder, output)
+    return write_bundle(output, meta, weights)
+
+
+def _check_weights_fit(meta: dict, weights: dict) -> None:
+    """Build the network once and make sure every fold's weights load strictly."""
+    from ..network import build_network
+
+    net = build_network(meta["network"])
+    expected = net.state_dict()
+    for fold, state in weights.items():
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+        if missing or extra or wrong:
+            raise ModelError(
+                f"The weights of {fold} do not fit the network the plans describe "
+                f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}). Were they trained "
+                "with another configuration or another lkm_core version?")
