@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--folds", type=int, default=1)
     verify = bsub.add_parser("verify", help="check model.json and the weights' checksums")
     verify.add_argument("bundle")
+    from .training.commands import register_bundle_cli, register_cli  # plan, bundle export/...
+    register_cli(sub)
+    register_bundle_cli(bsub)
     return p
 
 
@@ -318,6 +321,8 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "func", None) is not None:  # subcommands of lkm_core.training
+            return args.func(args)
         if args.command == "predict":
             return cmd_predict(args)
         if args.command == "info":
