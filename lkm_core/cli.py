@@ -143,6 +143,14 @@ def _device(args) -> str:
 
 
 def cmd_predict(args) -> int:
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _predict(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _predict(args) -> int:
     from .progress import BarReporter, JsonReporter, NullReporter
 
     if args.progress == "json":
@@ -154,7 +162,6 @@ def cmd_predict(args) -> int:
     level = logging.DEBUG if args.verbose else (logging.INFO if args.progress == "json"
                                                else logging.WARNING)
     _setup_logging(reporter, level)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
 
     def fail(case, exc, code):
         reporter({"event": "error", "case": case, "kind": getattr(exc, "kind", "error"),
