@@ -1,0 +1,194 @@
+"""The module's logic without Qt: segment one or many volumes, export cases for retraining.
+
+``LKMSegmentCore`` works on any MRML scene (``slicer.mrmlScene`` in the app, a fresh
+``vtkMRMLScene`` in tests). A run is driven by calling ``pump()`` (a QTimer in the app) or
+``run_to_end()`` (scripts, tests); the scene is modified only when the engine has finished
+successfully, so Stop or a failure leaves it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import EngineJob, PredictOptions, safe_case_name
+from .export import NnUNetDatasetExporter
+from .models import ModelBundleError, read_model_info
+from .process import SubprocessRunner
+from .scene import ImportReport, ResultImportError, check_input_volume, import_result, write_volume
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationFailed(Exception):
+    """Raised by the blocking helpers when a run did not succeed (message for the user)."""
+
+
+@dataclass
+class RunItem:
+    case: str
+    volume: object
+    target: object = None  # existing segmentation node, or None for a new one
+    name: str | None = None  # name for a new node
+
+
+@dataclass
+class SegmentationRun:
+    scene: object
+    job: EngineJob
+    items: list[RunItem]
+    labels: list = field(default_factory=list)
+    replace_existing: bool = True
+    show_3d: bool = False
+    keep_outputs_dir: str | None = None
+    reports: dict[str, ImportReport] = field(default_factory=dict)
+    import_errors: dict[str, str] = field(default_factory=dict)
+    finished: bool = False
+
+    def pump(self) -> bool:
+        """Advance the run; True while the engine still runs. Imports results at the end."""
+        if self.finished:
+            return False
+        if self.job.pump():
+            return True
+        self._finish()
+        return False
+
+    def run_to_end(self, poll_s: float = 0.05, timeout_s: float | None = None) -> "SegmentationRun":
+        try:
+            self.job.run_to_end(poll_s, timeout_s)
+        finally:
+            self._finish()
+        return self
+
+    def stop(self):
+        if not self.finished:
+            self.job.stop()
+            self.finished = True
+
+    @property
+    def state(self) -> str:
+        if self.job.state == "done" and self.import_errors:
+            return "failed"
+        return self.job.state
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "done"
+
+    def _finish(self):
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            if self.job.state not in ("done", "failed"):
+                return
+            if self.keep_outputs_dir:
+                dest = Path(self.keep_outputs_dir)
+                dest.mkdir(parents=True, exist_ok=True)
+                for path in self.job.output_dir.iterdir():
+                    shutil.copy2(path, dest / path.name)
+            for item in self.items:
+                result = self.job.result_file(item.case)
+                if result is None or item.case in self.job.errors:
+                    continue
+                try:
+                    self.reports[item.case] = import_result(
+                        self.scene, item.volume, result, target=item.target, labels=self.labels,
+                        replace_existing=self.replace_existing, name=item.name,
+                        show_3d=self.show_3d)
+                except (ResultImportError, OSError) as e:
+                    self.import_errors[item.case] = str(e)
+        finally:
+            self.job.cleanup()
+
+    def message(self) -> str:
+        """Summary for the user: what was imported, what failed and why."""
+        parts = []
+        for item in self.items:
+            report = self.reports.get(item.case)
+            if report is not None:
+                parts.append(f"{item.volume.GetName()} → {report.node.GetName()}: {report.text()}")
+        for case, text in self.import_errors.items():
+            parts.append(f"{case}: the result could not be imported: {text}")
+        if self.job.state != "done":
+            parts.append(self.job.failure_message())
+        for warning in self.job.warnings:
+            parts.append(f"Note: {warning}")
+        return "\n".join(parts)
+
+
+class LKMSegmentCore:
+    """Segment volumes with the engine and bring the results into ``scene``."""
+
+    def __init__(self, scene, temp_root: str | None = None, runner_factory=SubprocessRunner,
+                 python: str | None = None):
+        self.scene = scene
+        self.temp_root = temp_root
+        self.runner_factory = runner_factory
+        self.python = python
+
+    def start(self, volumes, options: PredictOptions, targets=None, replace_existing: bool = True,
+              show_3d: bool = False, on_event=None, keep_outputs_dir: str | None = None,
+              names=None) -> SegmentationRun:
+        """Write the inputs and start the engine; returns a run to ``pump()`` or ``stop()``.
+
+        ``targets[i]`` is an existing segmentation node for ``volumes[i]`` or None (new node).
+        """
+        volumes = list(volumes)
+        if not volumes:
+            raise ValueError("Choose at least one input volume.")
+        targets = list(targets) if targets is not None else [None] * len(volumes)
+        names = list(names) if names is not None else [None] * len(volumes)
+        if len(targets) != len(volumes) or len(names) != len(volumes):
+            raise ValueError("One output segmentation (or None) is needed per input volume.")
+        for volume in volumes:
+            check_input_volume(volume)
+        try:
+            labels = read_model_info(options.model).labels
+        except ModelBundleError as e:
+            raise ValueError(str(e)) from None
+        known = {lab.name for lab in labels}
+        unknown = [s for s in options.subset if s not in known]
+        if unknown:
+            raise ValueError(f"The model does not produce {', '.join(unknown)}; "
+                             f"it knows {', '.join(sorted(known))}.")
+
+        job = EngineJob(options, runner=self.runner_factory(), temp_root=self.temp_root,
+                        python=self.python, on_event=on_event)
+        items, taken = [], set()
+        try:
+            for volume, target, name in zip(volumes, targets, names):
+                case = safe_case_name(volume.GetName(), taken)
+                taken.add(case)
+                write_volume(volume, job.input_path(case))
+                items.append(RunItem(case, volume, target, name))
+            job.start()
+        except Exception:
+            job.cleanup()
+            raise
+        return SegmentationRun(self.scene, job, items, labels, replace_existing, show_3d,
+                               keep_outputs_dir)
+
+    def segment(self, volume, options: PredictOptions, target=None, timeout_s: float | None = None,
+                **kwargs) -> ImportReport:
+        """Blocking convenience for scripts: segment one volume, return its import report."""
+        run = self.start([volume], options, targets=[target], **kwargs).run_to_end(timeout_s=timeout_s)
+        if not run.succeeded:
+            raise SegmentationFailed(run.message())
+        return next(iter(run.reports.values()))
+
+    def segment_batch(self, volumes, options: PredictOptions, timeout_s: float | None = None,
+                      **kwargs) -> SegmentationRun:
+        """Blocking: every volume into its own new segmentation node, in one engine run."""
+        return self.start(volumes, options, **kwargs).run_to_end(timeout_s=timeout_s)
+
+    @staticmethod
+    def export_case(volume, seg_node, dataset_dir, model_path, case_name=None):
+        """Append the volume + segmentation to an nnU-Net raw dataset (label table of the model)."""
+        info = read_model_info(model_path)
+        exporter = NnUNetDatasetExporter(dataset_dir, info.label_table(),
+                                         channel_name=info.modality or "CT")
+        return exporter.export_case(volume, seg_node, case_name)

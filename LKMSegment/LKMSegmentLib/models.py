@@ -1,0 +1,201 @@
+"""Model bundles as the module sees them: read ``model.json`` without importing the engine.
+
+The Slicer process never imports torch, so listing models and showing their details reads the
+bundle's JSON directly (a folder or a .zip). Validating a bundle before it is accepted (weights
+present, sha256 matching) is the engine's job: ``lkm_core bundle verify`` in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .process import python_executable
+
+
+class ModelBundleError(Exception):
+    """A bundle that cannot be used; the message says which file and why."""
+
+
+def color_to_rgb01(color) -> tuple[float, float, float]:
+    """Accept '#rrggbb', [r, g, b] in 0..255 or 0..1; return floats in 0..1."""
+    if isinstance(color, str):
+        text = color.lstrip("#")
+        if len(text) != 6:
+            raise ValueError(f"colour {color!r} is not #rrggbb")
+        return tuple(int(text[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+    values = [float(c) for c in list(color)[:3]]
+    if len(values) != 3:
+        raise ValueError(f"colour {color!r} needs three components")
+    if any(v > 1.0 for v in values):
+        values = [v / 255.0 for v in values]
+    return tuple(values)
+
+
+@dataclass
+class LabelInfo:
+    value: int
+    name: str
+    color: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    terminology: object = None
+
+
+@dataclass
+class ModelInfo:
+    path: Path
+    name: str
+    version: str = ""
+    description: str = ""
+    licence: str = ""
+    modality: str = ""
+    labels: list[LabelInfo] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+    def label_table(self) -> dict[str, int]:
+        return {lab.name: lab.value for lab in self.labels}
+
+    def summary(self) -> str:
+        """Multi-line text for the details box of the panel."""
+        lines = [f"{self.name} {self.version}".strip()]
+        if self.description:
+            lines.append(self.description)
+        lines.append(f"Modality: {self.modality or 'not stated'}")
+        lines.append(f"Licence: {self.licence or 'not stated'}")
+        lines.append(f"Structures ({len(self.labels)}): " + ", ".join(self.label_names))
+        lines.append(f"Location: {self.path}")
+        return "\n".join(lines)
+
+
+def _read_model_json(path: Path) -> dict:
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return json.loads((path / "model.json").read_text(encoding="utf-8"))
+        if path.suffix.lower() == ".zip" and path.is_file():
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.split("/")[-1] == "model.json"]
+                if not names:
+                    raise ModelBundleError(f"{path} has no model.json inside; it is not a model bundle.")
+                return json.loads(zf.read(min(names, key=len)).decode("utf-8"))
+    except FileNotFoundError:
+        raise ModelBundleError(f"{path} has no model.json; choose the folder that contains it.") from None
+    except (ValueError, zipfile.BadZipFile) as e:
+        raise ModelBundleError(f"{path}: model.json cannot be read ({e}).") from None
+    raise ModelBundleError(f"{path} is neither a model folder nor a .zip bundle.")
+
+
+def read_model_info(path) -> ModelInfo:
+    """Parse a bundle's model.json (folder or .zip) into a :class:`ModelInfo`."""
+    path = Path(path)
+    meta = _read_model_json(path)
+    labels = []
+    for entry in meta.get("labels", []):
+        try:
+            value = int(entry["value"])
+            name = str(entry["name"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelBundleError(f"{path}: a label in model.json lacks a value or a name: {entry!r}")
+        if value == 0:
+            continue  # background is never a segment
+        try:
+            color = color_to_rgb01(entry.get("color", (128, 128, 128)))
+        except ValueError as e:
+            raise ModelBundleError(f"{path}: label {name!r}: {e}") from None
+        labels.append(LabelInfo(value, name, color, entry.get("terminology")))
+    if not labels:
+        raise ModelBundleError(f"{path}: model.json lists no labels.")
+    return ModelInfo(
+        path=path, name=str(meta.get("name", path.stem)), version=str(meta.get("version", "")),
+        description=str(meta.get("description", "")),
+        licence=str(meta.get("licence", meta.get("license", ""))),
+        modality=str(meta.get("modality", "")), labels=labels, raw=meta)
+
+
+def verify_bundle(path, engine_env: dict | None = None, python: str | None = None,
+                  timeout_s: float = 300) -> ModelInfo:
+    """Check a bundle with the engine (``lkm_core bundle verify``) and read its details.
+
+    Raises :class:`ModelBundleError` with the engine's own message when it is refused.
+    """
+    info = read_model_info(path)
+    cmd = [python or python_executable(), "-m", "lkm_core", "bundle", "verify", str(path)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=engine_env,
+                                timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ModelBundleError(f"Checking {path} took longer than {timeout_s:.0f} s; try again.") from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise ModelBundleError(
+            f"The model {path} was refused by the engine: "
+            f"{detail[-1] if detail else 'exit code %d' % result.returncode}")
+    return info
+
+
+class ModelRegistry:
+    """Installed models: the bundled default(s) first, then the ones the user added.
+
+    The user's additions are remembered in a small JSON file (a list of paths), so the same
+    registry works in the app and in tests.
+    """
+
+    def __init__(self, default_dirs: list, store_file):
+        self.default_dirs = [Path(d) for d in default_dirs if d]
+        self.store_file = Path(store_file)
+
+    def _stored(self) -> list[str]:
+        try:
+            data = json.loads(self.store_file.read_text(encoding="utf-8"))
+            return [str(p) for p in data.get("models", [])]
+        except (FileNotFoundError, ValueError):
+            return []
+
+    def _save(self, paths: list[str]):
+        self.store_file.parent.mkdir(parents=True, exist_ok=True)
+        self.store_file.write_text(json.dumps({"models": paths}, indent=2), encoding="utf-8")
+
+    def default_models(self) -> list[Path]:
+        found = []
+        for d in self.default_dirs:
+            if (d / "model.json").is_file():
+                found.append(d)
+            elif d.is_dir():
+                for child in sorted(d.iterdir()):
+                    if (child / "model.json").is_file() or child.suffix.lower() == ".zip":
+                        found.append(child)
+        return found
+
+    def models(self) -> list[ModelInfo]:
+        """Every readable model, the defaults first; unreadable stored entries are skipped."""
+        result, seen = [], set()
+        for path in [*self.default_models(), *map(Path, self._stored())]:
+            key = os.path.normcase(os.path.abspath(path))
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                result.append(read_model_info(path))
+            except ModelBundleError:
+                continue
+        return result
+
+    def add(self, path, verifier=verify_bundle) -> ModelInfo:
+        """Validate a bundle (``verifier`` raises ModelBundleError if bad), then remember it."""
+        path = Path(path).resolve()
+        info = verifier(path)
+        stored = self._stored()
+        if str(path) not in stored:
+            self._save([*stored, str(path)])
+        return info
+
+    def remove(self, path):
+        path = str(Path(path).resolve())
+        self._save([p for p in self._stored() if p != path])

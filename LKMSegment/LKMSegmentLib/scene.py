@@ -1,0 +1,337 @@
+"""MRML side of the module: volumes to files, engine results into segmentation nodes.
+
+Only MRML classes and ``vtkSlicerSegmentationsModuleLogic`` static methods are used, which exist
+in the Slicer application and in the headless ``slicer-core`` package alike (no Qt, no
+``slicer.app``, no ``slicer.mrmlScene``: the scene is always passed in).
+
+Rules for importing a result:
+- segments are matched **by name**; a segment of the model replaces the segment of that name
+  (keeping its ID, position, colour) or, when asked, an existing one is kept as it is;
+- every other segment of the node (the user's own work) is left alone: new segments go into
+  their own labelmap layer first and layers are merged only where nothing overlaps;
+- the labelmap is resampled (nearest neighbour, exact for an aligned grid) into the input
+  volume's geometry, which also becomes the node's reference geometry;
+- a new node is placed under the input volume's study in the subject hierarchy and under the
+  volume's parent transform.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+BINARY = "Binary labelmap"
+SNOMED_ANATOMY_CATEGORY = ("SCT", "123037004", "Anatomical Structure")
+TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+class ResultImportError(Exception):
+    """The engine's result could not be brought into the scene (message for the user)."""
+
+
+def _seg_logic():
+    return slicer.vtkSlicerSegmentationsModuleLogic
+
+
+# -- volumes ------------------------------------------------------------------------------------
+def check_input_volume(volume) -> None:
+    if volume is None or not volume.IsA("vtkMRMLScalarVolumeNode") or volume.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise ValueError("Choose a scalar (CT or MR) volume as input; labelmaps cannot be segmented.")
+    image = volume.GetImageData()
+    if image is None:
+        raise ValueError(f"The volume '{volume.GetName()}' has no image data.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise ValueError(f"The volume '{volume.GetName()}' has {image.GetNumberOfScalarComponents()} "
+                         "components (colour or vector image); the model needs a grey-level volume.")
+    if 0 in image.GetDimensions():
+        raise ValueError(f"The volume '{volume.GetName()}' is empty.")
+
+
+def write_volume(volume, path) -> None:
+    """Write a volume (its own IJK-to-RAS, without parent transforms) to NRRD/NIfTI."""
+    check_input_volume(volume)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(False)  # faster; the file lives only for this run
+    if not storage.WriteData(volume) or not os.path.exists(path):
+        raise OSError(f"Could not write the volume '{volume.GetName()}' to {path}.")
+
+
+def reference_image(volume):
+    """A vtkOrientedImageData carrying the volume's geometry."""
+    return _seg_logic().CreateOrientedImageDataFromVolumeNode(volume)
+
+
+# -- terminology --------------------------------------------------------------------------------
+def terminology_entry(term, name: str) -> str | None:
+    """Slicer's terminology string for a model label.
+
+    Accepts a SNOMED CT code ("10200004"), "SCT^10200004^Liver", a dict with ``code``/``meaning``
+    (and optional ``scheme``, ``category``), or a ready-made Slicer entry (contains '~').
+    """
+    if not term:
+        return None
+    category = SNOMED_ANATOMY_CATEGORY
+    modifier = ("", "", "")
+    if isinstance(term, str):
+        if "~" in term:
+            return term
+        parts = term.split("^")
+        code = tuple(parts) if len(parts) == 3 else ("SCT", term.strip(), name)
+    elif isinstance(term, dict):
+        code = _coded(term.get("type", term), name)
+        if isinstance(term.get("category"), dict):
+            category = _coded(term["category"], "")
+        if isinstance(term.get("modifier"), dict):
+            modifier = _coded(term["modifier"], "")
+    else:
+        return None
+    if not code[1]:
+        return None
+    return "~".join([TERMINOLOGY_CONTEXT, "^".join(category), "^".join(code), "^".join(modifier),
+                     ANATOMY_CONTEXT, "^^", "^^"])
+
+
+def _coded(entry, meaning: str) -> tuple[str, str, str]:
+    """(scheme, code, meaning) from {'scheme','code','meaning'} or DICOM-style keys, or a code."""
+    if not isinstance(entry, dict):
+        return ("SCT", str(entry), meaning)
+    return (str(entry.get("scheme", entry.get("CodingSchemeDesignator", "SCT"))),
+            str(entry.get("code", entry.get("CodeValue", ""))),
+            str(entry.get("meaning", entry.get("CodeMeaning", meaning))))
+
+
+# -- reading the engine's output ----------------------------------------------------------------
+def read_result(path, labels=None):
+    """Load an engine result into a scratch scene; returns (scene, segmentation node).
+
+    ``.seg.nrrd`` keeps the names/colours/terminology the engine wrote; a plain labelmap gets
+    them from ``labels`` (the model's label table: list of models.LabelInfo).
+    """
+    path = str(path)
+    scratch = slicer.vtkMRMLScene()
+    node = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    if path.endswith(".seg.nrrd"):
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(path)
+        if not storage.ReadData(node):
+            raise ResultImportError(f"The engine's result {path} could not be read as a segmentation.")
+    else:
+        labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(path)
+        if not storage.ReadData(labelmap):
+            raise ResultImportError(f"The engine's result {path} could not be read as a labelmap.")
+        if not _seg_logic().ImportLabelmapToSegmentationNode(labelmap, node):
+            raise ResultImportError(f"The labelmap {path} could not be converted to segments.")
+        by_value = {lab.value: lab for lab in (labels or [])}
+        segmentation = node.GetSegmentation()
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(i)
+            lab = by_value.get(segment.GetLabelValue())
+            if lab is not None:
+                segment.SetName(lab.name)
+    if labels:
+        # names, colours and codes from the model where the file did not carry them
+        by_name = {lab.name: lab for lab in labels}
+        segmentation = node.GetSegmentation()
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(i)
+            lab = by_name.get(segment.GetName())
+            if lab is None:
+                continue
+            if not path.endswith(".seg.nrrd"):
+                segment.SetColor(*lab.color)
+            entry = terminology_entry(lab.terminology, lab.name)
+            if entry and not segment.HasTerminology():
+                segment.SetTerminology(entry)
+    return scratch, node
+
+
+def segment_image(seg_node, segment_id, volume):
+    """One segment as a 0/1 vtkOrientedImageData resampled onto the volume's grid."""
+    binary = slicer.vtkOrientedImageData()
+    if not seg_node.GetBinaryLabelmapRepresentation(segment_id, binary):
+        raise ResultImportError(f"Segment {segment_id} has no binary labelmap.")
+    out = slicer.vtkOrientedImageData()
+    ok = slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        binary, reference_image(volume), out, False, False)
+    if not ok:
+        raise ResultImportError(f"Segment {segment_id} could not be resampled to the volume's grid.")
+    return out
+
+
+def segment_array(seg_node, segment_id, volume) -> np.ndarray:
+    """A segment as a uint8 array (k, j, i) on the volume's voxel grid."""
+    image = segment_image(seg_node, segment_id, volume)
+    dims = image.GetDimensions()
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return (scalars.reshape(dims[2], dims[1], dims[0]) > 0).astype(np.uint8)
+
+
+def set_segment_array(seg_node, segment_id, array_kji: np.ndarray, volume) -> None:
+    """Replace a segment's voxels with a 0/1 array (k, j, i) on the volume's grid.
+
+    The scripted equivalent of an edit in Segment Editor (used by scripts and tests).
+    """
+    reference = reference_image(volume)
+    dims = reference.GetDimensions()
+    if tuple(array_kji.shape) != (dims[2], dims[1], dims[0]):
+        raise ValueError(f"array shape {array_kji.shape} does not match the volume {dims[::-1]}")
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(reference.GetExtent())
+    matrix = vtk.vtkMatrix4x4()
+    reference.GetImageToWorldMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    view = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    view[:] = (np.asarray(array_kji) > 0).astype(np.uint8).ravel()
+    image.Modified()
+    logic = _seg_logic()
+    if not logic.SetBinaryLabelmapToSegment(image, seg_node, segment_id, logic.MODE_REPLACE, image.GetExtent()):
+        raise ResultImportError(f"Segment {segment_id} could not be updated.")
+
+
+def labelmap_array(seg_node, volume, label_of: dict[str, int]) -> tuple[np.ndarray, list[str]]:
+    """Segments named in ``label_of`` painted with their values on the volume's grid.
+
+    Returns (array k,j,i, names of segments that overlapped an earlier one).
+    """
+    dims = volume.GetImageData().GetDimensions()
+    out = np.zeros((dims[2], dims[1], dims[0]), dtype=np.uint16 if max(label_of.values(), default=0) > 255 else np.uint8)
+    overlaps = []
+    segmentation = seg_node.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        sid = segmentation.GetNthSegmentID(i)
+        name = segmentation.GetSegment(sid).GetName()
+        if name not in label_of:
+            continue
+        mask = segment_array(seg_node, sid, volume).astype(bool)
+        if np.any(out[mask]):
+            overlaps.append(name)
+        out[mask] = label_of[name]
+    return out, overlaps
+
+
+# -- putting results into the scene -------------------------------------------------------------
+@dataclass
+class ImportReport:
+    node: object = None
+    created_node: bool = False
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        parts = []
+        for title, names in (("added", self.added), ("updated", self.replaced),
+                             ("kept as they were", self.kept), ("empty (not found)", self.empty)):
+            if names:
+                parts.append(f"{title}: {', '.join(names)}")
+        return "; ".join(parts) or "no segments"
+
+
+def find_segment_by_name(segmentation, name: str) -> str | None:
+    for i in range(segmentation.GetNumberOfSegments()):
+        sid = segmentation.GetNthSegmentID(i)
+        if segmentation.GetSegment(sid).GetName() == name:
+            return sid
+    return None
+
+
+def place_like_volume(scene, node, volume) -> None:
+    """Same parent transform as the volume; in the subject hierarchy under its study/parent."""
+    node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if sh is None:
+        return
+    volume_item = sh.GetItemByDataNode(volume)
+    parent = sh.GetItemParent(volume_item) if volume_item else sh.GetSceneItemID()
+    node_item = sh.GetItemByDataNode(node)
+    if not node_item:  # the app's plugins create items for new nodes; headless we do it
+        sh.CreateItem(parent or sh.GetSceneItemID(), node)
+    elif parent:
+        sh.SetItemParent(node_item, parent)
+
+
+def new_segmentation_node(scene, volume, name: str | None = None):
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                   scene.GenerateUniqueName(name or f"{volume.GetName()} segmentation"))
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    place_like_volume(scene, node, volume)
+    return node
+
+
+def import_result(scene, volume, result_path, target=None, labels=None, replace_existing=True,
+                  name=None, show_3d=False) -> ImportReport:
+    """Bring one engine result into ``target`` (or a new node). See the module docstring.
+
+    ``replace_existing``: True updates segments of the same name with the model's output;
+    False keeps them exactly as they are (only missing structures are added).
+    """
+    scratch, source = read_result(result_path, labels)
+    report = ImportReport()
+    src = source.GetSegmentation()
+    segments = []
+    for i in range(src.GetNumberOfSegments()):
+        sid = src.GetNthSegmentID(i)
+        segments.append((sid, src.GetSegment(sid)))
+    # Everything that can fail happens before the scene is touched.
+    images = {sid: segment_image(source, sid, volume) for sid, _ in segments}
+
+    if target is None:
+        target = new_segmentation_node(scene, volume, name)
+        report.created_node = True
+    elif target.GetSegmentation().GetNumberOfSegments() == 0:
+        target.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    if target.GetDisplayNode() is None:
+        target.CreateDefaultDisplayNodes()
+    report.node = target
+    dest = target.GetSegmentation()
+    was_modifying = target.StartModify()
+    try:
+        for sid, seg in segments:
+            segment_name = seg.GetName()
+            existing = find_segment_by_name(dest, segment_name)
+            if existing is not None and not replace_existing:
+                report.kept.append(segment_name)
+                continue
+            new = slicer.vtkSegment()
+            new.SetName(segment_name)
+            new.SetColor(*seg.GetColor())
+            if seg.HasTerminology():
+                new.SetTerminology(seg.GetTerminology())
+            new.AddRepresentation(BINARY, images[sid])
+            new.SetLabelValue(1)
+            scalars = images[sid].GetPointData().GetScalars()
+            if scalars is None or scalars.GetRange()[1] <= 0:
+                report.empty.append(segment_name)
+            if existing is None:
+                dest.AddSegment(new)
+                report.added.append(segment_name)
+            else:
+                old = dest.GetSegment(existing)
+                new.SetColor(*old.GetColor())  # a colour the user chose stays
+                if old.HasTerminology():
+                    new.SetTerminology(old.GetTerminology())
+                index = dest.GetSegmentIndex(existing)
+                after = dest.GetNthSegmentID(index + 1) if index + 1 < dest.GetNumberOfSegments() else ""
+                dest.RemoveSegment(existing)
+                dest.AddSegment(new, existing, after)
+                report.replaced.append(segment_name)
+        # merge layers only where segments do not overlap: nobody's voxels are overwritten
+        dest.CollapseBinaryLabelmaps(False)
+    finally:
+        target.EndModify(was_modifying)
+    if show_3d:
+        target.CreateClosedSurfaceRepresentation()
+    del scratch
+    return report
