@@ -80,7 +80,7 @@ def resolve_subset(bundle: Bundle, subset: Sequence[str] | None) -> list:
     if unknown:
         raise InputError(f"Unknown structure name(s) in --subset: {', '.join(unknown)}. The model "
                          f"{bundle.name} knows: {', '.join(lab.name for lab in bundle.labels)}.")
-    return sorted(set(chosen), key=lambda lab: lab.value)
+    return sorted({lab.value: lab for lab in chosen}.values(), key=lambda lab: lab.value)
 
 
 class Predictor:
