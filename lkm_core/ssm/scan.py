@@ -9,6 +9,7 @@ B, C: (b, n, l); D, delta_bias: (d,). Returns (b, d, l) in u's dtype.
 Three implementations, chosen by :func:`selective_scan`:
 
 * mamba_ssm's CUDA kernel, when it imports and the tensors are on a GPU;
+* a Triton kernel (triton_scan.py) for GPU inference without mamba_ssm;
 * ``_scan_no_grad``: inference. Time-major, chunked: exp(delta*A) and delta*u*B are built for a
   chunk of T steps at a time into preallocated (T, b, d, n) buffers, then one fused
   multiply-add per step carries the state. Nothing of size (b, d, l, n) is ever allocated.
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .kernels import mamba_selective_scan_fn
+from .triton_scan import selective_scan_triton, triton_available
 
 # Elements of one (T, b, d, n) chunk buffer: big enough to amortise per-op overhead and
 # vectorise exp(), small enough to stay in cache (measured in Testing/benchmarks/scan.py).
@@ -32,15 +34,27 @@ def kernels_available() -> bool:
     return mamba_selective_scan_fn() is not None
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Selective scan with mamba_ssm's ``selective_scan_fn`` signature and meaning."""
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   *, backend: str | None = None):
+    """Selective scan with mamba_ssm's ``selective_scan_fn`` signature and meaning.
+
+    backend: None picks the best available ("mamba_ssm" on CUDA when it imports, else
+    "triton" on CUDA for inference, else "torch"); naming one forces it (for benchmarks).
+    """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    if u.is_cuda:
-        kernel = mamba_selective_scan_fn()
-        if kernel is not None:
-            return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    if backend is None and u.is_cuda:
+        if mamba_selective_scan_fn() is not None:
+            backend = "mamba_ssm"
+        elif not needs_grad and triton_available(u.device):
+            backend = "triton"
+    if backend == "mamba_ssm":
+        return mamba_selective_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if backend == "triton":
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if backend not in (None, "torch"):
+        raise ValueError(f"unknown scan backend {backend!r}")
     if needs_grad:
         return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     with torch.no_grad():
