@@ -19,6 +19,8 @@ Three implementations, chosen by :func:`selective_scan`:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -161,7 +163,8 @@ class _SelectiveScan(torch.autograd.Function):
         b, d, l = u.shape
         n = A.shape[1]
         delta_raw, u_t, dt_t, B_t, C_t, A_c = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-        T = _chunk_length(b, d, n, l)
+        # boundaries cost (l/T)*b*d*n and chunk buffers T*b*d*n: T near sqrt(l) keeps both small
+        T = max(_chunk_length(b, d, n, l), min(l, math.isqrt(l)))
         starts = list(range(0, l, T))
         dA = u_t.new_empty(T, b, d, n)
         dBu = u_t.new_empty(T, b, d, n)

@@ -1,0 +1,92 @@
+"""One forward pass of the 3D paper preset on the CPU: time, peak RSS, and the Mamba parts' cost.
+
+Runs the full network (PiM + PaM) and the same network with use_pim=use_pam=False, each in
+its own child process so that peak RSS is per variant, and prints the ratio full/conv-only
+(measured in the same run) plus where the full network's time goes (stem+convs, PiM, PaM,
+decoder) from forward hooks.
+
+    python Testing/benchmarks/network.py [--preset 3d_paper] [--threads 2] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from lkm_core.network import build_network, count_parameters, presets
+
+
+def run_variant(preset, use_mamba, threads, repeats):
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = presets.preset_config(preset, 1, 14, use_pim=use_mamba, use_pam=use_mamba)
+    net = build_network(config).eval()
+    x = torch.randn(1, 1, *presets.preset_patch_size(preset))
+    spent = defaultdict(float)
+    starts = {}
+
+    def hook_pair(name):
+        def pre(module, inputs):
+            starts[name] = time.perf_counter()
+
+        def post(module, inputs, output):
+            spent[name] += time.perf_counter() - starts[name]
+        return pre, post
+
+    parts = {"encoder convs": list(net.encoder.stages) + [net.encoder.stem], "PiM": list(net.encoder.pim),
+             "PaM": list(net.encoder.pam), "decoder": [net.decoder]}
+    for name, modules in parts.items():
+        for m in modules:
+            pre, post = hook_pair(name)
+            m.register_forward_pre_hook(pre)
+            m.register_forward_hook(post)
+    times = []
+    with torch.inference_mode():
+        net(torch.randn(1, 1, *[max(8, s // 4) for s in x.shape[2:]]))  # warm-up on a small input
+        spent.clear()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": min(times), "peak_rss_mb": peak_mb, "parameters": count_parameters(net),
+            "parts": {k: v / repeats for k, v in spent.items()}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="3d_paper", choices=presets.PRESET_NAMES)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--child", choices=["full", "conv"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_variant(args.preset, args.child == "full", args.threads, args.repeats)))
+        return
+    results = {}
+    for variant in ("conv", "full"):
+        out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--threads", str(args.threads),
+                              "--repeats", str(args.repeats), "--child", variant],
+                             capture_output=True, text=True, check=True)
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    patch = "x".join(map(str, presets.preset_patch_size(args.preset)))
+    print(f"{args.preset}, patch {patch}, torch {torch.__version__}, {args.threads} threads")
+    for variant, label in (("full", "LKM-UNet (PiM + PaM)"), ("conv", "same without PiM/PaM")):
+        r = results[variant]
+        print(f"  {label:24} {r['seconds']:7.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
+              f"{r['parameters'] / 1e6:6.2f} M parameters")
+    print(f"  ratio full / conv-only: {results['full']['seconds'] / results['conv']['seconds']:.2f}")
+    print("  where the full forward's time goes:")
+    for part, seconds in results["full"]["parts"].items():
+        print(f"    {part:14} {seconds:7.2f} s  ({seconds / results['full']['seconds']:.0%})")
+
+
+if __name__ == "__main__":
+    main()
