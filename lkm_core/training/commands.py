@@ -82,6 +82,8 @@ def register_bundle_cli(bundle_subparsers) -> None:
     p.add_argument("--licence", help="licence of the weights (default: unspecified)")
     p.add_argument("--data", help="provenance: what the model was trained on")
     p.add_argument("--parent", help="bundle this model was fine-tuned from (recorded in provenance)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a full unpickle of checkpoints that do not load safely (your own only)")
     p.set_defaults(func=run_export)
 
     p = bundle_subparsers.add_parser(
@@ -97,6 +99,8 @@ def register_bundle_cli(bundle_subparsers) -> None:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--licence")
     p.add_argument("--data")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a full unpickle of checkpoints that do not load safely")
     p.set_defaults(func=run_import_official)
 
     p = bundle_subparsers.add_parser(
@@ -124,7 +128,8 @@ def run_export(args) -> int:
 
     out = export_results(args.results, args.output, folds=_folds(args.folds), checkpoint_name=args.checkpoint,
                          name=args.name, version=args.version, description=args.description,
-                         licence=args.licence, data=args.data, parent=args.parent)
+                         licence=args.licence, data=args.data, parent=args.parent,
+                         trust_checkpoint=args.trust_checkpoint)
     print(f"Wrote bundle {out}")
     return 0
 
@@ -133,7 +138,8 @@ def run_import_official(args) -> int:
     from .official import import_official
 
     out = import_official(args.results, args.output, folds=_folds(args.folds), checkpoint_name=args.checkpoint,
-                          name=args.name, version=args.version, licence=args.licence, data=args.data)
+                          name=args.name, version=args.version, licence=args.licence, data=args.data,
+                          trust_checkpoint=args.trust_checkpoint)
     print(f"Wrote bundle {out}")
     return 0
 
