@@ -168,7 +168,8 @@ class ModelRegistry:
             if (d / "model.json").is_file():
                 found.append(d)
             elif d.is_dir():
-                for child in sorted(d.iterdir()):
+                # the bundled default model first, then the others by name
+                for child in sorted(d.iterdir(), key=lambda c: (not c.name.startswith("default"), c.name)):
                     if (child / "model.json").is_file() or child.suffix.lower() == ".zip":
                         found.append(child)
         return found

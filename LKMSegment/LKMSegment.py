@@ -1,0 +1,436 @@
+"""LKMSegment: LKM-UNet organ segmentation in 3D Slicer.
+
+This file is deliberately thin: the module description, the panel (widget) and the self test.
+Everything that can run without Qt lives in LKMSegmentLib/ and is tested headless with the
+slicer-core package (Testing/test_slicer_*.py in the repository).
+"""
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from LKMSegmentLib import LKMSegmentCore, ModelBundleError, ModelRegistry, PredictOptions
+from LKMSegmentLib import dependencies
+from LKMSegmentLib.engine import engine_environment, engine_search_path
+from LKMSegmentLib.export import ExportError
+from LKMSegmentLib.process import python_executable
+
+DEVICES = ["auto", "cuda", "cpu"]
+
+
+class LKMSegment(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("LKM Segment")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LKMSegment developers"]
+        self.parent.helpText = _(
+            "Segment organs in CT/MR volumes with LKM-UNet (Large-Kernel Mamba U-Net). Pick a "
+            "volume and a model, click Segment; the result arrives as a segmentation, ready for "
+            "review in Segment Editor. Reviewed cases can be exported as an nnU-Net dataset for "
+            "retraining.")
+        self.parent.acknowledgementText = _(
+            "LKM-UNet: Wang et al., 'LKM-UNet: Large Kernel Vision Mamba UNet for Medical Image "
+            "Segmentation', MICCAI 2024.")
+
+
+@parameterNodeWrapper
+class LKMSegmentParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    exportSegmentation: vtkMRMLSegmentationNode
+    modelPath: str = ""
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    quick: bool = False
+    tta: bool = False
+    replaceExisting: bool = True
+    show3D: bool = False
+    datasetFolder: Path = Path()
+
+
+class LKMSegmentLogic(ScriptedLoadableModuleLogic):
+    """The app-side logic: LKMSegmentCore on slicer.mrmlScene, QProcess runner, model list."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        from LKMSegmentLib.qtprocess import QProcessRunner
+
+        self.core = LKMSegmentCore(slicer.mrmlScene, runner_factory=QProcessRunner)
+        engine_root = engine_search_path()
+        settings_dir = Path(slicer.app.slicerUserSettingsFilePath).parent / "LKMSegment"
+        self.registry = ModelRegistry(
+            [Path(engine_root) / "lkm_core" / "models"] if engine_root else [],
+            settings_dir / "models.json")
+
+    def getParameterNode(self):
+        return LKMSegmentParameterNode(super().getParameterNode())
+
+    def ensureDependencies(self, confirm=True) -> bool:
+        """Install what the engine needs, after asking. False if the user declined."""
+        plan = dependencies.make_plan()
+        if not plan.needed:
+            return True
+        if confirm and not slicer.util.confirmOkCancelDisplay(plan.text(), _("LKMSegment: install packages")):
+            return False
+        with slicer.util.WaitCursor():
+            dependencies.install(plan, pip_install=slicer.util.pip_install,
+                                 torch_installer=dependencies.torch_installer_from_extension(),
+                                 log=logging.info)
+        return True
+
+    def detectDevices(self) -> str:
+        info = dependencies.detect_devices(python_executable(), env=engine_environment())
+        return dependencies.describe_devices(info)
+
+
+class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.run = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(100)
+        self.timer.timeout.connect(self.onTimer)
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LKMSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LKMSegmentLogic()
+
+        for device in DEVICES:
+            self.ui.deviceComboBox.addItem(device)
+        self.ui.progressBar.setVisible(False)
+        self.ui.progressBar.setRange(0, 100)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.addModelButton.clicked.connect(self.onAddModel)
+        self.ui.removeModelButton.clicked.connect(self.onRemoveModel)
+        self.ui.structuresAllRadio.toggled.connect(self.updateGUI)
+        self.ui.structuresList.itemChanged.connect(self.updateGUI)
+        self.ui.detectDeviceButton.clicked.connect(self.onDetectDevice)
+        self.ui.segmentButton.clicked.connect(self.onSegment)
+        self.ui.stopButton.clicked.connect(self.onStop)
+        self.ui.batchRefreshButton.clicked.connect(self.refreshBatchList)
+        self.ui.batchSegmentButton.clicked.connect(self.onBatchSegment)
+        self.ui.exportButton.clicked.connect(self.onExport)
+
+        self.refreshModels()
+        self.refreshBatchList()
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        if self.run is not None:
+            self.run.stop()
+        self.timer.stop()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+
+    def onSceneStartClose(self, caller, event):
+        if self.run is not None:
+            self.onStop()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if volume:
+                self._parameterNode.inputVolume = volume
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            index = self.ui.modelSelector.findData(self._parameterNode.modelPath)
+            if index >= 0:
+                self.ui.modelSelector.setCurrentIndex(index)
+        self.updateGUI()
+
+    # -- models ------------------------------------------------------------------------------
+    def refreshModels(self, select=None):
+        self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for info in self.logic.registry.models():
+            self.ui.modelSelector.addItem(f"{info.name} {info.version}".strip(), str(info.path))
+        self.ui.modelSelector.blockSignals(False)
+        index = self.ui.modelSelector.findData(str(select)) if select else 0
+        self.ui.modelSelector.setCurrentIndex(max(index, 0))
+        self.onModelChanged()
+
+    def currentModel(self):
+        path = self.ui.modelSelector.currentData
+        if not path:
+            return None
+        for info in self.logic.registry.models():
+            if str(info.path) == path:
+                return info
+        return None
+
+    def onModelChanged(self, *_args):
+        info = self.currentModel()
+        self.ui.structuresList.clear()
+        if info is None:
+            self.ui.modelDetailsLabel.text = _("No model installed. Use 'Add model…' to add a bundle.")
+        else:
+            self.ui.modelDetailsLabel.text = info.summary()
+            for name in info.label_names:
+                item = qt.QListWidgetItem(name)
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Checked)
+                self.ui.structuresList.addItem(item)
+            if self._parameterNode:
+                self._parameterNode.modelPath = str(info.path)
+        self.updateGUI()
+
+    def onAddModel(self):
+        path = qt.QFileDialog.getExistingDirectory(None, _("Model bundle folder (Cancel to choose a .zip)"))
+        if not path:
+            path = qt.QFileDialog.getOpenFileName(None, _("Model bundle (.zip)"), "", "Model bundle (*.zip)")
+        if not path:
+            return
+        try:
+            with slicer.util.WaitCursor():
+                info = self.logic.registry.add(path)
+        except ModelBundleError as e:
+            slicer.util.errorDisplay(str(e), windowTitle=_("Model not added"))
+            return
+        self.refreshModels(select=info.path)
+
+    def onRemoveModel(self):
+        info = self.currentModel()
+        if info is not None:
+            self.logic.registry.remove(info.path)
+            self.refreshModels()
+
+    def chosenStructures(self):
+        if self.ui.structuresAllRadio.checked:
+            return []
+        items = [self.ui.structuresList.item(i) for i in range(self.ui.structuresList.count)]
+        return [it.text() for it in items if it.checkState() == qt.Qt.Checked]
+
+    # -- state -------------------------------------------------------------------------------
+    def updateGUI(self, *_args):
+        p = self._parameterNode
+        running = self.run is not None
+        subset = not self.ui.structuresAllRadio.checked
+        self.ui.structuresList.enabled = subset and not running
+        ready = bool(p and p.inputVolume and self.currentModel()) and not (subset and not self.chosenStructures())
+        self.ui.segmentButton.enabled = ready and not running
+        self.ui.batchSegmentButton.enabled = bool(self.currentModel()) and not running
+        self.ui.stopButton.enabled = running
+        self.ui.exportButton.enabled = bool(p and p.inputVolume and p.exportSegmentation and self.currentModel()
+                                            and str(p.datasetFolder) not in ("", "."))
+
+    def options(self):
+        p = self._parameterNode
+        return PredictOptions(model=str(self.currentModel().path), device=p.device, quick=p.quick,
+                              tta=p.tta, subset=self.chosenStructures())
+
+    def appendLog(self, text):
+        self.ui.logTextEdit.appendPlainText(text)
+
+    # -- segment / stop ----------------------------------------------------------------------
+    def onDetectDevice(self):
+        if not self.logic.ensureDependencies():
+            return
+        with slicer.util.WaitCursor():
+            self.ui.deviceInfoLabel.text = self.logic.detectDevices()
+
+    def start(self, volumes, targets):
+        try:
+            if not self.logic.ensureDependencies():
+                return
+            self.ui.logTextEdit.clear()
+            p = self._parameterNode
+            self.run = self.logic.core.start(volumes, self.options(), targets=targets,
+                                             replace_existing=p.replaceExisting, show_3d=p.show3D,
+                                             on_event=self.onEngineEvent)
+        except Exception as e:
+            slicer.util.errorDisplay(_("Could not start: ") + str(e))
+            return
+        self.appendLog(" ".join(self.run.job.command()))
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.setVisible(True)
+        self.ui.statusLabel.text = _("Starting the engine…")
+        self.timer.start()
+        self.updateGUI()
+
+    def onSegment(self):
+        p = self._parameterNode
+        self.start([p.inputVolume], [p.outputSegmentation])
+
+    def onStop(self):
+        if self.run is not None:
+            self.run.stop()
+            self.finish()
+
+    def onEngineEvent(self, event):
+        if event.kind in ("log", "error"):
+            self.appendLog(f"{event.data.get('level', event.kind)}: {event.message}")
+        elif event.kind == "done":
+            self.appendLog(f"done: {event.case}")
+
+    def onTimer(self):
+        if self.run is None:
+            self.timer.stop()
+            return
+        running = self.run.pump()
+        self.ui.progressBar.value = int(100 * self.run.job.progress)
+        self.ui.statusLabel.text = self.run.job.progress_text
+        if not running:
+            self.finish()
+
+    def finish(self):
+        self.timer.stop()
+        run, self.run = self.run, None
+        self.ui.progressBar.setVisible(False)
+        message = run.message()
+        self.ui.statusLabel.text = message.splitlines()[0] if message else run.state
+        self.appendLog(message)
+        for line in run.job.stderr_lines[-50:]:
+            self.appendLog(line)
+        if run.state == "done":
+            reports = list(run.reports.values())
+            if len(reports) == 1 and self._parameterNode:
+                self._parameterNode.outputSegmentation = reports[0].node
+                self._parameterNode.exportSegmentation = reports[0].node
+        elif run.state != "stopped":
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(_("Segmentation failed."), detailedText=message)
+        self.updateGUI()
+
+    # -- batch -------------------------------------------------------------------------------
+    def refreshBatchList(self):
+        self.ui.batchVolumesList.clear()
+        for volume in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                continue
+            item = qt.QListWidgetItem(volume.GetName())
+            item.setData(qt.Qt.UserRole, volume.GetID())
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Unchecked)
+            self.ui.batchVolumesList.addItem(item)
+
+    def onBatchSegment(self):
+        self.refreshBatchList() if self.ui.batchAllRadio.checked else None
+        items = [self.ui.batchVolumesList.item(i) for i in range(self.ui.batchVolumesList.count)]
+        if self.ui.batchSelectedRadio.checked:
+            items = [it for it in items if it.checkState() == qt.Qt.Checked]
+        volumes = [slicer.mrmlScene.GetNodeByID(it.data(qt.Qt.UserRole)) for it in items]
+        volumes = [v for v in volumes if v is not None]
+        if not volumes:
+            slicer.util.warningDisplay(_("No volume to segment."))
+            return
+        self.start(volumes, [None] * len(volumes))
+
+    # -- export ------------------------------------------------------------------------------
+    def onExport(self):
+        p = self._parameterNode
+        try:
+            report = self.logic.core.export_case(p.inputVolume, p.exportSegmentation, str(p.datasetFolder),
+                                                 self.currentModel().path,
+                                                 case_name=self.ui.exportCaseNameLineEdit.text or None)
+        except (ExportError, ModelBundleError, ValueError, OSError) as e:
+            slicer.util.errorDisplay(str(e), windowTitle=_("Export failed"))
+            return
+        self.ui.exportStatusLabel.text = report.text()
+
+
+class LKMSegmentTest(ScriptedLoadableModuleTest):
+    """In-app self test: sample CT -> Segment with the default model -> check -> export a case."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentAndExport()
+
+    def _sampleCT(self):
+        import subprocess
+
+        code = "from lkm_core.sample_data import fetch_sample_ct; print(fetch_sample_ct().image)"
+        out = subprocess.run([python_executable(), "-c", code], capture_output=True, text=True,
+                             env=engine_environment(), check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    def _model(self, logic, tmp):
+        models = logic.registry.models()
+        if models:
+            return models[0]
+        # no default model packaged yet: an untrained bundle still exercises the whole path
+        import subprocess
+
+        from LKMSegmentLib.models import read_model_info
+        folder = os.path.join(tmp, "untrained")
+        subprocess.run([python_executable(), "-m", "lkm_core", "bundle", "init", "--preset", "3d_small",
+                        "--labels", "liver,spleen,kidney_right", "-o", folder],
+                       env=engine_environment(), check=True, capture_output=True)
+        self.delayDisplay("No default model installed: using an untrained test bundle")
+        return read_model_info(folder)
+
+    def test_SegmentAndExport(self):
+        import tempfile
+
+        self.delayDisplay("Starting the LKMSegment self test")
+        logic = LKMSegmentLogic()
+        self.assertTrue(logic.ensureDependencies(confirm=False))
+        volume = slicer.util.loadVolume(self._sampleCT())
+        tmp = tempfile.mkdtemp(prefix="LKMSegmentTest-")
+        model = self._model(logic, tmp)
+
+        run = logic.core.start([volume], PredictOptions(model=str(model.path), quick=True))
+        while run.pump():
+            slicer.app.processEvents()
+            qt.QThread.msleep(100)
+        self.assertEqual(run.state, "done", run.message())
+        node = next(iter(run.reports.values())).node
+        segmentation = node.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        self.assertEqual(sorted(names), sorted(model.label_names))
+        self.assertEqual(node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()), volume.GetID())
+        self.delayDisplay("Segmented: " + ", ".join(names))
+
+        dataset = os.path.join(tmp, "Dataset999_LKMSelfTest")
+        report = logic.core.export_case(volume, node, dataset, model.path)
+        self.assertTrue(report.image.exists() and report.label.exists())
+        self.assertTrue(os.path.exists(os.path.join(dataset, "dataset.json")))
+        self.delayDisplay("Self test passed")

@@ -1,0 +1,167 @@
+"""Static checks of the Slicer extension: UI file, packaging lists, metadata, import hygiene.
+
+What is covered only by the in-app self test (LKMSegmentTest in LKMSegment/LKMSegment.py, run
+with Slicer's `ctest` or Reload and Test), because the Qt panel needs the Slicer application:
+
+- the panel itself: loading the .ui, parameterNodeWrapper <-> widget binding (SlicerParameterName
+  properties), enabling/disabling Segment/Stop/Export, the model list, "Add model…" dialogs,
+  structure check boxes, the batch volume list, progress bar and log updates;
+- the QProcess runner (LKMSegmentLib/qtprocess.py) and the QTimer that pumps a run;
+- installing dependencies through `slicer.util.pip_install` and the PyTorch extension, and
+  finding `PythonSlicer`;
+- `slicer.util.loadVolume` of the sample CT, the subject hierarchy plugins of the app.
+
+Everything below the panel (engine process, protocol, Stop, import into segmentation nodes,
+batch, export, dependency plan, model validation) is tested headless on real MRML in
+test_slicer_segment.py, test_slicer_export.py and test_slicer_logic_units.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parent.parent
+MODULE = REPO / "LKMSegment"
+UI_FILE = MODULE / "Resources" / "UI" / "LKMSegment.ui"
+NOT_PACKAGED = {"CMakeLists.txt", "README-module.md"}
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w for w in root.iter("widget")}
+
+
+def cmake_lists(path: Path) -> dict[str, list[str]]:
+    """The `set(NAME item item ...)` lists of a CMake file, ${MODULE_NAME} expanded."""
+    text = re.sub(r"#[^\n]*", "", path.read_text())
+    variables = dict(re.findall(r"set\((\w+)\s+(\w+)\)", text))
+    lists = {}
+    for name, body in re.findall(r"set\((\w+)\s+([^)]*)\)", text, flags=re.S):
+        items = body.split()
+        expanded = []
+        for item in items:
+            for var, value in variables.items():
+                item = item.replace("${%s}" % var, value)
+            expanded.append(item.strip('"'))
+        lists[name] = expanded
+    return lists
+
+
+def widget_lookups() -> set[str]:
+    """Every `self.ui.<name>` in LKMSegment.py."""
+    tree = ast.parse((MODULE / "LKMSegment.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"):
+            names.add(node.attr)
+    return names
+
+
+def parameter_fields() -> set[str]:
+    tree = ast.parse((MODULE / "LKMSegment.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "LKMSegmentParameterNode":
+            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("LKMSegmentParameterNode not found")
+
+
+def test_ui_file_parses_and_has_every_widget_the_code_looks_up():
+    widgets = ui_widgets()
+    assert ET.parse(UI_FILE).getroot().tag == "ui"
+    missing = sorted(widget_lookups() - set(widgets))
+    assert not missing, f"LKMSegment.py uses widgets that the .ui lacks: {missing}"
+    for needed in ("inputVolumeSelector", "modelSelector", "addModelButton", "structuresList",
+                   "deviceComboBox", "quickCheckBox", "ttaCheckBox", "outputSegmentationSelector",
+                   "segmentButton", "stopButton", "progressBar", "logTextEdit", "show3DCheckBox",
+                   "batchVolumesList", "batchSegmentButton", "datasetPathLineEdit", "exportButton"):
+        assert needed in widgets, needed
+
+
+def test_ui_parameter_names_match_the_parameter_node():
+    names = set()
+    for widget in ui_widgets().values():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                names.add(prop.find("string").text)
+    fields = parameter_fields()
+    assert names, "no SlicerParameterName in the .ui"
+    assert names <= fields, f"SlicerParameterName without a parameter: {sorted(names - fields)}"
+    assert {"inputVolume", "outputSegmentation", "device", "quick", "tta", "show3D"} <= names
+
+
+def _files_under(folder: Path) -> set[str]:
+    found = set()
+    for path in folder.rglob("*"):
+        if path.is_dir() or "__pycache__" in path.parts or path.suffix == ".pyc":
+            continue
+        found.add(path.relative_to(folder).as_posix())
+    return found
+
+
+def test_every_module_file_is_listed_for_packaging_in_cmake():
+    lists = cmake_lists(MODULE / "CMakeLists.txt")
+    listed = set(lists["MODULE_PYTHON_SCRIPTS"]) | set(lists["MODULE_PYTHON_RESOURCES"])
+    present = _files_under(MODULE) - NOT_PACKAGED
+    assert not present - listed, f"add to LKMSegment/CMakeLists.txt: {sorted(present - listed)}"
+    assert not listed - present, f"listed but missing: {sorted(listed - present)}"
+
+
+def test_every_engine_file_is_listed_for_packaging_in_cmake():
+    lists = cmake_lists(MODULE / "CMakeLists.txt")
+    listed = set(lists["LKM_CORE_PYTHON_SCRIPTS"]) | set(lists.get("LKM_CORE_RESOURCES", []))
+    present = {f"lkm_core/{p}" for p in _files_under(REPO / "lkm_core")}
+    assert not present - listed, (
+        "add to LKM_CORE_PYTHON_SCRIPTS/LKM_CORE_RESOURCES in LKMSegment/CMakeLists.txt: "
+        f"{sorted(present - listed)}")
+    assert not listed - present, f"listed but missing: {sorted(listed - present)}"
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in cmake and "slicer_add_python_unittest" in cmake
+
+
+def test_extension_metadata_icon_and_catalog_entry():
+    top = (REPO / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert re.search(rf'set\({key} "[^"]+"\)', top), key
+    assert 'set(EXTENSION_CATEGORY "Segmentation")' in top
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
+    assert "add_subdirectory(LKMSegment)" in top
+    entry = json.loads((REPO / "LKMSegment.json").read_text())
+    assert entry["category"] == "Segmentation" and entry["build_dependencies"] == ["PyTorch"]
+    assert entry["scm_url"] and entry["$schema"].endswith("schema-v1.0.1.json#")
+    for icon in (REPO / "Resources" / "Icons" / "LKMSegment.png", MODULE / "Resources" / "Icons" / "LKMSegment.png"):
+        assert sitk.ReadImage(str(icon)).GetSize() == (128, 128)
+
+
+def test_module_file_is_thin_and_has_the_scripted_module_classes():
+    tree = ast.parse((MODULE / "LKMSegment.py").read_text())
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"LKMSegment", "LKMSegmentWidget", "LKMSegmentLogic", "LKMSegmentTest"} <= classes
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"torch", "lkm_core"}, "the Slicer process must not import the engine"
+
+
+def test_logic_imports_neither_torch_nor_qt():
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import LKMSegmentLib, LKMSegmentLib.logic, LKMSegmentLib.export, LKMSegmentLib.scene\n"
+        "import LKMSegmentLib.dependencies, LKMSegmentLib.models\n"
+        "bad = [m for m in ('torch', 'qt', 'PythonQt', 'lkm_core') if m in sys.modules]\n"
+        "assert not bad, bad\n") % str(MODULE)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
