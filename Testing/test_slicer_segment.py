@@ -62,7 +62,7 @@ def first_run(bundle, ct_crop, tmp_path_factory):
     engine_file = outputs / "abdomen_CT.seg.nrrd"
     engine_labels = resample_itk_onto_volume(sitk.ReadImage(str(engine_file)), volume)
     return dict(scene=scene, volume=volume, node=report.node, report=report, study=study, sh=sh,
-                engine_labels=engine_labels, logic=logic)
+                engine_labels=engine_labels, logic=logic, engine_file=engine_file)
 
 
 def test_segment_gives_named_coloured_coded_segments_under_the_study(first_run, bundle):
@@ -169,7 +169,7 @@ def test_batch_segments_three_loaded_volumes_each_into_its_own_node(bundle, ct_c
         add_volume(scene, "CT 2.5", array[2:14, 4:30, 6:36].copy(), straight),
     ]
     logic = LKMSegmentCore(scene, temp_root=str(tmp_path))
-    run = logic.segment_batch(volumes, options(bundle), timeout_s=TIMEOUT)
+    run = logic.segment_batch(volumes, options(bundle), timeout_s=TIMEOUT, show_3d=True)
     assert run.succeeded, run.message()
     assert len(run.reports) == 3
     nodes = [run.reports[item.case].node for item in run.items]
@@ -178,5 +178,54 @@ def test_batch_segments_three_loaded_volumes_each_into_its_own_node(bundle, ct_c
         seg = node.GetSegmentation()
         assert sorted(seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())) == sorted(LABELS)
         assert node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volume.GetID()
+        assert seg.ContainsRepresentation("Closed surface")  # "show in 3D"
     assert [item.case for item in run.items] == ["CT", "CT_2", "CT_2_5"]
     assert os.listdir(tmp_path) == []
+
+
+def _raw_labelmap(node, segment_id):
+    """A segment's stored labelmap as it is (no resampling): matrix, extent and voxels."""
+    import vtk
+    from vtk.util import numpy_support
+
+    image = node.GetSegmentation().GetSegment(segment_id).GetRepresentation("Binary labelmap")
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).copy()
+    label = node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    return ([matrix.GetElement(r, c) for r in range(4) for c in range(4)], image.GetExtent(),
+            values == label)
+
+
+def test_import_never_resamples_a_user_segment_drawn_on_another_grid(first_run):
+    """A segment made on a finer, shifted grid (another volume) stays bit-identical."""
+    import vtk
+    from vtk.util import numpy_support
+
+    from LKMSegmentLib.scene import import_result
+
+    scene, volume = first_run["scene"], first_run["volume"]
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn elsewhere")
+    fine = slicer.vtkOrientedImageData()
+    fine.SetExtent(0, 29, 0, 24, 0, 19)
+    matrix = vtk.vtkMatrix4x4()
+    for r, row in enumerate(([0.9, 0, 0, 3.3], [0, 1.1, 0, -41.7], [0, 0, 1.3, 90.1])):
+        for c, v in enumerate(row):
+            matrix.SetElement(r, c, v)
+    fine.SetImageToWorldMatrix(matrix)
+    fine.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    voxels = numpy_support.vtk_to_numpy(fine.GetPointData().GetScalars())
+    voxels[:] = (np.arange(voxels.size) % 7 == 0)
+    segment = slicer.vtkSegment()
+    segment.SetName("fine_structure")
+    segment.AddRepresentation("Binary labelmap", fine)
+    node.GetSegmentation().AddSegment(segment, "fine")
+    before = _raw_labelmap(node, "fine")
+
+    report = import_result(scene, volume, first_run["engine_file"], target=node)
+    assert sorted(report.added) == sorted(LABELS)
+    after = _raw_labelmap(node, "fine")
+    assert after[0] == before[0] and after[1] == before[1]
+    np.testing.assert_array_equal(after[2], before[2])
+    # and the model's segments are still exactly the engine's output
+    np.testing.assert_array_equal(exported_labelmap(scene, node, volume, LABELS), first_run["engine_labels"])

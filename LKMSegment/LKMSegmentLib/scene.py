@@ -270,6 +270,19 @@ def new_segmentation_node(scene, volume, name: str | None = None):
     return node
 
 
+def collapse_layers_safely(segmentation, volume) -> bool:
+    """Merge labelmap layers where segments do not overlap, but only when every layer is on the
+    volume's grid: merging layers of another geometry would resample (alter) the user's voxels.
+    """
+    reference = reference_image(volume)
+    for i in range(segmentation.GetNumberOfLayers()):
+        layer = segmentation.GetLayerDataObject(i)
+        if layer is None or not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(layer, reference):
+            return False
+    segmentation.CollapseBinaryLabelmaps(False)
+    return True
+
+
 def import_result(scene, volume, result_path, target=None, labels=None, replace_existing=True,
                   name=None, show_3d=False) -> ImportReport:
     """Bring one engine result into ``target`` (or a new node). See the module docstring.
@@ -327,8 +340,7 @@ def import_result(scene, volume, result_path, target=None, labels=None, replace_
                 dest.RemoveSegment(existing)
                 dest.AddSegment(new, existing, after)
                 report.replaced.append(segment_name)
-        # merge layers only where segments do not overlap: nobody's voxels are overwritten
-        dest.CollapseBinaryLabelmaps(False)
+        collapse_layers_safely(dest, volume)
     finally:
         target.EndModify(was_modifying)
     if show_3d:
