@@ -116,8 +116,6 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LKMSegmentLogic()
 
-        for device in DEVICES:
-            self.ui.deviceComboBox.addItem(device)
         self.ui.progressBar.setVisible(False)
         self.ui.progressBar.setRange(0, 100)
 

@@ -172,6 +172,7 @@ def test_batch_segments_three_loaded_volumes_each_into_its_own_node(bundle, ct_c
     run = logic.segment_batch(volumes, options(bundle), timeout_s=TIMEOUT, show_3d=True)
     assert run.succeeded, run.message()
     assert len(run.reports) == 3
+    assert run.message().count("(computed on cpu)") == 3
     nodes = [run.reports[item.case].node for item in run.items]
     assert len({n.GetID() for n in nodes}) == 3
     for volume, node in zip(volumes, nodes):

@@ -110,7 +110,9 @@ class SegmentationRun:
         for item in self.items:
             report = self.reports.get(item.case)
             if report is not None:
-                parts.append(f"{item.volume.GetName()} → {report.node.GetName()}: {report.text()}")
+                device = self.job.summaries.get(item.case, {}).get("device")
+                where = f" (computed on {device})" if device else ""
+                parts.append(f"{item.volume.GetName()} → {report.node.GetName()}: {report.text()}{where}")
         for case, text in self.import_errors.items():
             parts.append(f"{case}: the result could not be imported: {text}")
         if self.job.state != "done":
