@@ -22,7 +22,7 @@ from slicer.util import VTKObservationMixin
 
 from LKMSegmentLib import LKMSegmentCore, ModelBundleError, ModelRegistry, PredictOptions
 from LKMSegmentLib import dependencies
-from LKMSegmentLib.engine import engine_environment, engine_search_path
+from LKMSegmentLib.engine import engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.export import ExportError
 from LKMSegmentLib.process import python_executable
 
@@ -123,7 +123,10 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
-        self.ui.addModelButton.clicked.connect(self.onAddModel)
+        addMenu = qt.QMenu(self.ui.addModelButton)
+        addMenu.addAction(_("Model folder…"), lambda: self.onAddModel(folder=True))
+        addMenu.addAction(_("Model .zip file…"), lambda: self.onAddModel(folder=False))
+        self.ui.addModelButton.setMenu(addMenu)
         self.ui.removeModelButton.clicked.connect(self.onRemoveModel)
         self.ui.structuresAllRadio.toggled.connect(self.updateGUI)
         self.ui.structuresList.itemChanged.connect(self.updateGUI)
@@ -218,10 +221,11 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.modelPath = str(info.path)
         self.updateGUI()
 
-    def onAddModel(self):
-        path = qt.QFileDialog.getExistingDirectory(None, _("Model bundle folder (Cancel to choose a .zip)"))
-        if not path:
-            path = qt.QFileDialog.getOpenFileName(None, _("Model bundle (.zip)"), "", "Model bundle (*.zip)")
+    def onAddModel(self, folder=True):
+        if folder:
+            path = qt.QFileDialog.getExistingDirectory(None, _("Model bundle folder (with model.json)"))
+        else:
+            path = qt.QFileDialog.getOpenFileName(None, _("Model bundle"), "", _("Model bundle (*.zip)"))
         if not path:
             return
         try:
@@ -273,6 +277,10 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceInfoLabel.text = self.logic.detectDevices()
 
     def start(self, volumes, targets):
+        if not engine_available():
+            slicer.util.errorDisplay(_("The engine (lkm_core) is missing from this installation; "
+                                       "reinstall the LKMSegment extension."))
+            return
         try:
             if not self.logic.ensureDependencies():
                 return

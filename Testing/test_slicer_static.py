@@ -100,9 +100,17 @@ def test_ui_parameter_names_match_the_parameter_node():
 
 
 def _files_under(folder: Path) -> set[str]:
+    """Files that ship from ``folder``: those git tracks (a colleague's uncommitted work in
+    progress is not part of the product yet), or every file when this is not a git checkout."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--", str(folder)], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+        paths = [REPO / p for p in out.split("\0") if p]
+    except (OSError, subprocess.CalledProcessError):
+        paths = list(folder.rglob("*"))
     found = set()
-    for path in folder.rglob("*"):
-        if path.is_dir() or "__pycache__" in path.parts or path.suffix == ".pyc":
+    for path in paths:
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
             continue
         found.add(path.relative_to(folder).as_posix())
     return found
