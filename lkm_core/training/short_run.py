@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--val-iterations", type=int, default=1, help="validation iterations per epoch")
     p.add_argument("--validate", action="store_true",
                    help="run nnU-Net's final sliding-window validation of the fold afterwards")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (nnU-Net: 0.01)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     trainer.num_epochs = args.epochs
     trainer.num_iterations_per_epoch = args.iterations
     trainer.num_val_iterations_per_epoch = args.val_iterations
+    if args.lr is not None:
+        trainer.initial_lr = args.lr  # read by configure_optimizers() in initialize()
     maybe_load_checkpoint(trainer, False, False, args.pretrained_weights)
     trainer.run_training()
     if args.validate:
