@@ -230,3 +230,43 @@ def test_import_never_resamples_a_user_segment_drawn_on_another_grid(first_run):
     np.testing.assert_array_equal(after[2], before[2])
     # and the model's segments are still exactly the engine's output
     np.testing.assert_array_equal(exported_labelmap(scene, node, volume, LABELS), first_run["engine_labels"])
+
+
+def test_plain_labelmap_results_get_the_model_names_colours_and_terminology(first_run, bundle, tmp_path):
+    from LKMSegmentLib.scene import import_result
+
+    scene, volume = first_run["scene"], first_run["volume"]
+    labelmap = tmp_path / "abdomen_CT.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(first_run["engine_file"])), str(labelmap))
+    model = read_model_info(bundle)
+    report = import_result(scene, volume, labelmap, labels=model.labels, name="from labelmap")
+    seg = report.node.GetSegmentation()
+    present = [lab for lab in model.labels if lab.value in np.unique(first_run["engine_labels"])]
+    assert sorted(report.added) == sorted(lab.name for lab in present)
+    for lab in present:
+        segment = seg.GetSegment(find_segment_by_name(seg, lab.name))
+        np.testing.assert_allclose(segment.GetColor(), lab.color, atol=1e-3)
+        assert lab.terminology["type"]["code"] in segment.GetTerminology()
+    np.testing.assert_array_equal(exported_labelmap(scene, report.node, volume, [lab.name for lab in present]),
+                                  _renumber(first_run["engine_labels"], [lab.value for lab in present]))
+
+
+def _renumber(labels, values):
+    out = np.zeros_like(labels)
+    for i, v in enumerate(values, start=1):
+        out[labels == v] = i
+    return out
+
+
+def test_bad_model_or_unknown_structure_is_refused_before_anything_runs(first_run, bundle, tmp_path):
+    scene, volume, logic = first_run["scene"], first_run["volume"], first_run["logic"]
+    before = scene_snapshot(scene)
+    with pytest.raises(ValueError, match="no model.json"):
+        logic.start([volume], options(tmp_path))
+    with pytest.raises(ValueError, match="does not produce pancreas"):
+        logic.start([volume], options(bundle, subset=["pancreas"]))
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    with pytest.raises(ValueError, match="labelmaps cannot be segmented"):
+        logic.start([labelmap], options(bundle))
+    scene.RemoveNode(labelmap)
+    assert [s[:3] for s in scene_snapshot(scene)] == [s[:3] for s in before]

@@ -146,10 +146,13 @@ def read_result(path, labels=None):
             lab = by_name.get(segment.GetName())
             if lab is None:
                 continue
-            if not path.endswith(".seg.nrrd"):
+            # a .seg.nrrd carries the engine's own colours and codes; a labelmap carries none
+            # (Slicer gives its segments a generic 'Tissue' code), so the model's are used
+            from_labelmap = not path.endswith(".seg.nrrd")
+            if from_labelmap:
                 segment.SetColor(*lab.color)
             entry = terminology_entry(lab.terminology, lab.name)
-            if entry and not segment.HasTerminology():
+            if entry and (from_labelmap or not segment.HasTerminology()):
                 segment.SetTerminology(entry)
     return scratch, node
 
