@@ -27,7 +27,7 @@ from .bundle import Bundle
 from .errors import InputError, ResourceError
 from . import io as lkm_io
 from .preprocessing import labels_to_input, prepare
-from .sliding_window import DeviceOutOfMemory, predict_sliding_window
+from .sliding_window import DeviceOutOfMemory, fit_patch, predict_sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,13 @@ class Predictor:
                  quick: bool = False, tta: bool = False, step: float | None = None,
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
-                 progress: Callable[[dict], None] | None = None, cancel=None):
+                 progress: Callable[[dict], None] | None = None, cancel=None,
+                 shrink_patch: bool = True):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
         self.quick = quick
+        self.shrink_patch = shrink_patch
         defaults = bundle.inference_defaults
         self.step = float(step if step is not None else defaults.get("step", 0.5))
         if not 0 < self.step <= 1:
@@ -183,9 +185,26 @@ class Predictor:
                       network_shape=tuple(prepared.array.shape[1:]),
                       network_spacing=tuple(prepared.grid.GetSpacing()))
 
+    def _divisors(self, n_axes: int) -> tuple:
+        """Per-axis downsampling factor of the network (product of its strides); inputs must
+        be multiples of it. Unknown networks: no shrinking (the patch itself)."""
+        strides = self.bundle.network_config.get("kwargs", {}).get("strides")
+        if not strides:
+            return tuple(self.bundle.patch_size) if n_axes == 3 else (1, *self.bundle.patch_size)
+        factors = [1] * n_axes
+        for stride in strides:
+            stride = [stride] * n_axes if isinstance(stride, int) else stride
+            factors = [f * int(s) for f, s in zip(factors, stride)]
+        return tuple(factors) if n_axes == 3 else (1, *factors)
+
     def _run_network(self, array: np.ndarray, case: str):
         b = self.bundle
         patch = tuple(b.patch_size) if b.dimension == "3d" else (1, *b.patch_size)
+        if self.shrink_patch:
+            fitted = fit_patch(patch, array.shape[1:], self._divisors(len(b.patch_size)))
+            if fitted != patch:
+                log.info("volume smaller than the patch %s: using %s", patch, fitted)
+                patch = fitted
         mirror = tuple(a + 1 for a in self.mirror_axes) if b.dimension == "2d" else self.mirror_axes
         device = self.device
         attempts = [(device, device)]

@@ -1,0 +1,72 @@
+"""Sliding window pieces: tiling, weighting, patch fitting, batching, cancellation, progress."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from engine_helpers import ThresholdNet
+from lkm_core.errors import Cancelled
+from lkm_core.sliding_window import (fit_patch, gaussian_weights, pad_to_patch,
+                                     predict_sliding_window, tile_starts)
+
+
+@pytest.mark.parametrize("size,patch,step", [(100, 32, 0.5), (33, 32, 0.5), (32, 32, 0.5),
+                                             (10, 32, 0.5), (200, 40, 0.25), (77, 16, 1.0)])
+def test_tiles_cover_the_axis_with_the_requested_overlap(size, patch, step):
+    starts = tile_starts(size, patch, step)
+    assert starts[0] == 0 and starts[-1] == max(0, size - patch)
+    assert all(b - a <= patch * step + 1 for a, b in zip(starts, starts[1:]))
+    covered = np.zeros(max(size, patch), bool)
+    for s in starts:
+        covered[s:s + patch] = True
+    assert covered.all()
+
+
+def test_gaussian_weights_peak_in_the_centre_and_never_reach_zero():
+    w = gaussian_weights((8, 16, 12))
+    assert w.shape == (8, 16, 12) and float(w.max()) == pytest.approx(1.0)
+    assert float(w.min()) > 0
+    assert w[4, 8, 6] > w[0, 0, 0]
+    assert gaussian_weights((1, 16, 16)).shape == (1, 16, 16)  # 2D patch through the 3D path
+
+
+def test_patch_shrinks_only_where_the_volume_is_smaller_and_stays_divisible():
+    assert fit_patch((40, 224, 192), (112, 101, 122), (4, 32, 32)) == (40, 128, 128)
+    assert fit_patch((40, 224, 192), (30, 300, 500), (4, 32, 32)) == (32, 224, 192)
+    assert fit_patch((1, 64, 64), (20, 10, 64), (1, 8, 8)) == (1, 16, 64)
+
+
+def test_padding_is_symmetric_and_cropped_back():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    padded, crops = pad_to_patch(x, (6, 4, 8))
+    assert padded.shape == (2, 6, 4, 8)
+    assert torch.equal(padded[(slice(None), *crops)], x)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batched_and_overlapping_patches_give_the_pointwise_result(batch_size):
+    rng = np.random.default_rng(1)
+    array = rng.random((1, 20, 23, 17)).astype(np.float32)
+    net = ThresholdNet()
+    labels = predict_sliding_window([net], array, (8, 8, 8), 2, step=0.5, batch_size=batch_size)
+    np.testing.assert_array_equal(labels, (array[0] > 0.5).astype(np.uint8))
+    assert all(shape[0] <= batch_size for shape in net.calls)
+
+
+def test_progress_rises_to_one_and_cancel_stops_between_patches():
+    array = np.random.default_rng(2).random((1, 16, 16, 16)).astype(np.float32)
+    fractions = []
+    predict_sliding_window([ThresholdNet()], array, (8, 8, 8), 2, step=0.5,
+                           progress=fractions.append)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    stop = threading.Event()
+
+    def progress(fraction):
+        if fraction > 0.2:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        predict_sliding_window([ThresholdNet()], array, (8, 8, 8), 2, step=0.5,
+                               progress=progress, should_stop=stop.is_set)
