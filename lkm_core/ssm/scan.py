@@ -19,6 +19,7 @@ Three implementations, chosen by :func:`selective_scan`:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -30,6 +31,7 @@ from .triton_scan import selective_scan_triton, triton_available
 # Elements of one (T, b, d, n) chunk buffer: big enough to amortise per-op overhead and
 # vectorise exp(), small enough to stay in cache (measured in Testing/benchmarks/scan.py).
 _CHUNK_ELEMENTS = 1 << 18
+_SINGLE_THREAD_STEP_ELEMENTS = 1 << 18
 
 
 def kernels_available() -> bool:
@@ -58,7 +60,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if backend not in (None, "torch"):
         raise ValueError(f"unknown scan backend {backend!r}")
     if needs_grad:
-        return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        with _step_threads(*u.shape[:2], A.shape[1], u.is_cuda):
+            return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     with torch.no_grad():
         return _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
@@ -82,6 +85,24 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
 
 def _compute_dtype(u):
     return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def _step_threads(b, d, n, on_gpu=False):
+    """One thread for the step loop when a step is small.
+
+    A step touches b*d*n elements; below ~256k the second thread gains little, and when the
+    other core is busy its barrier at every op makes the loop many times slower (measured).
+    """
+    previous = torch.get_num_threads()
+    small = not on_gpu and b * d * n <= _SINGLE_THREAD_STEP_ELEMENTS
+    if small and previous > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small and previous > 1:
+            torch.set_num_threads(previous)
 
 
 def _chunk_length(b, d, n, l):
@@ -131,6 +152,11 @@ def _finish(y_t, u, D, z, dtype):
 
 
 def _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    with _step_threads(*u.shape[:2], A.shape[1], u.is_cuda):
+        return _scan_no_grad_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def _scan_no_grad_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     b, d, l = u.shape
     n = A.shape[1]
     _, u_t, dt_t, B_t, C_t, A_c = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
@@ -188,6 +214,11 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        with _step_threads(*grad_out.shape[:2], ctx.saved_tensors[2].shape[1], grad_out.is_cuda):
+            return _SelectiveScan._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         u, delta, A, B, C, D, z, delta_bias, delta_raw, boundaries, y_ssm = ctx.saved_tensors
         has_D, has_z, has_bias = ctx.has
         b, d, l = u.shape
