@@ -167,3 +167,16 @@ def test_unknown_classes_and_ops_are_refused():
         build_network({"class": "os.system", "kwargs": {}})
     with pytest.raises(ValueError, match="torch.nn module"):
         build_network(presets.preset_config("2d_small", conv_op="subprocess.Popen"))
+
+
+def test_inference_in_groups_of_sequences_gives_the_same_result(monkeypatch):
+    import lkm_core.network.mamba_blocks as blocks
+
+    torch.manual_seed(0)
+    bim = BiMamba(8)
+    seqs = torch.randn(7, 20, 8)
+    with torch.no_grad():
+        whole = bim(seqs)
+        monkeypatch.setattr(blocks, "_GROUP_ELEMENTS", 2 * 20 * 16)   # two sequences per group
+        grouped = bim(seqs)
+    assert torch.allclose(whole, grouped, atol=1e-6)

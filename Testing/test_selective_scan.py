@@ -113,17 +113,18 @@ def test_bad_shapes_are_rejected_with_the_expected_layout_in_the_message():
 
 TRITON_CHECK = """
 import torch
-from lkm_core.ssm.triton_scan import selective_scan_triton
-from lkm_core.ssm import selective_scan
+from lkm_core.ssm.scan import selective_scan_time_major
 torch.manual_seed(0)
 b, d, n, l = 2, 40, 16, 23          # d not a multiple of the channel block: masked lanes
 u, delta, z = torch.randn(b, d, l), torch.randn(b, d, l) * 0.5, torch.randn(b, d, l)
 A, B, C = -torch.rand(d, n), torch.randn(b, n, l), torch.randn(b, n, l)
 D, bias = torch.randn(d), torch.randn(d)
-for kw in (dict(D=D, z=z, delta_bias=bias, delta_softplus=True), dict(delta_softplus=False)):
+for kw in (dict(D=D, z=z.permute(2, 0, 1), delta_bias=bias, delta_softplus=True), dict(delta_softplus=False)):
     dl = delta if kw["delta_softplus"] else delta.abs()
-    ref = selective_scan(u, dl, A, B, C, **kw)
-    err = (selective_scan_triton(u, dl, A, B, C, **kw) - ref).abs().max() / ref.abs().max()
+    tm = lambda t: t.permute(2, 0, 1)   # strided views: the kernel takes strides as they come
+    ref = selective_scan_time_major(tm(u), tm(dl), A, tm(B), tm(C), **kw, backend="torch")
+    got = selective_scan_time_major(tm(u), tm(dl), A, tm(B), tm(C), **kw, backend="triton")
+    err = (got - ref).abs().max() / ref.abs().max()
     assert err < 1e-6, err
 print("ok")
 """

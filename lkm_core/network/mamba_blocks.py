@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from ..ssm import Mamba
 
 PARTITIONS = ("window", "strided")
+# Inference runs BiM on groups of sequences of at most this many (token x d_inner) elements,
+# so one Mamba layer's temporaries stay near 100 MB each whatever the feature map's size.
+_GROUP_ELEMENTS = 1 << 25
 
 
 def _pad_to_multiple(x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -108,11 +111,24 @@ class BiMamba(nn.Module):
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """(N, L, C) -> (N, L, C), fp32 throughout."""
         with torch.autocast(device_type=seqs.device.type, enabled=False):
-            normed = self.norm(seqs.float())
-            inner = self.mamba_fwd(normed)
-            if self.mamba_bwd is not None:
-                inner = inner + self.mamba_bwd(normed.flip(1)).flip(1)
-            return self.out_proj(inner)
+            normed = self.norm(seqs.float().transpose(0, 1))      # time-major (L, N, C)
+            if torch.is_grad_enabled():
+                return self._mix(normed).transpose(0, 1)
+            # inference: a bounded number of sequences at a time bounds the layer's memory
+            L, N, C = normed.shape
+            group = max(1, _GROUP_ELEMENTS // (L * self.mamba_fwd.d_inner))
+            if group >= N:
+                return self._mix(normed).transpose(0, 1)
+            out = normed.new_empty(L, N, C)
+            for start in range(0, N, group):
+                out[:, start:start + group] = self._mix(normed[:, start:start + group])
+            return out.transpose(0, 1)
+
+    def _mix(self, normed):
+        inner = self.mamba_fwd.forward_time_major(normed)
+        if self.mamba_bwd is not None:
+            inner = inner + self.mamba_bwd.forward_time_major(normed.flip(0)).flip(0)
+        return self.out_proj(inner)
 
 
 class PixelMamba(nn.Module):

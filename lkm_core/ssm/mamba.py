@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .kernels import causal_conv1d_fn
-from .scan import selective_scan
+from .scan import kernels_available, selective_scan, selective_scan_time_major
 
 
 class Mamba(nn.Module):
@@ -67,27 +67,56 @@ class Mamba(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, length, d_model) -> (batch, length, d_model) (d_inner without out_proj)."""
+        return self.forward_time_major(hidden.transpose(0, 1)).transpose(0, 1)
+
+    def forward_time_major(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(length, batch, d_model) -> (length, batch, d_model): the layout the scan walks."""
         # fp16 scans overflow: the whole layer runs in fp32 whatever autocast says
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return self._forward_fp32(hidden.float())
+            hidden = hidden.float()
+            if hidden.is_cuda and kernels_available():
+                return self._forward_kernels(hidden.transpose(0, 1)).transpose(0, 1)
+            return self._forward_time_major(hidden)
 
-    def _forward_fp32(self, hidden):
+    def _forward_time_major(self, hidden):
+        xz = self.in_proj(hidden)                                # (l, b, 2*d_inner)
+        x, z = xz[..., :self.d_inner], xz[..., self.d_inner:]
+        x = self._causal_conv_time_major(x)
+        x_dbl = self.x_proj(x)                                   # (l, b, r + 2n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = dt @ self.dt_proj.weight.t()                     # bias goes in as delta_bias
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan_time_major(x, delta, A, B, C, self.D.float(), z,
+                                      delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y)
+
+    def _causal_conv_time_major(self, x):
+        """Depthwise causal conv along l, then SiLU: out[t] = bias + sum_k w[k] * x[t - K + 1 + k]."""
+        weight = self.conv1d.weight[:, 0, :]                     # (d_inner, K)
+        K = weight.shape[1]
+        out = x * weight[:, K - 1]
+        if self.conv1d.bias is not None:
+            out = out + self.conv1d.bias
+        for shift in range(1, min(K, x.shape[0])):
+            out[shift:] = out[shift:] + x[:-shift] * weight[:, K - 1 - shift]
+        return F.silu(out)
+
+    def _forward_kernels(self, hidden):
+        """mamba_ssm's layout, (b, l, d_model), for its fused CUDA kernels."""
         length = hidden.shape[1]
         xz = self.in_proj(hidden).transpose(1, 2)              # (b, 2*d_inner, l)
         x, z = xz.chunk(2, dim=1)
-        x = self._causal_conv(x.contiguous(), length)
+        fused = causal_conv1d_fn()
+        x = x.contiguous()
+        if fused is not None:
+            x = fused(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        else:
+            x = F.silu(self.conv1d(x)[..., :length])
         x_dbl = self.x_proj(x.transpose(1, 2))                  # (b, l, r + 2n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias goes in as delta_bias
+        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
         A = -torch.exp(self.A_log.float())
         y = selective_scan(x, delta.contiguous(), A, B.transpose(1, 2).contiguous(),
                            C.transpose(1, 2).contiguous(), self.D.float(), z.contiguous(),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))
-
-    def _causal_conv(self, x, length):
-        fused = causal_conv1d_fn() if x.is_cuda else None
-        if fused is not None:
-            weight = self.conv1d.weight.squeeze(1)
-            return fused(x, weight, self.conv1d.bias, activation="silu")
-        return F.silu(self.conv1d(x)[..., :length])

@@ -1,20 +1,26 @@
-"""The selective scan of Mamba, with mamba_ssm's argument layout.
+"""The selective scan of Mamba.
 
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t
     y_t = <h_t, C_t> + D * u_t,    y <- y * silu(z),    delta <- softplus(delta + delta_bias)
 
-Shapes (as mamba_ssm's ``selective_scan_fn``): u, delta, z: (b, d, l); A: (d, n);
-B, C: (b, n, l); D, delta_bias: (d,). Returns (b, d, l) in u's dtype.
+Two entry points:
 
-Three implementations, chosen by :func:`selective_scan`:
+* :func:`selective_scan` has mamba_ssm's ``selective_scan_fn`` layout: u, delta, z: (b, d, l);
+  A: (d, n); B, C: (b, n, l); D, delta_bias: (d,); returns (b, d, l).
+* :func:`selective_scan_time_major` takes u, delta, z: (l, b, d) and B, C: (l, b, n) and
+  returns (l, b, d). The recurrence walks l, so this is the layout every step reads
+  contiguously; the Mamba layer produces it directly and avoids full-size transposes.
+
+Implementations, chosen automatically:
 
 * mamba_ssm's CUDA kernel, when it imports and the tensors are on a GPU;
 * a Triton kernel (triton_scan.py) for GPU inference without mamba_ssm;
-* ``_scan_no_grad``: inference. Time-major, chunked: exp(delta*A) and delta*u*B are built for a
-  chunk of T steps at a time into preallocated (T, b, d, n) buffers, then one fused
-  multiply-add per step carries the state. Nothing of size (b, d, l, n) is ever allocated.
+* ``_scan_no_grad``: inference anywhere. Chunked: exp(delta*A) and delta*u*B are built for
+  T steps at a time into preallocated (T, b, d, n) buffers, then one fused multiply-add per
+  step carries the state. Nothing of size (b, d, l, n) is ever allocated.
 * ``_SelectiveScan``: the same forward plus a hand-written backward (reverse scan) that keeps
-  only the state at chunk boundaries and recomputes inside each chunk, for training on a CPU.
+  only the state at chunk boundaries and recomputes inside each chunk, for training
+  without mamba_ssm.
 """
 
 from __future__ import annotations
@@ -29,13 +35,18 @@ from .kernels import mamba_selective_scan_fn
 from .triton_scan import selective_scan_triton, triton_available
 
 # Elements of one (T, b, d, n) chunk buffer: big enough to amortise per-op overhead and
-# vectorise exp(), small enough to stay in cache (measured in Testing/benchmarks/scan.py).
+# vectorise exp(), small enough to stay near the cache (Testing/benchmarks/scan.py).
 _CHUNK_ELEMENTS = 1 << 18
+# A step touching fewer elements than this runs on one thread (see _step_threads).
 _SINGLE_THREAD_STEP_ELEMENTS = 1 << 18
 
 
 def kernels_available() -> bool:
     return mamba_selective_scan_fn() is not None
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -45,46 +56,56 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     backend: None picks the best available ("mamba_ssm" on CUDA when it imports, else
     "triton" on CUDA for inference, else "torch"); naming one forces it (for benchmarks).
     """
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    if backend is None and u.is_cuda:
-        if mamba_selective_scan_fn() is not None:
-            backend = "mamba_ssm"
-        elif not needs_grad and triton_available(u.device):
-            backend = "triton"
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, time_major=False)
+    if backend is None and u.is_cuda and mamba_selective_scan_fn() is not None:
+        backend = "mamba_ssm"
     if backend == "mamba_ssm":
         return mamba_selective_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    tm = lambda t: t.permute(2, 0, 1) if t is not None else None
+    y = selective_scan_time_major(tm(u), tm(delta), A, tm(B), tm(C), D, tm(z), delta_bias,
+                                  delta_softplus, backend=backend)
+    return y.permute(1, 2, 0)
+
+
+def selective_scan_time_major(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                              delta_softplus=False, *, backend: str | None = None):
+    """The scan on time-major tensors: u, delta, z (l, b, d); B, C (l, b, n) -> (l, b, d)."""
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, time_major=True)
+    grad = _needs_grad(u, delta, A, B, C, D, z, delta_bias)
+    if backend is None:
+        backend = "triton" if (u.is_cuda and not grad and triton_available(u.device)) else "torch"
     if backend == "triton":
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if backend not in (None, "torch"):
+    if backend != "torch":
         raise ValueError(f"unknown scan backend {backend!r}")
-    if needs_grad:
-        with _step_threads(*u.shape[:2], A.shape[1], u.is_cuda):
+    with _step_threads(u.shape[1], u.shape[2], A.shape[1], u.is_cuda):
+        if grad:
             return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    with torch.no_grad():
-        return _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        with torch.no_grad():
+            return _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias, time_major):
+    layout = "(l, b, d)" if time_major else "(b, d, l)"
     if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (b, d, l); got {tuple(u.shape)}, {tuple(delta.shape)}")
-    b, d, l = u.shape
+        raise ValueError(f"u and delta must both be {layout}; got {tuple(u.shape)}, {tuple(delta.shape)}")
+    if time_major:
+        l, b, d = u.shape
+    else:
+        b, d, l = u.shape
     if A.dim() != 2 or A.shape[0] != d:
         raise ValueError(f"A must be (d, n) with d={d}; got {tuple(A.shape)}")
     n = A.shape[1]
+    expected = (l, b, n) if time_major else (b, n, l)
     for name, t in (("B", B), ("C", C)):
-        if tuple(t.shape) != (b, n, l):
-            raise ValueError(f"{name} must be (b, n, l) = {(b, n, l)}; got {tuple(t.shape)}")
+        if tuple(t.shape) != expected:
+            raise ValueError(f"{name} must be {'(l, b, n)' if time_major else '(b, n, l)'} = {expected}; "
+                             f"got {tuple(t.shape)}")
     if z is not None and z.shape != u.shape:
-        raise ValueError(f"z must be (b, d, l) like u; got {tuple(z.shape)}")
+        raise ValueError(f"z must be {layout} like u; got {tuple(z.shape)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (d,):
             raise ValueError(f"{name} must be (d,) = ({d},); got {tuple(t.shape)}")
-
-
-def _compute_dtype(u):
-    return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
 @contextlib.contextmanager
@@ -92,93 +113,92 @@ def _step_threads(b, d, n, on_gpu=False):
     """One thread for the step loop when a step is small.
 
     A step touches b*d*n elements; below ~256k the second thread gains little, and when the
-    other core is busy its barrier at every op makes the loop many times slower (measured).
+    other core is busy its barrier at every op makes the loop several times slower (measured).
     """
     previous = torch.get_num_threads()
-    small = not on_gpu and b * d * n <= _SINGLE_THREAD_STEP_ELEMENTS
-    if small and previous > 1:
+    single = not on_gpu and previous > 1 and b * d * n <= _SINGLE_THREAD_STEP_ELEMENTS
+    if single:
         torch.set_num_threads(1)
     try:
         yield
     finally:
-        if small and previous > 1:
+        if single:
             torch.set_num_threads(previous)
+
+
+def _compute_dtype(u):
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
 def _chunk_length(b, d, n, l):
     return max(1, min(l, _CHUNK_ELEMENTS // max(1, b * d * n)))
 
 
-def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
-    """Time-major fp32 (or fp64) copies: (l, b, d) for u/delta, (l, b, n) for B/C."""
-    dtype = _compute_dtype(u)
-    delta_raw = delta.to(dtype)
-    if delta_bias is not None:
-        delta_raw = delta_raw + delta_bias.to(dtype)[:, None]
-    dt = F.softplus(delta_raw) if delta_softplus else delta_raw
-    u_t = u.to(dtype).permute(2, 0, 1).contiguous()
-    dt_t = dt.permute(2, 0, 1).contiguous()
-    B_t = B.to(dtype).permute(2, 0, 1).contiguous()
-    C_t = C.to(dtype).permute(2, 0, 1).contiguous()
-    return delta_raw, u_t, dt_t, B_t, C_t, A.to(dtype)
+def _step_sizes(delta, delta_bias, softplus, dtype):
+    """delta (+ bias), softplus'd: (l, b, d) in the compute dtype (a new tensor)."""
+    dt = delta.to(dtype)
+    dt = dt + delta_bias.to(dtype) if delta_bias is not None else dt.clone()
+    return F.softplus(dt) if softplus else dt
 
 
-def _fill_chunk(dA, dBu, dt_t, u_t, B_t, A, t0, t1):
+def _fill_chunk(dA, dBu, dt, u, B, A, t0, t1):
     """dA[i] = exp(delta_t A), dBu[i] = delta_t u_t B_t for t in [t0, t1), into the buffers."""
     T = t1 - t0
-    torch.mul(dt_t[t0:t1, :, :, None], A, out=dA[:T])
+    torch.mul(dt[t0:t1, :, :, None], A, out=dA[:T])
     dA[:T].exp_()
-    torch.mul((dt_t[t0:t1] * u_t[t0:t1])[:, :, :, None], B_t[t0:t1, :, None, :], out=dBu[:T])
+    torch.mul((dt[t0:t1] * u[t0:t1])[:, :, :, None], B[t0:t1, :, None, :], out=dBu[:T])
     return dA[:T], dBu[:T]
 
 
 def _run_chunk(h, dA, dBu, H):
-    """Carry the state through one chunk; H[i] receives h after step i. Returns the last state."""
+    """Carry the state through one chunk; H[i] receives h after step i. Returns the last state.
+
+    Writing H[0] while h is H[-1] of the previous chunk is safe: they are different rows
+    (or, for T == 1, the same row updated elementwise in place).
+    """
     for i in range(dA.shape[0]):
         torch.addcmul(dBu[i], h, dA[i], out=H[i])
         h = H[i]
     return h
 
 
-def _finish(y_t, u, D, z, dtype):
-    """(l, b, d) scan output -> (b, d, l), plus the D skip and the z gate."""
-    y = y_t.permute(1, 2, 0)
-    uc = u.to(y.dtype)
+def _contract_with_C(H, C, y):
+    """y[t, b, :] = H[t, b] @ C[t, b] for a chunk: (T*b, d, n) @ (T*b, n, 1)."""
+    T, b, d, n = H.shape
+    torch.bmm(H.reshape(-1, d, n), C.reshape(-1, n, 1), out=y.view(-1, d, 1))
+
+
+def _skip_and_gate(y, u, D, z):
+    """y + D*u, gated by silu(z), in place on y (one chunk at a time keeps temporaries small)."""
     if D is not None:
-        y = y + uc * D.to(y.dtype)[:, None]
+        y.addcmul_(u, D.to(y.dtype))
     if z is not None:
-        y = y * F.silu(z.to(y.dtype))
-    return y.to(dtype)
+        y.mul_(F.silu(z.to(y.dtype)))
+    return y
 
 
 def _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    with _step_threads(*u.shape[:2], A.shape[1], u.is_cuda):
-        return _scan_no_grad_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-
-
-def _scan_no_grad_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    b, d, l = u.shape
+    l, b, d = u.shape
     n = A.shape[1]
-    _, u_t, dt_t, B_t, C_t, A_c = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    dtype = _compute_dtype(u)
+    dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)
+    uc = u.to(dtype)
+    Bc, Cc, Ac = B.to(dtype).contiguous(), C.to(dtype).contiguous(), A.to(dtype)
     T = _chunk_length(b, d, n, l)
-    dA = u_t.new_empty(T, b, d, n)
-    dBu = u_t.new_empty(T, b, d, n)
-    H = u_t.new_empty(T, b, d, n)
-    y_t = u_t.new_empty(l, b, d)
-    h = u_t.new_zeros(b, d, n)
+    dA, dBu, H = (uc.new_empty(T, b, d, n) for _ in range(3))
+    y = uc.new_empty(l, b, d)
+    h = uc.new_zeros(b, d, n)
     for t0 in range(0, l, T):
         t1 = min(l, t0 + T)
-        dA_c, dBu_c = _fill_chunk(dA, dBu, dt_t, u_t, B_t, A_c, t0, t1)
-        h = _run_chunk(h, dA_c, dBu_c, H).clone() if t1 < l else _run_chunk(h, dA_c, dBu_c, H)
-        # y_t = sum_n H_t * C_t for the whole chunk at once: (T*b, d, n) @ (T*b, n, 1)
-        Hc = H[: t1 - t0]
-        torch.bmm(Hc.reshape(-1, d, n), C_t[t0:t1].reshape(-1, n, 1),
-                  out=y_t[t0:t1].view(-1, d, 1))
-    return _finish(y_t, u, D, z, u.dtype)
+        dA_c, dBu_c = _fill_chunk(dA, dBu, dt, uc, Bc, Ac, t0, t1)
+        h = _run_chunk(h, dA_c, dBu_c, H)
+        _contract_with_C(H[: t1 - t0], Cc[t0:t1], y[t0:t1])
+        _skip_and_gate(y[t0:t1], uc[t0:t1], D, z[t0:t1] if z is not None else None)
+    return y.to(u.dtype)
 
 
 class _SelectiveScan(torch.autograd.Function):
-    """Chunked scan with a hand-written reverse scan for the gradients.
+    """Chunked time-major scan with a hand-written reverse scan for the gradients.
 
     Saves the inputs and the state at each chunk boundary ((l/T, b, d, n)); the backward
     recomputes the states inside one chunk at a time.
@@ -186,42 +206,43 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        b, d, l = u.shape
+        l, b, d = u.shape
         n = A.shape[1]
-        delta_raw, u_t, dt_t, B_t, C_t, A_c = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+        dtype = _compute_dtype(u)
+        delta_raw = delta.to(dtype) + delta_bias.to(dtype) if delta_bias is not None else delta.to(dtype)
+        dt = F.softplus(delta_raw) if delta_softplus else delta_raw
+        uc = u.to(dtype)
+        Bc, Cc, Ac = B.to(dtype).contiguous(), C.to(dtype).contiguous(), A.to(dtype)
         # boundaries cost (l/T)*b*d*n and chunk buffers T*b*d*n: T near sqrt(l) keeps both small
         T = max(_chunk_length(b, d, n, l), min(l, math.isqrt(l)))
         starts = list(range(0, l, T))
-        dA = u_t.new_empty(T, b, d, n)
-        dBu = u_t.new_empty(T, b, d, n)
-        H = u_t.new_empty(T, b, d, n)
-        y_t = u_t.new_empty(l, b, d)
-        h = u_t.new_zeros(b, d, n)
-        boundaries = u_t.new_empty(len(starts), b, d, n)
+        dA, dBu, H = (uc.new_empty(T, b, d, n) for _ in range(3))
+        y_ssm = uc.new_empty(l, b, d)
+        h = uc.new_zeros(b, d, n)
+        boundaries = uc.new_empty(len(starts), b, d, n)
         for k, t0 in enumerate(starts):
             t1 = min(l, t0 + T)
             boundaries[k] = h
-            dA_c, dBu_c = _fill_chunk(dA, dBu, dt_t, u_t, B_t, A_c, t0, t1)
-            h = _run_chunk(h, dA_c, dBu_c, H).clone()
-            Hc = H[: t1 - t0]
-            torch.bmm(Hc.reshape(-1, d, n), C_t[t0:t1].reshape(-1, n, 1), out=y_t[t0:t1].view(-1, d, 1))
-        y_ssm = y_t.permute(1, 2, 0)  # (b, d, l), before D and z
+            dA_c, dBu_c = _fill_chunk(dA, dBu, dt, uc, Bc, Ac, t0, t1)
+            h = _run_chunk(h, dA_c, dBu_c, H)
+            _contract_with_C(H[: t1 - t0], Cc[t0:t1], y_ssm[t0:t1])
         ctx.delta_softplus = delta_softplus
         ctx.chunk = T
         ctx.has = (D is not None, z is not None, delta_bias is not None)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, delta_raw, boundaries, y_ssm)
-        return _finish(y_t, u, D, z, u.dtype)
+        return _skip_and_gate(y_ssm.clone(), uc, D, z).to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        with _step_threads(*grad_out.shape[:2], ctx.saved_tensors[2].shape[1], grad_out.is_cuda):
-            return _SelectiveScan._backward(ctx, grad_out)
+        u, delta, A, B, C, D, z, delta_bias, delta_raw, boundaries, y_ssm = ctx.saved_tensors
+        with _step_threads(u.shape[1], u.shape[2], A.shape[1], u.is_cuda):
+            return _SelectiveScan._backward(ctx, grad_out, u, delta, A, B, C, D, z, delta_bias,
+                                            delta_raw, boundaries, y_ssm)
 
     @staticmethod
-    def _backward(ctx, grad_out):
-        u, delta, A, B, C, D, z, delta_bias, delta_raw, boundaries, y_ssm = ctx.saved_tensors
+    def _backward(ctx, grad_out, u, delta, A, B, C, D, z, delta_bias, delta_raw, boundaries, y_ssm):
         has_D, has_z, has_bias = ctx.has
-        b, d, l = u.shape
+        l, b, d = u.shape
         n = A.shape[1]
         T = ctx.chunk
         dtype = y_ssm.dtype
@@ -229,76 +250,67 @@ class _SelectiveScan(torch.autograd.Function):
         uc = u.to(dtype)
 
         # the gate and the D skip
-        y_pre = y_ssm + uc * D.to(dtype)[:, None] if has_D else y_ssm
+        y_pre = y_ssm + uc * D.to(dtype) if has_D else y_ssm
         grad_z = None
         if has_z:
             zc = z.to(dtype)
             sig = torch.sigmoid(zc)
             grad_z = (g * y_pre * sig * (1 + zc * (1 - sig))).to(z.dtype)
             g = g * zc * sig
-        grad_D = (g * uc).sum(dim=(0, 2)).to(D.dtype) if has_D else None
-        grad_u = g * D.to(dtype)[:, None] if has_D else torch.zeros_like(uc)
+        grad_D = (g * uc).sum(dim=(0, 1)).to(D.dtype) if has_D else None
+        grad_u = g * D.to(dtype) if has_D else torch.zeros_like(uc)
 
         dt = F.softplus(delta_raw) if ctx.delta_softplus else delta_raw
-        u_t = uc.permute(2, 0, 1).contiguous()
-        dt_t = dt.permute(2, 0, 1).contiguous()
-        B_t = B.to(dtype).permute(2, 0, 1).contiguous()
-        C_t = C.to(dtype).permute(2, 0, 1).contiguous()
-        g_t = g.permute(2, 0, 1).contiguous()  # (l, b, d): gradient of y_ssm
-        A_c = A.to(dtype)
+        Bc, Cc, Ac = B.to(dtype).contiguous(), C.to(dtype).contiguous(), A.to(dtype)
+        g = g.contiguous()  # gradient of y_ssm, (l, b, d)
 
-        grad_dt = torch.empty_like(dt_t)
-        grad_u_scan = torch.empty_like(u_t)
-        grad_B = torch.empty_like(B_t)
-        grad_C = torch.empty_like(C_t)
-        grad_A = torch.zeros_like(A_c)
-        dA = u_t.new_empty(T, b, d, n)
-        dBu = u_t.new_empty(T, b, d, n)
-        H = u_t.new_empty(T, b, d, n)
-        GH = u_t.new_empty(T, b, d, n)
-        gh_next = u_t.new_zeros(b, d, n)   # gradient flowing into h_t from step t+1 onwards
-        dA_next = u_t.new_zeros(b, d, n)   # exp(delta_{t+1} A) of the step after the chunk
+        grad_dt = torch.empty_like(dt)
+        grad_u_scan = torch.empty_like(uc)
+        grad_B = torch.empty_like(Bc)
+        grad_C = torch.empty_like(Cc)
+        grad_A = torch.zeros_like(Ac)
+        dA, dBu, H, GH = (uc.new_empty(T, b, d, n) for _ in range(4))
+        gh_next = uc.new_zeros(b, d, n)   # gradient flowing into h_t from step t+1 onwards
+        dA_next = uc.new_zeros(b, d, n)   # exp(delta_{t+1} A) of the step after the chunk
 
         for k in reversed(range(boundaries.shape[0])):
             t0 = k * T
             t1 = min(l, t0 + T)
             m = t1 - t0
-            dA_c, dBu_c = _fill_chunk(dA, dBu, dt_t, u_t, B_t, A_c, t0, t1)
+            dA_c, dBu_c = _fill_chunk(dA, dBu, dt, uc, Bc, Ac, t0, t1)
             _run_chunk(boundaries[k], dA_c, dBu_c, H)
             Hc = H[:m]
-            # gradient of y_t = <h_t, C_t>: into C directly, into h_t as g_t (x) C_t
-            grad_C[t0:t1] = torch.einsum("tbdn,tbd->tbn", Hc, g_t[t0:t1])
-            direct = g_t[t0:t1, :, :, None] * C_t[t0:t1, :, None, :]
+            # y_t = <h_t, C_t>: gradient into C directly, into h_t as g_t (x) C_t
+            grad_C[t0:t1] = torch.einsum("tbdn,tbd->tbn", Hc, g[t0:t1])
+            direct = g[t0:t1, :, :, None] * Cc[t0:t1, :, None, :]
             # reverse scan: gh_t = direct_t + exp(delta_{t+1} A) * gh_{t+1}
             for i in reversed(range(m)):
                 torch.addcmul(direct[i], gh_next, dA_next, out=GH[i])
                 gh_next = GH[i]
                 dA_next = dA_c[i]
-            gh_next = gh_next.clone()
+            gh_next = gh_next.clone()     # the buffers are refilled by the next chunk
             dA_next = dA_next.clone()
             GHc = GH[:m]
             h_prev = torch.cat([boundaries[k][None], Hc[:-1]], dim=0)
             g_dA = GHc * h_prev * dA_c                      # d/d(delta A) of exp(delta A)
-            grad_A += torch.einsum("tbdn,tbd->dn", g_dA, dt_t[t0:t1])
-            gB_sum = torch.einsum("tbdn,tbn->tbd", GHc, B_t[t0:t1])
-            grad_dt[t0:t1] = torch.einsum("tbdn,dn->tbd", g_dA, A_c) + gB_sum * u_t[t0:t1]
-            grad_u_scan[t0:t1] = gB_sum * dt_t[t0:t1]
-            grad_B[t0:t1] = torch.einsum("tbdn,tbd->tbn", GHc, dt_t[t0:t1] * u_t[t0:t1])
+            grad_A += torch.einsum("tbdn,tbd->dn", g_dA, dt[t0:t1])
+            gB_sum = torch.einsum("tbdn,tbn->tbd", GHc, Bc[t0:t1])
+            grad_dt[t0:t1] = torch.einsum("tbdn,dn->tbd", g_dA, Ac) + gB_sum * uc[t0:t1]
+            grad_u_scan[t0:t1] = gB_sum * dt[t0:t1]
+            grad_B[t0:t1] = torch.einsum("tbdn,tbd->tbn", GHc, dt[t0:t1] * uc[t0:t1])
 
-        grad_u = grad_u + grad_u_scan.permute(1, 2, 0)
-        grad_delta = grad_dt.permute(1, 2, 0)
-        if ctx.delta_softplus:
-            grad_delta = grad_delta * torch.sigmoid(delta_raw)
-        grad_bias = grad_delta.sum(dim=(0, 2)).to(delta_bias.dtype) if has_bias else None
+        grad_u = grad_u + grad_u_scan
+        grad_delta = grad_dt * torch.sigmoid(delta_raw) if ctx.delta_softplus else grad_dt
+        grad_bias = grad_delta.sum(dim=(0, 1)).to(delta_bias.dtype) if has_bias else None
         return (grad_u.to(u.dtype), grad_delta.to(delta.dtype), grad_A.to(A.dtype),
-                grad_B.permute(1, 2, 0).to(B.dtype), grad_C.permute(1, 2, 0).to(C.dtype),
-                grad_D, grad_z, grad_bias, None)
+                grad_B.to(B.dtype), grad_C.to(C.dtype), grad_D, grad_z, grad_bias, None)
 
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """The materialising algorithm of mamba_ssm's ``selective_scan_ref``, for tests and benchmarks.
 
-    Builds exp(delta*A) and delta*u*B for all steps at once ((b, d, l, n) each), then loops.
+    (b, d, l) layout. Builds exp(delta*A) and delta*u*B for all steps at once ((b, d, l, n)
+    each), then loops.
     """
     dtype = _compute_dtype(u)
     dt = delta.to(dtype)

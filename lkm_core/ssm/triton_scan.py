@@ -30,9 +30,11 @@ def _kernel():
     @triton.jit
     def scan_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
                     L, DIM, N,
+                    su_l, su_b, sdt_l, sdt_b, sz_l, sz_b, sB_l, sB_b, sC_l, sC_b, sy_l, sy_b,
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-        # u, dt, z, y: (b, l, d) contiguous; B, C: (b, l, n) contiguous; A: (d, n)
+        # u, dt, z, y: (l, b, d) and B, C: (l, b, n), any strides over l and b, unit stride
+        # over the last dim; A: (d, n) contiguous. One program: one sequence, BLOCK_D channels.
         pid_b = tl.program_id(0)
         pid_d = tl.program_id(1)
         d_off = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -46,26 +48,23 @@ def _kernel():
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d_off, mask=d_mask, other=0.0)
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        row = pid_b * L
         for t in range(L):
-            base_d = (row + t) * DIM + d_off
-            base_n = (row + t) * N + n_off
-            u = tl.load(u_ptr + base_d, mask=d_mask, other=0.0)
-            dt = tl.load(dt_ptr + base_d, mask=d_mask, other=0.0)
+            u = tl.load(u_ptr + t * su_l + pid_b * su_b + d_off, mask=d_mask, other=0.0)
+            dt = tl.load(dt_ptr + t * sdt_l + pid_b * sdt_b + d_off, mask=d_mask, other=0.0)
             if HAS_BIAS:
                 dt = dt + bias
             if SOFTPLUS:
                 dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
-            Bt = tl.load(B_ptr + base_n, mask=n_mask, other=0.0)
-            Ct = tl.load(C_ptr + base_n, mask=n_mask, other=0.0)
+            Bt = tl.load(B_ptr + t * sB_l + pid_b * sB_b + n_off, mask=n_mask, other=0.0)
+            Ct = tl.load(C_ptr + t * sC_l + pid_b * sC_b + n_off, mask=n_mask, other=0.0)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], axis=1)
             if HAS_D:
                 y = y + Dv * u
             if HAS_Z:
-                z = tl.load(z_ptr + base_d, mask=d_mask, other=0.0)
+                z = tl.load(z_ptr + t * sz_l + pid_b * sz_b + d_off, mask=d_mask, other=0.0)
                 y = y * z * tl.sigmoid(z)
-            tl.store(y_ptr + base_d, y, mask=d_mask)
+            tl.store(y_ptr + t * sy_l + pid_b * sy_b + d_off, y, mask=d_mask)
 
     return scan_kernel
 
@@ -76,23 +75,24 @@ def triton_available(device: torch.device) -> bool:
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           block_d: int = 32):
-    """Same arguments and result as ``selective_scan``; no gradients."""
+    """Time-major scan (u, delta, z: (l, b, d); B, C: (l, b, n)) -> (l, b, d); no gradients."""
     kernel = _kernel()
     if kernel is None:
         raise RuntimeError("triton is not available")
-    b, d, l = u.shape
+    l, b, d = u.shape
     n = A.shape[1]
-    as_bld = lambda t: t.float().transpose(1, 2).contiguous()
-    u_, dt_ = as_bld(u), as_bld(delta)
-    z_ = as_bld(z) if z is not None else u_
-    B_, C_ = as_bld(B), as_bld(C)
+    # fp32, unit stride over the last dim; the l and b strides are passed as they are
+    prep = lambda t: t if (t.dtype == torch.float32 and t.stride(-1) == 1) else t.float().contiguous()
+    u_, dt_, B_, C_ = prep(u), prep(delta), prep(B), prep(C)
+    z_ = prep(z) if z is not None else u_
     A_ = A.float().contiguous()
     D_ = D.float().contiguous() if D is not None else A_
     bias_ = delta_bias.float().contiguous() if delta_bias is not None else A_
-    y = torch.empty_like(u_)
+    y = torch.empty((l, b, d), device=u.device, dtype=torch.float32)
     block_n = max(16, 1 << (n - 1).bit_length())
     grid = (b, (d + block_d - 1) // block_d)
-    kernel[grid](u_, dt_, z_, A_, B_, C_, D_, bias_, y, l, d, n,
+    strides = [s for t in (u_, dt_, z_, B_, C_, y) for s in (t.stride(0), t.stride(1))]
+    kernel[grid](u_, dt_, z_, A_, B_, C_, D_, bias_, y, l, d, n, *strides,
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=block_n)
-    return y.transpose(1, 2).to(u.dtype)
+    return y.to(u.dtype)
