@@ -49,8 +49,6 @@ def run_variant(preset, use_mamba, threads, repeats):
             m.register_forward_hook(post)
     times = []
     with torch.inference_mode():
-        net(torch.randn(1, 1, *[max(8, s // 4) for s in x.shape[2:]]))  # warm-up on a small input
-        spent.clear()
         for _ in range(repeats):
             start = time.perf_counter()
             net(x)
