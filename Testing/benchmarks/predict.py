@@ -1,0 +1,142 @@
+"""Benchmark: the CLI on a clinical-size CT, per-phase wall time and peak RSS.
+
+Makes a clinical-size CT by resampling the sample CT (3 mm) to 0.8 x 0.8 x 1.5 mm
+(457 x 379 x 224 voxels), an untrained bundle of the chosen preset, then runs
+``python -m lkm_core predict`` in a child process per mode and reports the phase timings from
+its summary, its total wall time (with start-up and model loading) and its peak RSS (wait4).
+
+    python Testing/benchmarks/predict.py                      # 3d_paper, quick mode, 2 threads
+    python Testing/benchmarks/predict.py --modes quick,full   # also the full-resolution figure
+    python Testing/benchmarks/predict.py --preset 3d_small --crop 0.5   # a small variant
+
+Goals (issue 3, 2 cores): quick mode <= 120 s, <= 4 GB peak RSS, all but the network <= 15 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+ORGANS = "liver,spleen,kidney_right,kidney_left,gallbladder,stomach,pancreas,aorta,inferior_vena_cava"
+
+
+def clinical_ct(work: Path, spacing, crop: float) -> Path:
+    from lkm_core.sample_data import fetch_sample_ct
+    name = f"ct_{'x'.join(str(s) for s in spacing)}_crop{crop:g}.nii.gz"
+    path = work / name
+    if path.exists():
+        return path
+    image = sitk.ReadImage(str(fetch_sample_ct().image))
+    if crop < 1:
+        size = image.GetSize()
+        keep = [max(8, int(round(n * crop))) for n in size]
+        start = [(n - k) // 2 for n, k in zip(size, keep)]
+        image = sitk.RegionOfInterest(image, keep, start)
+    old_spacing, old_size = image.GetSpacing(), image.GetSize()
+    size = [int(round(n * s / t)) for n, s, t in zip(old_size, old_spacing, spacing)]
+    ref = sitk.Image(size, sitk.sitkInt16)
+    ref.SetSpacing(spacing)
+    ref.SetDirection(image.GetDirection())
+    # same physical box: the first voxel centre moves by half the spacing change
+    import numpy as np
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    shift = (np.array(spacing) - np.array(old_spacing)) / 2
+    ref.SetOrigin([float(v) for v in np.array(image.GetOrigin()) + direction @ shift])
+    out = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, -1024, sitk.sitkInt16)
+    sitk.WriteImage(out, str(path), useCompression=True)
+    return path
+
+
+def make_bundle(work: Path, preset: str, labels: str) -> Path:
+    folder = work / f"bundle_{preset}"
+    if not (folder / "model.json").exists():
+        from lkm_core.cli import main
+        assert main(["bundle", "init", "--preset", preset, "--labels", labels,
+                     "-o", str(folder)]) == 0
+    return folder
+
+
+def run_mode(ct: Path, bundle: Path, out: Path, mode: str, args) -> dict:
+    cmd = [sys.executable, "-m", "lkm_core", "predict", str(ct), "-o", str(out), "--model",
+           str(bundle), "--device", args.device, "--threads", str(args.threads), "--overwrite",
+           "--progress", "json", "--format", args.format]
+    if mode == "quick":
+        cmd.append("--quick")
+    if args.step:
+        cmd += ["--step", str(args.step)]
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=path)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    events = [json.loads(line) for line in proc.stdout]
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    done = [e for e in events if e["event"] == "done"]
+    if not done:
+        errors = [e for e in events if e["event"] == "error"]
+        raise SystemExit(f"{mode}: the run failed: {errors or status}")
+    summary = done[0]["summary"]
+    t = summary["timings"]
+    phases = {"read": t["read"], "resample": t.get("resample", 0.0),
+              "normalize": t.get("normalize", 0.0), "network": t["network"],
+              "postprocess": t["postprocess"], "write": t["write"]}
+    phases["startup+model load"] = max(0.0, wall - sum(phases.values()))
+    non_network = sum(v for k, v in phases.items() if k not in ("network", "startup+model load"))
+    return {"mode": mode, "wall_s": round(wall, 2), "phases_s": {k: round(v, 2) for k, v in phases.items()},
+            "non_network_share": round(non_network / max(1e-9, sum(phases.values()) - phases["startup+model load"]), 4),
+            "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 3),
+            "network_grid": summary["network_grid"], "input_size": summary["input"]["size"],
+            "device": summary["device"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="3d_paper")
+    p.add_argument("--ct-spacing", default="0.8,0.8,1.5", help="x,y,z mm of the made CT")
+    p.add_argument("--crop", type=float, default=1.0, help="centre-crop fraction per axis")
+    p.add_argument("--modes", default="quick", help="comma-separated: quick, full")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--step", type=float, default=None)
+    p.add_argument("--labels", default=ORGANS)
+    p.add_argument("--format", default="seg.nrrd")
+    p.add_argument("--work", default=None, help="folder for the CT, bundle and outputs")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+
+    work = Path(args.work or Path(tempfile.gettempdir()) / "lkm_benchmark")
+    work.mkdir(parents=True, exist_ok=True)
+    spacing = [float(v) for v in args.ct_spacing.split(",")]
+    ct = clinical_ct(work, spacing, args.crop)
+    bundle = make_bundle(work, args.preset, args.labels)
+    print(f"CT {ct.name}: {sitk.ReadImage(str(ct)).GetSize()} voxels; preset {args.preset}; "
+          f"{args.threads} thread(s) on {args.device}", flush=True)
+    results = []
+    for mode in args.modes.split(","):
+        r = run_mode(ct, bundle, work / f"out_{mode}", mode, args)
+        results.append(r)
+        print(f"\n{mode}: network grid {r['network_grid']['shape']} at "
+              f"{r['network_grid']['spacing']} mm, device {r['device']}")
+        for k, v in r["phases_s"].items():
+            print(f"  {k:<20} {v:9.2f} s")
+        print(f"  {'total wall':<20} {r['wall_s']:9.2f} s")
+        print(f"  non-network share of the pipeline: {100 * r['non_network_share']:.1f} %")
+        print(f"  peak RSS: {r['peak_rss_gb']:.2f} GB", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"preset": args.preset, "threads": args.threads,
+                                               "ct": str(ct), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
