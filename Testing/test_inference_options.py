@@ -1,0 +1,136 @@
+"""Predictor options: devices and the out-of-memory fallback, subsets, DICOM folders, sharding,
+progress events."""
+
+import logging
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from engine_helpers import ThresholdNet, make_bundle, same_geometry, sphere_image
+from lkm_core import inference
+from lkm_core.cli import UsageError, _parser, _shard
+from lkm_core.errors import InputError, ResourceError
+from lkm_core.inference import Predictor, resolve_device
+from lkm_core.io import expand_inputs, read_image
+from lkm_core.sliding_window import DeviceOutOfMemory
+
+
+def test_cuda_out_of_memory_falls_back_to_results_on_cpu_then_to_the_cpu(tmp_path, monkeypatch,
+                                                                          caplog):
+    image, mask = sphere_image(size=(12, 12, 12), radius_mm=4)
+    bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
+    real = inference.predict_sliding_window
+    seen = []
+
+    def fake(networks, array, patch, n, *, device, results_device, **kwargs):
+        seen.append((device.type, results_device.type, kwargs["autocast_dtype"]))
+        if device.type == "cuda" and results_device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (accumulator)")
+        if device.type == "cuda":
+            raise DeviceOutOfMemory("CUDA out of memory with one patch per batch")
+        return real(networks, array, patch, n, device=device, results_device=results_device,
+                    **kwargs)
+
+    monkeypatch.setattr(inference, "predict_sliding_window", fake)
+    predictor = Predictor(bundle, device="cpu", networks=[ThresholdNet()])
+    predictor.device = torch.device("cuda")       # pretend a GPU was chosen
+    monkeypatch.setattr(predictor, "networks", lambda device: [ThresholdNet()])
+    with caplog.at_level(logging.WARNING, logger="lkm_core"):
+        result = predictor.predict_image(image)
+    assert seen == [("cuda", "cuda", torch.float16), ("cuda", "cpu", torch.float16),
+                    ("cpu", "cpu", None)]
+    assert result.device == "cpu"
+    assert "continuing on CPU" in caplog.text
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
+
+
+def test_cuda_requested_without_a_gpu_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ResourceError, match="--device cpu"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(InputError):
+        resolve_device("tpu")
+
+
+def test_subset_keeps_only_the_requested_labels_with_the_full_model_boundaries(tmp_path):
+    image, mask = sphere_image(size=(12, 12, 12), radius_mm=4)
+    bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8), labels=("liver", "spleen"))
+    full = Predictor(bundle, device="cpu", networks=[ThresholdNet(3)]).predict_image(image)
+    only_spleen = Predictor(bundle, device="cpu", networks=[ThresholdNet(3)],
+                            subset=["Spleen"]).predict_image(image)
+    assert [lab.name for lab in only_spleen.label_list] == ["spleen"]
+    assert sitk.GetArrayFromImage(full.labels).max() == 1
+    assert sitk.GetArrayFromImage(only_spleen.labels).max() == 0  # liver dropped
+    with pytest.raises(InputError, match="liver, spleen"):
+        Predictor(bundle, device="cpu", subset=["lung"])
+
+
+def test_progress_events_follow_the_protocol(tmp_path):
+    image, _ = sphere_image(size=(12, 12, 12), radius_mm=4)
+    path = tmp_path / "s.nrrd"
+    sitk.WriteImage(image, str(path))
+    events = []
+    Predictor(make_bundle(tmp_path / "b", patch=(8, 8, 8)), device="cpu",
+              networks=[ThresholdNet()], progress=events.append).predict_file(path)
+    assert {e["event"] for e in events} == {"progress"}
+    assert all(e["case"] == "s" and 0 <= e["fraction"] <= 1 for e in events)
+    assert [e["phase"] for e in events][0] == "read"
+    assert [e["phase"] for e in events][-1] == "postprocess"
+
+
+def write_dicom_series(image: sitk.Image, folder):
+    """A CT-like int16 DICOM series (one file per slice) with the image's geometry."""
+    folder.mkdir()
+    image = sitk.Cast(image, sitk.sitkInt16)
+    direction = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    orientation = "\\".join(str(v) for v in (direction[0], direction[3], direction[6],
+                                             direction[1], direction[4], direction[7]))
+    for k in range(image.GetDepth()):
+        s = image[:, :, k]
+        for tag, value in [("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
+                           ("0020|000e", "1.2.826.0.1.3680043.2.1125.2"),
+                           ("0020|0037", orientation), ("0020|0013", str(k + 1)),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint(
+                               (0, 0, k))))), ("0028|1053", "1"), ("0028|1052", "0")]:
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(s)
+
+
+def test_dicom_series_folder_is_one_case_with_the_series_geometry(tmp_path):
+    image, _ = sphere_image(size=(16, 14, 6), spacing=(0.9, 0.9, 2.0), origin=(-5, 10, 20),
+                            value=400, background=-100, radius_mm=5)
+    write_dicom_series(image, tmp_path / "patient_ct")
+    cases = expand_inputs([tmp_path / "patient_ct"])
+    assert [name for name, _ in cases] == ["patient_ct"]
+    read = read_image(cases[0][1])
+    assert same_geometry(read, image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read),
+                                  sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkInt16)))
+
+
+def test_folder_of_images_expands_to_one_case_per_file(tmp_path):
+    image, _ = sphere_image(size=(8, 8, 8))
+    for name in ("b.nii.gz", "a.nrrd", "c.mha"):
+        sitk.WriteImage(image, str(tmp_path / name))
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [name for name, _ in expand_inputs([tmp_path])] == ["a", "b", "c"]
+    with pytest.raises(InputError, match="same output name"):
+        expand_inputs([tmp_path / "a.nrrd", tmp_path / "a.nrrd"])
+
+
+def test_sharding_by_part_or_by_torchrun_rank(monkeypatch):
+    cases = [(f"c{i}", None) for i in range(5)]
+    parse = _parser().parse_args
+    args = parse(["predict", "x", "-o", "o", "--num-parts", "2", "--part-id", "1"])
+    assert [c for c, _ in _shard(cases, args)] == ["c1", "c3"]
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    assert [c for c, _ in _shard(cases, parse(["predict", "x", "-o", "o"]))] == ["c2"]
+    with pytest.raises(UsageError):
+        _shard(cases, parse(["predict", "x", "-o", "o", "--num-parts", "2", "--part-id", "2"]))
