@@ -217,10 +217,14 @@ def _predict(args) -> int:
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 0.0})
             t0 = time.perf_counter()
             write_labels(result.labels, result.label_list, paths["labels"], args.format)
-            result.timings["write"] = time.perf_counter() - t0
-            summary = summarize(result, bundle, {"input_path": str(Path(path).absolute()),
-                                                 "quick": args.quick, "tta": args.tta})
-            write_json(summary, paths["summary"])
+            try:
+                result.timings["write"] = time.perf_counter() - t0
+                summary = summarize(result, bundle, {"input_path": str(Path(path).absolute()),
+                                                     "quick": args.quick, "tta": args.tta})
+                write_json(summary, paths["summary"])
+            except BaseException:  # a case is its two files, or nothing
+                paths["labels"].unlink(missing_ok=True)
+                raise
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 1.0})
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary})
         except KeyboardInterrupt:

@@ -220,7 +220,13 @@ class Predictor:
                     progress=lambda f: self._emit(case, "network", f),
                     should_stop=self._should_stop)
                 return labels, dev
-            except (DeviceOutOfMemory, torch.cuda.OutOfMemoryError) as exc:
+            except RuntimeError as exc:
+                if not isinstance(exc, (DeviceOutOfMemory, torch.cuda.OutOfMemoryError)):
+                    if dev.type == "cpu" and "can't allocate memory" in str(exc):
+                        raise ResourceError(
+                            "Out of memory on the CPU while running the network. Use --quick, "
+                            "fewer --threads, or close other programs.") from exc
+                    raise
                 if n + 1 == len(attempts):
                     raise ResourceError("Out of memory even on the CPU. Use --quick, close other "
                                         "programs, or use a machine with more memory.") from exc
