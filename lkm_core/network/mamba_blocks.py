@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ssm import Mamba
+from ..ssm.mamba import bidirectional_time_major
 
 PARTITIONS = ("window", "strided")
 # Inference runs BiM on groups of sequences of at most this many (token x d_inner) elements,
@@ -116,7 +117,8 @@ class BiMamba(nn.Module):
                 return self._mix(normed).transpose(0, 1)
             # inference: a bounded number of sequences at a time bounds the layer's memory
             L, N, C = normed.shape
-            group = max(1, _GROUP_ELEMENTS // (L * self.mamba_fwd.d_inner))
+            directions = 2 if self.mamba_bwd is not None else 1
+            group = max(1, _GROUP_ELEMENTS // (L * self.mamba_fwd.d_inner * directions))
             if group >= N:
                 return self._mix(normed).transpose(0, 1)
             out = normed.new_empty(L, N, C)
@@ -125,10 +127,9 @@ class BiMamba(nn.Module):
             return out.transpose(0, 1)
 
     def _mix(self, normed):
-        inner = self.mamba_fwd.forward_time_major(normed)
-        if self.mamba_bwd is not None:
-            inner = inner + self.mamba_bwd.forward_time_major(normed.flip(0)).flip(0)
-        return self.out_proj(inner)
+        if self.mamba_bwd is None:
+            return self.out_proj(self.mamba_fwd.forward_time_major(normed))
+        return self.out_proj(bidirectional_time_major(self.mamba_fwd, self.mamba_bwd, normed))
 
 
 class PixelMamba(nn.Module):

@@ -79,16 +79,18 @@ class Mamba(nn.Module):
             return self._forward_time_major(hidden)
 
     def _forward_time_major(self, hidden):
+        y = selective_scan_time_major(**self.scan_inputs(hidden), delta_softplus=True)
+        return self.out_proj(y)
+
+    def scan_inputs(self, hidden):
+        """Everything the scan needs for time-major fp32 input (l, b, d_model)."""
         xz = self.in_proj(hidden)                                # (l, b, 2*d_inner)
         x, z = xz[..., :self.d_inner], xz[..., self.d_inner:]
         x = self._causal_conv_time_major(x)
         x_dbl = self.x_proj(x)                                   # (l, b, r + 2n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = dt @ self.dt_proj.weight.t()                     # bias goes in as delta_bias
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan_time_major(x, delta, A, B, C, self.D.float(), z,
-                                      delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        return self.out_proj(y)
+        return dict(u=x, delta=dt @ self.dt_proj.weight.t(), A=-torch.exp(self.A_log.float()),
+                    B=B, C=C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float())
 
     def _causal_conv_time_major(self, x):
         """Depthwise causal conv along l, then SiLU: out[t] = bias + sum_k w[k] * x[t - K + 1 + k]."""
@@ -120,3 +122,28 @@ class Mamba(nn.Module):
                            C.transpose(1, 2).contiguous(), self.D.float(), z.contiguous(),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))
+
+
+def bidirectional_time_major(forward: Mamba, backward: Mamba, hidden: torch.Tensor) -> torch.Tensor:
+    """forward(x) + flip(backward(flip(x))) for time-major (l, b, d_model) input, inner width out.
+
+    Without mamba_ssm's kernels both directions go through ONE scan: the sequences of the two
+    directions are stacked along the batch, each with its own A, D and delta_bias, which halves
+    the number of sequential steps (the scan's cost on a CPU is mostly per step).
+    Both layers must have no out_proj of their own (use_out_proj=False).
+    """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        hidden = hidden.float()
+        if hidden.is_cuda and kernels_available():
+            return forward.forward_time_major(hidden) + backward.forward_time_major(hidden.flip(0)).flip(0)
+        fwd, bwd = forward.scan_inputs(hidden), backward.scan_inputs(hidden.flip(0))
+        n_seq = hidden.shape[1]
+        stacked = {}
+        for key in fwd:
+            if key in ("A", "D", "delta_bias"):   # one per sequence: (2b, d, ...)
+                stacked[key] = torch.cat([fwd[key].expand(n_seq, *fwd[key].shape),
+                                          bwd[key].expand(n_seq, *bwd[key].shape)])
+            else:                                 # (l, 2b, ...)
+                stacked[key] = torch.cat([fwd[key], bwd[key]], dim=1)
+        y = selective_scan_time_major(**stacked, delta_softplus=True)
+        return forward.out_proj(y[:, :n_seq]) + backward.out_proj(y[:, n_seq:]).flip(0)

@@ -78,7 +78,7 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, z=None, delta_bias=None
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend != "torch":
         raise ValueError(f"unknown scan backend {backend!r}")
-    with _step_threads(u.shape[1], u.shape[2], A.shape[1], u.is_cuda):
+    with _step_threads(u.shape[1], u.shape[2], A.shape[-1], u.is_cuda):
         if grad:
             return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         with torch.no_grad():
@@ -93,9 +93,13 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias, time_major):
         l, b, d = u.shape
     else:
         b, d, l = u.shape
-    if A.dim() != 2 or A.shape[0] != d:
-        raise ValueError(f"A must be (d, n) with d={d}; got {tuple(A.shape)}")
-    n = A.shape[1]
+    # time-major callers may give every sequence its own A, D and delta_bias (b, d, ...):
+    # that is how the two directions of a bidirectional block share one scan
+    per_seq = time_major and A.dim() == 3
+    if not ((A.dim() == 2 and A.shape[0] == d) or (per_seq and tuple(A.shape[:2]) == (b, d))):
+        raise ValueError(f"A must be (d, n) with d={d}"
+                         + (f" or (b, d, n) with b={b}" if time_major else "") + f"; got {tuple(A.shape)}")
+    n = A.shape[-1]
     expected = (l, b, n) if time_major else (b, n, l)
     for name, t in (("B", B), ("C", C)):
         if tuple(t.shape) != expected:
@@ -104,8 +108,9 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias, time_major):
     if z is not None and z.shape != u.shape:
         raise ValueError(f"z must be {layout} like u; got {tuple(z.shape)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and tuple(t.shape) != (d,):
-            raise ValueError(f"{name} must be (d,) = ({d},); got {tuple(t.shape)}")
+        if t is not None and tuple(t.shape) not in ((d,), (b, d) if time_major else (d,)):
+            raise ValueError(f"{name} must be (d,) = ({d},)" + (f" or (b, d) = {(b, d)}" if time_major else "")
+                             + f"; got {tuple(t.shape)}")
 
 
 @contextlib.contextmanager
@@ -179,7 +184,7 @@ def _skip_and_gate(y, u, D, z):
 
 def _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     l, b, d = u.shape
-    n = A.shape[1]
+    n = A.shape[-1]
     dtype = _compute_dtype(u)
     dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)
     uc = u.to(dtype)
@@ -207,7 +212,7 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         l, b, d = u.shape
-        n = A.shape[1]
+        n = A.shape[-1]
         dtype = _compute_dtype(u)
         delta_raw = delta.to(dtype) + delta_bias.to(dtype) if delta_bias is not None else delta.to(dtype)
         dt = F.softplus(delta_raw) if delta_softplus else delta_raw
@@ -235,7 +240,7 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         u, delta, A, B, C, D, z, delta_bias, delta_raw, boundaries, y_ssm = ctx.saved_tensors
-        with _step_threads(u.shape[1], u.shape[2], A.shape[1], u.is_cuda):
+        with _step_threads(u.shape[1], u.shape[2], A.shape[-1], u.is_cuda):
             return _SelectiveScan._backward(ctx, grad_out, u, delta, A, B, C, D, z, delta_bias,
                                             delta_raw, boundaries, y_ssm)
 
@@ -243,7 +248,7 @@ class _SelectiveScan(torch.autograd.Function):
     def _backward(ctx, grad_out, u, delta, A, B, C, D, z, delta_bias, delta_raw, boundaries, y_ssm):
         has_D, has_z, has_bias = ctx.has
         l, b, d = u.shape
-        n = A.shape[1]
+        n = A.shape[-1]
         T = ctx.chunk
         dtype = y_ssm.dtype
         g = grad_out.to(dtype)
@@ -257,7 +262,7 @@ class _SelectiveScan(torch.autograd.Function):
             sig = torch.sigmoid(zc)
             grad_z = (g * y_pre * sig * (1 + zc * (1 - sig))).to(z.dtype)
             g = g * zc * sig
-        grad_D = (g * uc).sum(dim=(0, 1)).to(D.dtype) if has_D else None
+        grad_D = _sum_to(g * uc, D).to(D.dtype) if has_D else None
         grad_u = g * D.to(dtype) if has_D else torch.zeros_like(uc)
 
         dt = F.softplus(delta_raw) if ctx.delta_softplus else delta_raw
@@ -268,7 +273,7 @@ class _SelectiveScan(torch.autograd.Function):
         grad_u_scan = torch.empty_like(uc)
         grad_B = torch.empty_like(Bc)
         grad_C = torch.empty_like(Cc)
-        grad_A = torch.zeros_like(Ac)
+        grad_A = uc.new_zeros(b, d, n)
         dA, dBu, H, GH = (uc.new_empty(T, b, d, n) for _ in range(4))
         gh_next = uc.new_zeros(b, d, n)   # gradient flowing into h_t from step t+1 onwards
         dA_next = uc.new_zeros(b, d, n)   # exp(delta_{t+1} A) of the step after the chunk
@@ -293,17 +298,23 @@ class _SelectiveScan(torch.autograd.Function):
             GHc = GH[:m]
             h_prev = torch.cat([boundaries[k][None], Hc[:-1]], dim=0)
             g_dA = GHc * h_prev * dA_c                      # d/d(delta A) of exp(delta A)
-            grad_A += torch.einsum("tbdn,tbd->dn", g_dA, dt[t0:t1])
+            grad_A += torch.einsum("tbdn,tbd->bdn", g_dA, dt[t0:t1])
             gB_sum = torch.einsum("tbdn,tbn->tbd", GHc, Bc[t0:t1])
-            grad_dt[t0:t1] = torch.einsum("tbdn,dn->tbd", g_dA, Ac) + gB_sum * uc[t0:t1]
+            grad_dt[t0:t1] = (g_dA * Ac).sum(-1) + gB_sum * uc[t0:t1]
             grad_u_scan[t0:t1] = gB_sum * dt[t0:t1]
             grad_B[t0:t1] = torch.einsum("tbdn,tbd->tbn", GHc, dt[t0:t1] * uc[t0:t1])
 
         grad_u = grad_u + grad_u_scan
         grad_delta = grad_dt * torch.sigmoid(delta_raw) if ctx.delta_softplus else grad_dt
-        grad_bias = grad_delta.sum(dim=(0, 1)).to(delta_bias.dtype) if has_bias else None
+        grad_bias = _sum_to(grad_delta, delta_bias).to(delta_bias.dtype) if has_bias else None
+        grad_A = grad_A if A.dim() == 3 else grad_A.sum(0)
         return (grad_u.to(u.dtype), grad_delta.to(delta.dtype), grad_A.to(A.dtype),
                 grad_B.to(B.dtype), grad_C.to(C.dtype), grad_D, grad_z, grad_bias, None)
+
+
+def _sum_to(grad, param):
+    """Sum an (l, b, d) gradient down to a (d,) or per-sequence (b, d) parameter's shape."""
+    return grad.sum(dim=(0, 1)) if param.dim() == 1 else grad.sum(dim=0)
 
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

@@ -31,22 +31,24 @@ def _kernel():
     def scan_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
                     L, DIM, N,
                     su_l, su_b, sdt_l, sdt_b, sz_l, sz_b, sB_l, sB_b, sC_l, sC_b, sy_l, sy_b,
+                    sA_b, sD_b, sbias_b,
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
         # u, dt, z, y: (l, b, d) and B, C: (l, b, n), any strides over l and b, unit stride
-        # over the last dim; A: (d, n) contiguous. One program: one sequence, BLOCK_D channels.
+        # over the last dim; A: (d, n), D and bias: (d,), or one of each per sequence (batch
+        # strides sA_b, sD_b, sbias_b; 0 when shared). One program: one sequence, BLOCK_D channels.
         pid_b = tl.program_id(0)
         pid_d = tl.program_id(1)
         d_off = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         n_off = tl.arange(0, BLOCK_N)
         d_mask = d_off < DIM
         n_mask = n_off < N
-        A = tl.load(A_ptr + d_off[:, None] * N + n_off[None, :],
+        A = tl.load(A_ptr + pid_b * sA_b + d_off[:, None] * N + n_off[None, :],
                     mask=d_mask[:, None] & n_mask[None, :], other=0.0)
         if HAS_D:
-            Dv = tl.load(D_ptr + d_off, mask=d_mask, other=0.0)
+            Dv = tl.load(D_ptr + pid_b * sD_b + d_off, mask=d_mask, other=0.0)
         if HAS_BIAS:
-            bias = tl.load(bias_ptr + d_off, mask=d_mask, other=0.0)
+            bias = tl.load(bias_ptr + pid_b * sbias_b + d_off, mask=d_mask, other=0.0)
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         for t in range(L):
             u = tl.load(u_ptr + t * su_l + pid_b * su_b + d_off, mask=d_mask, other=0.0)
@@ -80,7 +82,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if kernel is None:
         raise RuntimeError("triton is not available")
     l, b, d = u.shape
-    n = A.shape[1]
+    n = A.shape[-1]
     # fp32, unit stride over the last dim; the l and b strides are passed as they are
     prep = lambda t: t if (t.dtype == torch.float32 and t.stride(-1) == 1) else t.float().contiguous()
     u_, dt_, B_, C_ = prep(u), prep(delta), prep(B), prep(C)
@@ -92,6 +94,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     block_n = max(16, 1 << (n - 1).bit_length())
     grid = (b, (d + block_d - 1) // block_d)
     strides = [s for t in (u_, dt_, z_, B_, C_, y) for s in (t.stride(0), t.stride(1))]
+    per_sequence = lambda t, dims: t.stride(0) if t.dim() == dims else 0
+    strides += [per_sequence(A_, 3), per_sequence(D_, 2) if D is not None else 0,
+                per_sequence(bias_, 2) if delta_bias is not None else 0]
     kernel[grid](u_, dt_, z_, A_, B_, C_, D_, bias_, y, l, d, n, *strides,
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=block_n)
