@@ -19,6 +19,12 @@ ORIENTATIONS = {"identity": np.eye(3), "flipped": FLIPPED, "permuted": PERMUTED,
                 "oblique": oblique_direction(25)}
 
 
+def assert_same_voxels(result, image, mask):
+    """The label image has the input's exact geometry and equals the input mask."""
+    assert same_geometry(result.labels, image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
+
+
 def predict(bundle, path, **kwargs):
     net = ThresholdNet(bundle.num_classes)
     result = Predictor(bundle, device="cpu", networks=[net], **kwargs).predict_file(path)
@@ -36,8 +42,7 @@ def test_label_lands_on_the_same_voxels_as_the_input_mask(tmp_path, orientation,
     # network spacing = input spacing (nnU-Net order z, y, x): no interpolation anywhere
     bundle = make_bundle(tmp_path / "b", spacing=spacing[::-1], patch=(8, 16, 16))
     result, net = predict(bundle, path)
-    assert same_geometry(result.labels, sitk.ReadImage(str(path)))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
+    assert_same_voxels(result, sitk.ReadImage(str(path)), mask)
     assert len(net.calls) > 1  # several overlapping patches were stitched
 
 
@@ -87,8 +92,7 @@ def test_bundle_orientation_reorients_and_the_label_comes_back_exactly(tmp_path,
     # same spacing as the reoriented input: no interpolation
     bundle.meta["spacing"] = list(prepared_spacing[target][::-1])
     result, _ = predict(bundle, path)
-    assert same_geometry(result.labels, image)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
+    assert_same_voxels(result, image, mask)
 
 
 def test_transpose_feeds_the_network_permuted_axes_and_undoes_it(tmp_path):
@@ -110,8 +114,7 @@ def test_volume_smaller_than_the_patch_is_padded_and_cropped_back(tmp_path):
     bundle = make_bundle(tmp_path / "b", spacing=(2, 2, 2), patch=(16, 32, 32))
     result, net = predict(bundle, path)
     assert net.calls == [(1, 1, 16, 32, 32)]
-    assert same_geometry(result.labels, image)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
+    assert_same_voxels(result, image, mask)
 
 
 def test_2d_model_runs_slice_by_slice_on_the_input_grid(tmp_path):
@@ -122,8 +125,7 @@ def test_2d_model_runs_slice_by_slice_on_the_input_grid(tmp_path):
     bundle = make_bundle(tmp_path / "b", dimension="2d", spacing=(1.0, 1.0), patch=(16, 16))
     result, net = predict(bundle, path, tta=True)
     assert all(len(shape) == 4 for shape in net.calls)  # (B, C, h, w)
-    assert same_geometry(result.labels, image)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
+    assert_same_voxels(result, image, mask)
 
 
 def test_quick_mode_runs_coarser_and_returns_to_the_input_grid(tmp_path):
