@@ -105,8 +105,7 @@ def test_lkm_configuration_inherits_nnunets_and_names_lkmunet_by_import_path():
     assert kw["n_blocks_per_stage"] == [2, 2, 2, 2] and "n_conv_per_stage" not in kw
     assert kw["window_sizes"] == kw["pool_sizes"] == [[20, 28, 22], [20, 28, 22], [10, 14, 11], [5, 7, 11]]
     json.dumps(plans)  # JSON-safe
-    # nnU-Net's own machinery: inheritance, then the network by import path
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    # nnU-Net's own machinery resolves the inheritance
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     cm = PlansManager(plans).get_configuration(name)

@@ -73,17 +73,9 @@ def register_bundle_cli(bundle_subparsers) -> None:
         description="RESULTS_FOLDER is nnU-Net's Trainer__Plans__Configuration folder (plans.json, "
                     "dataset.json, dataset_fingerprint.json, fold_*/checkpoint_final.pth).")
     p.add_argument("results", help="nnU-Net results folder of an LKM-UNet configuration")
-    p.add_argument("-o", "--output", required=True, help="bundle folder (or .zip) to write")
-    p.add_argument("--folds", help="folds to include, e.g. 0,1,2 or all (default: every fold found)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold")
-    p.add_argument("--name", help="model name (default: the dataset name)")
-    p.add_argument("--version", default="1.0.0", help="model version (default 1.0.0)")
+    _bundle_out_args(p)
     p.add_argument("--description", help="one-line description")
-    p.add_argument("--licence", help="licence of the weights (default: unspecified)")
-    p.add_argument("--data", help="provenance: what the model was trained on")
     p.add_argument("--parent", help="bundle this model was fine-tuned from (recorded in provenance)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a full unpickle of checkpoints that do not load safely (your own only)")
     p.set_defaults(func=run_export)
 
     p = bundle_subparsers.add_parser(
@@ -92,15 +84,7 @@ def register_bundle_cli(bundle_subparsers) -> None:
                     "trained with nnUNetTrainerLKMUNet; the strided PiM partition and the official "
                     "window and pooling factors are kept.")
     p.add_argument("results", help="results folder of the official code")
-    p.add_argument("-o", "--output", required=True, help="bundle folder (or .zip) to write")
-    p.add_argument("--folds", help="folds to include (default: every fold found)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth")
-    p.add_argument("--name", help="model name")
-    p.add_argument("--version", default="1.0.0")
-    p.add_argument("--licence")
-    p.add_argument("--data")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a full unpickle of checkpoints that do not load safely")
+    _bundle_out_args(p)
     p.set_defaults(func=run_import_official)
 
     p = bundle_subparsers.add_parser(
@@ -115,6 +99,18 @@ def register_bundle_cli(bundle_subparsers) -> None:
                                    "name, folder or plans .json)")
     p.add_argument("--name", help="configuration name for --plans (default: 3d_fullres_lkm / 2d_lkm)")
     p.set_defaults(func=run_to_nnunet)
+
+
+def _bundle_out_args(p) -> None:
+    p.add_argument("-o", "--output", required=True, help="bundle folder (or .zip) to write")
+    p.add_argument("--folds", help="folds to include, e.g. 0,1,2 or all (default: every fold found)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold")
+    p.add_argument("--name", help="model name (default: from the dataset name)")
+    p.add_argument("--version", default="1.0.0", help="model version (default 1.0.0)")
+    p.add_argument("--licence", help="licence of the weights (default: unspecified)")
+    p.add_argument("--data", help="provenance: what the model was trained on")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a full unpickle of checkpoints that do not load safely (your own files only)")
 
 
 def _folds(text):

@@ -217,8 +217,6 @@ def export_results(results, output, *, folds=None, checkpoint_name: str = "check
                    licence: str | None = None, data: str | None = None, parent: str | None = None,
                    trust_checkpoint: bool = False) -> Path:
     """Write a bundle (folder, or .zip when ``output`` ends with .zip) from a results folder."""
-    from ..bundle import write_bundle, zip_bundle
-
     results = Path(results)
     if not results.is_dir():
         raise InputError(f"{results} is not a folder; give nnU-Net's Trainer__Plans__Configuration folder.")
@@ -227,19 +225,9 @@ def export_results(results, output, *, folds=None, checkpoint_name: str = "check
     fp_path = results / "dataset_fingerprint.json"
     fingerprint = _read_json(fp_path) if fp_path.is_file() else None
 
-    checkpoints = find_folds(results, folds, checkpoint_name)
-    weights, epochs, trainer, configuration, mirror_axes = {}, {}, None, None, None
-    for fold, path in checkpoints.items():
-        ckpt = load_checkpoint(path, trust_checkpoint)
-        if "network_weights" not in ckpt:
-            raise ModelError(f"{path} is not an nnU-Net checkpoint (no network_weights).")
-        weights[fold] = clean_state_dict(ckpt["network_weights"])
-        epochs[fold] = int(ckpt.get("current_epoch", 0))
-        init = ckpt.get("init_args") or {}
-        trainer = trainer or ckpt.get("trainer_name")
-        configuration = configuration or init.get("configuration")
-        if mirror_axes is None and ckpt.get("inference_allowed_mirroring_axes") is not None:
-            mirror_axes = list(ckpt["inference_allowed_mirroring_axes"])
+    found = read_folds(results, folds, checkpoint_name, trust_checkpoint)
+    weights, epochs, trainer = found["weights"], found["epochs"], found["trainer"]
+    configuration, mirror_axes = found["configuration"], found["mirror_axes"]
     parts = results.name.split("__")
     if configuration is None:
         if len(parts) != 3:
@@ -261,6 +249,31 @@ def export_results(results, output, *, folds=None, checkpoint_name: str = "check
     meta = bundle_meta(plans, dataset_json, fingerprint, configuration, name=name, version=version,
                        description=description, licence=licence, provenance=provenance,
                        mirror_axes=mirror_axes)
+    return save_bundle(output, meta, weights)
+
+
+def read_folds(results: Path, folds, checkpoint_name: str, trust: bool, convert=None) -> dict:
+    """Every fold's weights (renamed by ``convert``, default: prefixes stripped) and what the
+    checkpoints say about the training: {weights, epochs, trainer, configuration, mirror_axes}."""
+    convert = convert or clean_state_dict
+    out = {"weights": {}, "epochs": {}, "trainer": None, "configuration": None, "mirror_axes": None}
+    for fold, path in find_folds(results, folds, checkpoint_name).items():
+        ckpt = load_checkpoint(path, trust)
+        if "network_weights" not in ckpt:
+            raise ModelError(f"{path} is not an nnU-Net checkpoint (no network_weights).")
+        out["weights"][fold] = convert(ckpt["network_weights"])
+        out["epochs"][fold] = int(ckpt.get("current_epoch", 0))
+        out["trainer"] = out["trainer"] or ckpt.get("trainer_name")
+        out["configuration"] = out["configuration"] or (ckpt.get("init_args") or {}).get("configuration")
+        if out["mirror_axes"] is None and ckpt.get("inference_allowed_mirroring_axes") is not None:
+            out["mirror_axes"] = [int(a) for a in ckpt["inference_allowed_mirroring_axes"]]
+    return out
+
+
+def save_bundle(output, meta: dict, weights: dict) -> Path:
+    """Check that the weights fit the network, then write a bundle folder (or a .zip)."""
+    from ..bundle import write_bundle, zip_bundle
+
     _check_weights_fit(meta, weights)
     output = Path(output)
     if output.suffix == ".zip":

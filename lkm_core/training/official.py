@@ -25,8 +25,8 @@ import logging
 from copy import deepcopy
 from pathlib import Path
 
-from ..errors import InputError, ModelError
-from .export import (_check_weights_fit, _read_json, bundle_meta, find_folds, load_checkpoint)
+from ..errors import InputError
+from .export import _read_json, bundle_meta, read_folds, save_bundle
 from .plans import IMPORT_KEYS, NETWORK_CLASS, resolve_configuration, stage_feature_sizes
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,6 @@ def import_official(results, output, *, folds=None, checkpoint_name: str = "chec
                     name: str | None = None, version: str = "1.0.0", licence: str | None = None,
                     data: str | None = None, trust_checkpoint: bool = False) -> Path:
     """Official results folder -> bundle (folder, or .zip when ``output`` ends with .zip)."""
-    from ..bundle import write_bundle, zip_bundle
     from ..network.official_keys import convert_official_state_dict
 
     results = Path(results)
@@ -95,17 +94,9 @@ def import_official(results, output, *, folds=None, checkpoint_name: str = "chec
     fp = results / "dataset_fingerprint.json"
     fingerprint = _read_json(fp) if fp.is_file() else None
 
-    weights, epochs, configuration, trainer, mirror = {}, {}, None, None, None
-    for fold, path in find_folds(results, folds, checkpoint_name).items():
-        ckpt = load_checkpoint(path, trust_checkpoint)
-        if "network_weights" not in ckpt:
-            raise ModelError(f"{path} is not an nnU-Net checkpoint (no network_weights).")
-        weights[fold] = convert_official_state_dict(ckpt["network_weights"])
-        epochs[fold] = int(ckpt.get("current_epoch", 0))
-        configuration = configuration or (ckpt.get("init_args") or {}).get("configuration")
-        trainer = trainer or ckpt.get("trainer_name")
-        if mirror is None and ckpt.get("inference_allowed_mirroring_axes") is not None:
-            mirror = list(ckpt["inference_allowed_mirroring_axes"])
+    found = read_folds(results, folds, checkpoint_name, trust_checkpoint, convert_official_state_dict)
+    weights, epochs, trainer = found["weights"], found["epochs"], found["trainer"]
+    configuration, mirror = found["configuration"], found["mirror_axes"]
     parts = results.name.split("__")
     configuration = configuration or (parts[2] if len(parts) == 3 else None)
     if configuration is None:
@@ -131,12 +122,4 @@ def import_official(results, output, *, folds=None, checkpoint_name: str = "chec
                        description=f"LKM-UNet ({configuration}) trained with the official code on "
                                    f"{plans.get('dataset_name', 'its dataset')}",
                        licence=licence, provenance=provenance, mirror_axes=mirror)
-    _check_weights_fit(meta, weights)
-    output = Path(output)
-    if output.suffix == ".zip":
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = write_bundle(Path(tmp) / "bundle", meta, weights)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            return zip_bundle(folder, output)
-    return write_bundle(output, meta, weights)
+    return save_bundle(output, meta, weights)
