@@ -55,7 +55,7 @@ def test_write_then_load_round_trips_weights_labels_and_settings(real_bundle):
     assert not loaded.training
     for key, value in net.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     assert all(len(f["sha256"]) == 64 for f in meta["folds"])
 
 
@@ -94,9 +94,9 @@ def test_model_json_missing_a_required_key_names_the_key(real_bundle, tmp_path, 
     import shutil
     folder = tmp_path / "copy"
     shutil.copytree(real_bundle[0], folder)
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     del meta[key]
-    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ModelError, match=key):
         load_bundle(folder)
 
@@ -105,9 +105,9 @@ def test_newer_format_version_asks_for_an_update(real_bundle, tmp_path):
     import shutil
     folder = tmp_path / "copy"
     shutil.copytree(real_bundle[0], folder)
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     meta["format_version"] = FORMAT_VERSION + 1
-    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ModelError, match="Update"):
         load_bundle(folder)
 

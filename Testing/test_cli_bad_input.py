@@ -86,7 +86,7 @@ def test_volume_smaller_than_the_patch_is_segmented(tmp_path, capsys, small_bund
     assert code == 0, err
     labels = sitk.ReadImage(str(tmp_path / "out" / "tiny.nii.gz"))
     assert labels.GetSize() == image.GetSize()
-    summary = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    summary = json.loads((tmp_path / "out" / "tiny.json").read_text(encoding="utf-8"))
     assert [entry["name"] for entry in summary["labels"]] == ["liver", "spleen"]
 
 
@@ -124,9 +124,9 @@ def _broken_copy(small_bundle, tmp_path, how):
     folder = tmp_path / "broken"
     shutil.copytree(small_bundle, folder)
     if how == "missing_key":
-        meta = json.loads((folder / "model.json").read_text())
+        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         del meta["patch_size"]
-        (folder / "model.json").write_text(json.dumps(meta))
+        (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
         return folder, "patch_size"
     if how == "tampered":
         weights = folder / "fold_0.safetensors"

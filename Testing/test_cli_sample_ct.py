@@ -60,7 +60,7 @@ def test_done_event_lists_absolute_outputs_and_the_summary(first_run, sample_ct)
     final = events_of(done.stdout)[-1]
     assert final["event"] == "done" and final["case"] == "example_ct"
     assert final["outputs"] == [str(out / "example_ct.seg.nrrd"), str(out / "example_ct.json")]
-    summary = json.loads((out / "example_ct.json").read_text())
+    summary = json.loads((out / "example_ct.json").read_text(encoding="utf-8"))
     assert summary == final["summary"]
     assert [(e["value"], e["name"]) for e in summary["labels"]] == [
         (1, "liver"), (2, "spleen"), (3, "kidney_right"), (4, "kidney_left")]
@@ -117,7 +117,7 @@ def test_subset_and_labelmap_format(bundle, sample_ct, tmp_path):
     assert np.allclose(labels.GetOrigin(), image.GetOrigin())
     assert np.allclose(labels.GetDirection(), image.GetDirection())
     assert set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 2, 4}
-    summary = json.loads((tmp_path / "example_ct.json").read_text())
+    summary = json.loads((tmp_path / "example_ct.json").read_text(encoding="utf-8"))
     assert [e["name"] for e in summary["labels"]] == ["spleen", "kidney_left"]
 
 

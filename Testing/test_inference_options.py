@@ -118,7 +118,7 @@ def test_folder_of_images_expands_to_one_case_per_file(tmp_path):
     image, _ = sphere_image(size=(8, 8, 8))
     for name in ("b.nii.gz", "a.nrrd", "c.mha"):
         sitk.WriteImage(image, str(tmp_path / name))
-    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     assert [name for name, _ in expand_inputs([tmp_path])] == ["a", "b", "c"]
     with pytest.raises(InputError, match="same output name"):
         expand_inputs([tmp_path / "a.nrrd", tmp_path / "a.nrrd"])

@@ -49,7 +49,7 @@ def test_export_writes_a_dataset_that_nnunet_integrity_check_accepts(reviewed_ca
     assert second.case != "CT" and second.renamed and "already used" in second.text()
     assert first.unknown_segments == ["my_lesion"] and "my_lesion" in first.text()
     assert first.missing_labels == ["kidney_right"]
-    meta = json.loads((dataset / "dataset.json").read_text())
+    meta = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
     assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
     assert meta["labels"] == {"background": 0, "liver": 1, "spleen": 2, "kidney_right": 3}
     assert meta["channel_names"] == {"0": "CT"}

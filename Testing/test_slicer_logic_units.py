@@ -53,7 +53,7 @@ FAKE_ENGINE = textwrap.dedent("""
 
 def test_stop_kills_the_engine_and_its_children(tmp_path):
     script = tmp_path / "fake_engine.py"
-    script.write_text(FAKE_ENGINE)
+    script.write_text(FAKE_ENGINE, encoding="utf-8")
     runner = SubprocessRunner()
     runner.start(sys.executable, [str(script)])
     parser, events = ProtocolParser(), []

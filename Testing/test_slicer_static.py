@@ -41,7 +41,7 @@ def ui_widgets() -> dict[str, ET.Element]:
 
 def cmake_lists(path: Path) -> dict[str, list[str]]:
     """The `set(NAME item item ...)` lists of a CMake file, ${MODULE_NAME} expanded."""
-    text = re.sub(r"#[^\n]*", "", path.read_text())
+    text = re.sub(r"#[^\n]*", "", path.read_text(encoding="utf-8"))
     variables = dict(re.findall(r"set\((\w+)\s+(\w+)\)", text))
     lists = {}
     for name, body in re.findall(r"set\((\w+)\s+([^)]*)\)", text, flags=re.S):
@@ -57,7 +57,7 @@ def cmake_lists(path: Path) -> dict[str, list[str]]:
 
 def widget_lookups() -> set[str]:
     """Every `self.ui.<name>` in LKMSegment.py."""
-    tree = ast.parse((MODULE / "LKMSegment.py").read_text())
+    tree = ast.parse((MODULE / "LKMSegment.py").read_text(encoding="utf-8"))
     names = set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
@@ -68,7 +68,7 @@ def widget_lookups() -> set[str]:
 
 
 def parameter_fields() -> set[str]:
-    tree = ast.parse((MODULE / "LKMSegment.py").read_text())
+    tree = ast.parse((MODULE / "LKMSegment.py").read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "LKMSegmentParameterNode":
             return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
@@ -132,19 +132,19 @@ def test_every_engine_file_is_listed_for_packaging_in_cmake():
         "add to LKM_CORE_PYTHON_SCRIPTS/LKM_CORE_RESOURCES in LKMSegment/CMakeLists.txt: "
         f"{sorted(present - listed)}")
     assert not listed - present, f"listed but missing: {sorted(listed - present)}"
-    cmake = (MODULE / "CMakeLists.txt").read_text()
+    cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule" in cmake and "slicer_add_python_unittest" in cmake
 
 
 def test_extension_metadata_icon_and_catalog_entry():
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         assert re.search(rf'set\({key} "[^"]+"\)', top), key
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in top
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
     assert "add_subdirectory(LKMSegment)" in top
-    entry = json.loads((REPO / "LKMSegment.json").read_text())
+    entry = json.loads((REPO / "LKMSegment.json").read_text(encoding="utf-8"))
     assert entry["category"] == "Segmentation" and entry["build_dependencies"] == ["PyTorch"]
     assert entry["scm_url"] and entry["$schema"].endswith("schema-v1.0.1.json#")
     for icon in (REPO / "Resources" / "Icons" / "LKMSegment.png", MODULE / "Resources" / "Icons" / "LKMSegment.png"):
@@ -152,7 +152,7 @@ def test_extension_metadata_icon_and_catalog_entry():
 
 
 def test_module_file_is_thin_and_has_the_scripted_module_classes():
-    tree = ast.parse((MODULE / "LKMSegment.py").read_text())
+    tree = ast.parse((MODULE / "LKMSegment.py").read_text(encoding="utf-8"))
     classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     assert {"LKMSegment", "LKMSegmentWidget", "LKMSegmentLogic", "LKMSegmentTest"} <= classes
     imported = set()

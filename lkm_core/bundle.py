@@ -346,7 +346,7 @@ def extract_zip(zip_path: Path, dest_root: Path | None = None) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            (tmp / ".complete").write_text(digest)
+            (tmp / ".complete").write_text(digest, encoding="utf-8")
             try:
                 os.replace(tmp, final)
             except OSError:  # another process won the race: use theirs

@@ -118,6 +118,6 @@ def fetch_sample_ct(folder: Path | None = None) -> SampleCT:
         "package": SOURCE_PACKAGE, "sha256": SOURCE_SHA256, "licence": LICENCE,
         "files": {name: MEMBER_PREFIX + m for name, m in FILES.items()},
         "note": "Reference labels are predictions of TotalSegmentator, not manual ground truth.",
-    }, indent=2))
+    }, indent=2), encoding="utf-8")
     archive.unlink()  # 38 MB we no longer need
     return SampleCT(wanted["example_ct.nii.gz"], wanted["example_seg_fast_force_split.nii.gz"])
