@@ -6,6 +6,7 @@
     lkm-segment info BUNDLE [--json]
     lkm-segment bundle init --preset NAME --labels liver,spleen,... -o DIR [--seed N]
     lkm-segment bundle verify BUNDLE
+    lkm-segment demo [-o OUTDIR] [--device ...] [--threads N]   (sample CT, default model, Dice)
 
 Exit codes: 0 every case succeeded (or was already done), 1 a case failed (or the run was
 cancelled, or the model could not be loaded), 2 usage errors (bad options, unknown --subset).
@@ -91,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     from .training.commands import register_bundle_cli, register_cli  # plan, bundle export/...
     register_cli(sub)
     register_bundle_cli(bsub)
+    from .demo import register_cli as register_demo_cli
+    register_demo_cli(sub)
     return p
 
 
