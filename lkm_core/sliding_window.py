@@ -29,14 +29,19 @@ class DeviceOutOfMemory(RuntimeError):
 
 
 def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1 / 8) -> torch.Tensor:
-    """Separable Gaussian centred in the patch, max 1, no zeros (edges still count a little)."""
+    """Separable Gaussian centred on voxel n // 2 of each axis, max 1, no zeros.
+
+    The centre and width are nnU-Net's (a delta at n // 2, sigma n/8), so a model trained with
+    nnU-Net gets the same tile weighting here as in nnU-Net's own predictor: where classes
+    nearly tie, a half-voxel shift of the centre is enough to flip labels.
+    """
     weights = None
     for n in patch:
         if n == 1:
             axis = torch.ones(1)
         else:
             sigma = n * sigma_scale
-            x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+            x = torch.arange(n, dtype=torch.float64) - n // 2
             axis = torch.exp(-0.5 * (x / sigma) ** 2)
         weights = axis if weights is None else weights[..., None] * axis
     weights = (weights / weights.max()).float()
