@@ -190,7 +190,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelSelector.blockSignals(True)
         self.ui.modelSelector.clear()
         for info in self.logic.registry.models():
-            self.ui.modelSelector.addItem(f"{info.name} {info.version}".strip(), str(info.path))
+            self.ui.modelSelector.addItem(info.list_entry(), str(info.path))  # says 2D or 3D
         self.ui.modelSelector.blockSignals(False)
         index = self.ui.modelSelector.findData(str(select)) if select else 0
         self.ui.modelSelector.setCurrentIndex(max(index, 0))

@@ -208,6 +208,18 @@ def test_model_details_are_read_without_the_engine(bundle):
     assert info.label_table() == {"liver": 1, "spleen": 2, "kidney_right": 3}
     text = info.summary()
     assert "Modality: CT" in text and "Licence: Apache-2.0" in text and "kidney_right" in text
+    assert info.dimension == "3d" and "Model: 3D" in text  # the user sees 2D or 3D
+    assert info.list_entry() == f"{info.name} {info.version} (3D)"
+
+
+def test_a_2d_model_says_2d_in_the_model_list_and_details(tmp_path):
+    from engine_helpers import make_bundle
+
+    bundle2d = make_bundle(tmp_path / "b2d", dimension="2d", spacing=(1.0, 1.0), patch=(16, 16))
+    info = read_model_info(bundle2d.path)
+    assert info.dimension == "2d"
+    assert info.list_entry().endswith("(2D)")
+    assert "Model: 2D (segments a volume slice by slice" in info.summary()
 
 
 def test_adding_a_model_validates_it_first_and_lists_the_default_first(bundle, tmp_path):

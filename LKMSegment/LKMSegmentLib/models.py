@@ -52,6 +52,7 @@ class ModelInfo:
     description: str = ""
     licence: str = ""
     modality: str = ""
+    dimension: str = ""            # "2d" (runs slice by slice) or "3d", from model.json
     labels: list[LabelInfo] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
 
@@ -62,12 +63,28 @@ class ModelInfo:
     def label_table(self) -> dict[str, int]:
         return {lab.name: lab.value for lab in self.labels}
 
+    @property
+    def dimension_text(self) -> str:
+        """'2D' or '3D' (what the user sees), '' when model.json does not say."""
+        return self.dimension.upper() if self.dimension in ("2d", "3d") else ""
+
+    def list_entry(self) -> str:
+        """The model selector's entry: name, version and 2D/3D, e.g. 'abdomen-mr 1.0 (2D)'."""
+        text = f"{self.name} {self.version}".strip()
+        return f"{text} ({self.dimension_text})" if self.dimension_text else text
+
     def summary(self) -> str:
         """Multi-line text for the details box of the panel."""
         lines = [f"{self.name} {self.version}".strip()]
         if self.description:
             lines.append(self.description)
         lines.append(f"Modality: {self.modality or 'not stated'}")
+        if self.dimension == "2d":
+            lines.append("Model: 2D (segments a volume slice by slice; takes single-slice images too)")
+        elif self.dimension == "3d":
+            lines.append("Model: 3D (segments whole volumes)")
+        else:
+            lines.append("Model: 2D/3D not stated")
         lines.append(f"Licence: {self.licence or 'not stated'}")
         lines.append(f"Structures ({len(self.labels)}): " + ", ".join(self.label_names))
         lines.append(f"Location: {self.path}")
@@ -116,7 +133,8 @@ def read_model_info(path) -> ModelInfo:
         path=path, name=str(meta.get("name", path.stem)), version=str(meta.get("version", "")),
         description=str(meta.get("description", "")),
         licence=str(meta.get("licence", meta.get("license", ""))),
-        modality=str(meta.get("modality", "")), labels=labels, raw=meta)
+        modality=str(meta.get("modality", "")), dimension=str(meta.get("dimension", "")).lower(),
+        labels=labels, raw=meta)
 
 
 def verify_bundle(path, engine_env: dict | None = None, python: str | None = None,
