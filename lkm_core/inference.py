@@ -141,14 +141,21 @@ class Predictor:
         self._emit(case, "read", 0.0)
         t0 = time.perf_counter()
         image = lkm_io.read_image(path)
+        two_d_input = image.GetDimension() == 2
         image = lkm_io.validate_image(image, path, self.bundle.dimension)
         timings = {"read": time.perf_counter() - t0}
         self._emit(case, "read", 1.0)
-        return self.predict_image(image, case=case, timings=timings)
+        return self.predict_image(image, case=case, timings=timings, two_d_input=two_d_input)
 
     def predict_image(self, image: sitk.Image, case: str = "image",
-                      timings: dict | None = None) -> Result:
+                      timings: dict | None = None, *, two_d_input: bool | None = None) -> Result:
+        """``two_d_input``: the image was read as 2D (already made a one-slice volume by
+        validate_image); default: ``image`` itself is 2D."""
         timings = dict(timings or {})
+        # A true 2D image (one slice, accepted by 2d models only) runs as a one-slice volume and
+        # gets a 2D label image back, with its own 2D geometry: 2D in, 2D out.
+        if two_d_input is None:
+            two_d_input = image.GetDimension() == 2
         if image.GetPixelID() != sitk.sitkFloat32 or image.GetDimension() != 3:
             image = lkm_io.validate_image(image, case, self.bundle.dimension)
         b = self.bundle
@@ -178,6 +185,9 @@ class Predictor:
                     lut[v] = v
             labels = lut[labels]
         label_image = labels_to_input(labels, prepared, image)
+        if two_d_input:
+            # JoinSeries put the 2D geometry in the top-left of the 3D one; slicing undoes it
+            label_image = label_image[:, :, 0]
         timings["postprocess"] = time.perf_counter() - t0
         self._emit(case, "postprocess", 1.0)
         return Result(case=case, labels=label_image, label_list=list(self.labels),

@@ -112,6 +112,7 @@ def validate_image(image: sitk.Image, path, dimension: str = "3d") -> sitk.Image
             raise InputError(f"{path} is a 4D image ({size[3]} volumes); the model needs one 3D "
                              "volume. Split the series and run each volume separately.")
     elif image.GetDimension() == 2:
+        # a 2d model takes a single slice as a one-slice volume (the predictor returns 2D labels)
         if dimension == "3d":
             raise InputError(f"{path} is a 2D image ({size[0]}x{size[1]}); this model segments 3D "
                              "volumes. Give the whole volume (or a DICOM series folder).")

@@ -65,6 +65,10 @@ def write_seg_nrrd(labels: sitk.Image, label_list, path) -> Path:
     sees every structure the model was asked for)."""
     import slicerio
 
+    if labels.GetDimension() == 2:
+        # a Slicer segmentation is 3D: a 2D result (2D input) becomes one slice with the same
+        # in-plane geometry, which is how Slicer itself loads the 2D image
+        labels = sitk.JoinSeries([labels])
     voxels = sitk.GetArrayViewFromImage(labels).transpose(2, 1, 0)  # (i, j, k)
     segments = []
     for lab in label_list:
@@ -110,11 +114,18 @@ def summarize(result, bundle, extra: dict | None = None) -> dict:
     array = sitk.GetArrayViewFromImage(result.labels)
     counts = np.bincount(array.ravel(), minlength=max((lab.value for lab in result.label_list),
                                                       default=0) + 1)
-    voxel_ml = float(np.prod(result.labels.GetSpacing())) / 1000.0
+    voxel_size = float(np.prod(result.labels.GetSpacing()))
+    if result.labels.GetDimension() == 2:
+        # a 2D result has no slice thickness: report areas, not volumes
+        def measure(n):
+            return {"area_mm2": round(n * voxel_size, 3)}
+    else:
+        def measure(n):
+            return {"volume_ml": round(n * voxel_size / 1000.0, 3)}
     summary = {
         "case": result.case,
         "labels": [{"value": lab.value, "name": lab.name, "voxels": int(counts[lab.value]),
-                    "volume_ml": round(int(counts[lab.value]) * voxel_ml, 3)}
+                    **measure(int(counts[lab.value]))}
                    for lab in result.label_list],
         "device": result.device,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
