@@ -7,7 +7,12 @@ its summary, its total wall time (with start-up and model loading) and its peak 
 
     python Testing/benchmarks/predict.py                      # 3d_paper, quick mode, 2 threads
     python Testing/benchmarks/predict.py --modes quick,full   # also the full-resolution figure
+    python Testing/benchmarks/predict.py --preset 2d_paper    # the paper's 2D model (issue 7)
+    python Testing/benchmarks/predict.py --preset 3d_paper,2d_paper   # both, one after the other
     python Testing/benchmarks/predict.py --preset 3d_small --crop 0.5   # a small variant
+
+A 2D preset (2d_paper: 7 stages, 320x320, 1.5 mm in-plane; quick mode 3 mm in-plane) runs the
+same CT slice by slice along its first array axis (z, 1.5 mm, never resampled).
 
 Goals (issue 3, 2 cores): quick mode <= 120 s, <= 4 GB peak RSS, all but the network <= 15 %.
 """
@@ -102,7 +107,8 @@ def run_mode(ct: Path, bundle: Path, out: Path, mode: str, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="3d_paper")
+    p.add_argument("--preset", default="3d_paper",
+                   help="bundle init preset(s), comma-separated: 3d_paper, 2d_paper, 3d_small, 2d_small")
     p.add_argument("--ct-spacing", default="0.8,0.8,1.5", help="x,y,z mm of the made CT")
     p.add_argument("--crop", type=float, default=1.0, help="centre-crop fraction per axis")
     p.add_argument("--modes", default="quick", help="comma-separated: quick, full")
@@ -119,23 +125,26 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     spacing = [float(v) for v in args.ct_spacing.split(",")]
     ct = clinical_ct(work, spacing, args.crop)
-    bundle = make_bundle(work, args.preset, args.labels)
-    print(f"CT {ct.name}: {sitk.ReadImage(str(ct)).GetSize()} voxels; preset {args.preset}; "
-          f"{args.threads} thread(s) on {args.device}", flush=True)
-    results = []
-    for mode in args.modes.split(","):
-        r = run_mode(ct, bundle, work / f"out_{mode}", mode, args)
-        results.append(r)
-        print(f"\n{mode}: network grid {r['network_grid']['shape']} at "
-              f"{r['network_grid']['spacing']} mm, device {r['device']}")
-        for k, v in r["phases_s"].items():
-            print(f"  {k:<20} {v:9.2f} s")
-        print(f"  {'total wall':<20} {r['wall_s']:9.2f} s")
-        print(f"  non-network share of the pipeline: {100 * r['non_network_share']:.1f} %")
-        print(f"  peak RSS: {r['peak_rss_gb']:.2f} GB", flush=True)
+    runs = []
+    for preset in [v.strip() for v in args.preset.split(",") if v.strip()]:
+        bundle = make_bundle(work, preset, args.labels)
+        print(f"CT {ct.name}: {sitk.ReadImage(str(ct)).GetSize()} voxels; preset {preset}; "
+              f"{args.threads} thread(s) on {args.device}", flush=True)
+        results = []
+        for mode in args.modes.split(","):
+            r = run_mode(ct, bundle, work / f"out_{preset}_{mode}", mode, args)
+            results.append(r)
+            print(f"\n{preset} {mode}: network grid {r['network_grid']['shape']} at "
+                  f"{r['network_grid']['spacing']} mm, device {r['device']}")
+            for k, v in r["phases_s"].items():
+                print(f"  {k:<20} {v:9.2f} s")
+            print(f"  {'total wall':<20} {r['wall_s']:9.2f} s")
+            print(f"  non-network share of the pipeline: {100 * r['non_network_share']:.1f} %")
+            print(f"  peak RSS: {r['peak_rss_gb']:.2f} GB", flush=True)
+        runs.append({"preset": preset, "threads": args.threads, "ct": str(ct), "results": results})
     if args.json:
-        Path(args.json).write_text(json.dumps({"preset": args.preset, "threads": args.threads,
-                                               "ct": str(ct), "results": results}, indent=2))
+        # one preset: the same object as before; several: a list of them
+        Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=2))
 
 
 if __name__ == "__main__":
