@@ -328,17 +328,22 @@ def bundle_from_checkpoint(args, command) -> Path:
     image, labels, itk_image = load_training_case()
     norm = ct_normalization(image, labels)
     info = {"iterations": steps, "schedule_iterations": args.iterations,
-            "seconds": float(meta.get("seconds", "nan")), "parameters": sum(
+            "seconds": _number(meta.get("seconds")), "parameters": sum(
                 v.numel() for k, v in state.items() if not k.endswith("num_batches_tracked")),
             "seed": args.seed, "lr": args.lr, "weight_decay": args.weight_decay,
             "warmup": args.warmup, "threads": args.threads,
             "foreground_fraction": args.foreground_fraction,
-            "final_loss_avg": float(meta.get("loss_avg", "nan"))}
+            "final_loss_avg": _number(meta.get("loss_avg"))}
     command = (command.split(" --from-checkpoint")[0] + f" --stop-after {steps}").strip()
     bundle = write_default_bundle(args.output, state, norm, itk_image, info, command)
     if not args.no_evaluate:
         _record_dice(bundle, args.threads)
     return Path(bundle)
+
+
+def _number(text):
+    """A float from checkpoint metadata, or None (JSON has no NaN) when it was not recorded."""
+    return float(text) if text not in (None, "", "nan") else None
 
 
 def _record_dice(bundle, threads):
