@@ -13,6 +13,11 @@ its summary, its total wall time (with start-up and model loading) and its peak 
 
 A 2D preset (2d_paper: 7 stages, 320x320, 1.5 mm in-plane; quick mode 3 mm in-plane) runs the
 same CT slice by slice along its first array axis (z, 1.5 mm, never resampled).
+Measured (2026-11-26, 2 shared CPU cores also running an nnU-Net training, torch CPU, 2 threads):
+2d_paper untrained, quick mode: network grid 224 x 101 x 122 at 3.0 x 3.0 x 1.5 mm (one 128 x 128
+tile per slice), total wall 1316 s (network 1310 s, everything else < 2 s + 4.4 s start-up),
+peak RSS 1.42 GB. One 128 x 128 forward pass takes ~4.5 s on one thread; batching slices on the
+CPU does not help (4.7 s per slice at batch 4).
 
 Goals (issue 3, 2 cores): quick mode <= 120 s, <= 4 GB peak RSS, all but the network <= 15 %.
 """
