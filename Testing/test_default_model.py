@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lkm_core.bundle import default_bundle_path, load_bundle, verify_bundle
+from lkm_core.bundle import default_bundle_path, verify_bundle
 from lkm_core.training import default_model
 
 REPO = Path(__file__).resolve().parents[1]

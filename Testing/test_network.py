@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lkm_core.network import LKMUNet, build_network, count_parameters, presets
+from lkm_core.network import build_network, count_parameters, presets
 from lkm_core.network.mamba_blocks import BiMamba, PatchMamba, PixelMamba, partition, unpartition
-from lkm_core.ssm import Mamba
 
 
 @pytest.mark.parametrize("mode", ["window", "strided"])

@@ -239,7 +239,7 @@ def _predict(args) -> int:
         except LKMError as exc:
             failed += 1
             fail(case, exc, 1)
-        except MemoryError as exc:
+        except MemoryError:
             failed += 1
             fail(case, ResourceError(f"Out of memory on {path}: try --quick, fewer --threads "
                                      "or close other programs."), 1)

@@ -7,9 +7,7 @@ onto this network by renaming only its Mamba parts (see official_keys.py).
 
 from __future__ import annotations
 
-from typing import Sequence
 
-import torch
 import torch.nn as nn
 
 POOL_FOR_CONV = {nn.Conv1d: nn.AvgPool1d, nn.Conv2d: nn.AvgPool2d, nn.Conv3d: nn.AvgPool3d}
