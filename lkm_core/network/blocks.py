@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 POOL_FOR_CONV = {nn.Conv1d: nn.AvgPool1d, nn.Conv2d: nn.AvgPool2d, nn.Conv3d: nn.AvgPool3d}
 TRANSPOSED_FOR_CONV = {nn.Conv1d: nn.ConvTranspose1d, nn.Conv2d: nn.ConvTranspose2d,
                        nn.Conv3d: nn.ConvTranspose3d}
@@ -30,7 +31,7 @@ class ConvNormAct(nn.Module):
                  norm_op=None, norm_op_kwargs=None, dropout_op=None, dropout_op_kwargs=None,
                  nonlin=None, nonlin_kwargs=None):
         super().__init__()
-        dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[conv_op]
+        dims = CONV_DIMS[conv_op]
         kernel = as_tuple(kernel_size, dims)
         self.conv = conv_op(in_channels, out_channels, kernel, as_tuple(stride, dims),
                             padding=tuple((k - 1) // 2 for k in kernel), bias=conv_bias)
@@ -66,7 +67,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, conv_op, in_channels, out_channels, kernel_size, stride, conv_bias, norm_op,
                  norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs):
         super().__init__()
-        dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[conv_op]
+        dims = CONV_DIMS[conv_op]
         stride = as_tuple(stride, dims)
         self.conv1 = ConvNormAct(conv_op, in_channels, out_channels, kernel_size, stride, conv_bias,
                                  norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs)

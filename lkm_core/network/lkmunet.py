@@ -10,15 +10,17 @@ a plan by import path and train it with its stock trainer.
 
 from __future__ import annotations
 
+import logging
 import pydoc
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from ..ssm import Mamba
 from .blocks import TRANSPOSED_FOR_CONV, ResidualStage, Stem, as_tuple
 from .mamba_blocks import PARTITIONS, PatchMamba, PixelMamba
+
+log = logging.getLogger(__name__)
 
 _DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
 
@@ -133,6 +135,8 @@ class LKMUNet(nn.Module):
                  pim_partition: str = "window", use_pim: bool = True, use_pam: bool = True,
                  bidirectional: bool = True, n_conv_per_stage=None, **unused):
         super().__init__()
+        if unused:  # accepted so that plans written for other nnU-Net networks still build
+            log.warning("LKMUNet ignores these keywords: %s", ", ".join(sorted(unused)))
         conv_op, norm_op, dropout_op, nonlin = map(_resolve, (conv_op, norm_op, dropout_op, nonlin))
         if conv_op not in _DIMS:
             raise ValueError(f"conv_op must be Conv2d or Conv3d, not {conv_op}")
@@ -173,6 +177,3 @@ class LKMUNet(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-
-def mamba_layers(network: nn.Module):
-    return [m for m in network.modules() if isinstance(m, Mamba)]
