@@ -55,6 +55,15 @@ def cuda_time(fn, repeats=3):
     return min(times)
 
 
+def time_and_peak_memory(fn, repeats):
+    """Seconds per call (best of repeats) and peak GPU memory, after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    seconds = cuda_time(fn, repeats)
+    return {"seconds": seconds, "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
+
+
 @section("environment")
 def environment():
     return {"torch": torch.__version__, "device": torch.cuda.get_device_name(0),
@@ -72,12 +81,13 @@ def parity():
         gpu_layer = layer.cuda()
         import lkm_core.ssm.mamba as mamba_module
         for backend in ("triton", "torch"):
-            original = mamba_module.selective_scan
-            mamba_module.selective_scan = lambda *a, **k: original(*a, **k, backend=backend)
+            # the layer calls the time-major scan; force its backend for this comparison
+            original = mamba_module.selective_scan_time_major
+            mamba_module.selective_scan_time_major = lambda *a, **k: original(*a, **k, backend=backend)
             try:
                 out[f"mamba_layer_{backend}_vs_cpu_max_abs"] = (gpu_layer(x.cuda()).cpu() - cpu).abs().max().item()
             finally:
-                mamba_module.selective_scan = original
+                mamba_module.selective_scan_time_major = original
         try:
             from transformers import MambaConfig
             from transformers.models.mamba.modeling_mamba import MambaMixer
@@ -133,11 +143,7 @@ def forward_stats(preset, use_mamba, amp):
     def run():
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             return net(x)
-    run()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    seconds = cuda_time(run, 3)
-    return {"seconds": seconds, "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
+    return time_and_peak_memory(run, 3)
 
 
 @section("inference_3d_paper")
@@ -165,11 +171,7 @@ def train_step(preset, batch):
             loss = torch.nn.functional.cross_entropy(net(x).float(), y)
         loss.backward()
         opt.step()
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    seconds = cuda_time(step, 1)
-    return {"seconds": seconds, "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
+    return time_and_peak_memory(step, 1)
 
 
 @section("training_step")
