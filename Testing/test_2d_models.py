@@ -180,7 +180,7 @@ def test_single_slice_image_file_works_with_a_2d_bundle_through_the_cli(
                    "--threads", "1", "--progress", "none", "--format", fmt)
     assert proc.returncode == 0, proc.stderr
     labels_path = out / f"slice.{fmt}"
-    summary = json.loads((out / "slice.json").read_text())
+    summary = json.loads((out / "slice.json").read_text(encoding="utf-8"))
     assert summary["input"]["size"] == list(image.GetSize())
     assert all("area_mm2" in entry and "volume_ml" not in entry for entry in summary["labels"])
     if fmt == "nii.gz":

@@ -102,7 +102,7 @@ def test_package_data_ships_the_bundle():
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         tomllib = pytest.importorskip("tomli")
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = config["tool"]["setuptools"]["package-data"]["lkm_core"]
     shipped = {p.relative_to(REPO / "lkm_core").as_posix()
                for pattern in patterns for p in (REPO / "lkm_core").glob(pattern) if p.is_file()}
@@ -130,7 +130,7 @@ def test_demo_writes_segmentation_summary_and_picture(demo_run):
     picture = sitk.ReadImage(str(out / "example_ct.png"))
     assert picture.GetNumberOfComponentsPerPixel() == 3
     assert picture.GetSize()[0] > picture.GetSize()[1] > 50
-    summary = json.loads((out / "example_ct.json").read_text())
+    summary = json.loads((out / "example_ct.json").read_text(encoding="utf-8"))
     assert summary["model"]["trained"] is True
     assert [lab["name"] for lab in summary["labels"]] == list(default_model.ORGANS)
 
@@ -142,7 +142,7 @@ def test_demo_prints_dice_per_organ_and_time(demo_run):
     found = dict(re.findall(r"Dice (\w+)\s+([0-9.]+)", proc.stdout))
     assert set(default_model.ORGANS) <= set(found), proc.stdout
     assert re.search(r"Time: [0-9.]+ s", proc.stdout)
-    report = json.loads((out / "example_ct.dice.json").read_text())
+    report = json.loads((out / "example_ct.dice.json").read_text(encoding="utf-8"))
     assert abs(report["dice"]["liver"] - float(found["liver"])) < 1e-3
     # trained on this very CT: a floor that catches a broken pipeline, not a quality claim
     assert float(found["liver"]) >= LIVER_DICE_FLOOR

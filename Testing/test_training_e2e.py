@@ -26,12 +26,12 @@ def trained(tmp_path_factory, sample_ct):
 
 
 def test_nnunet_trains_the_lkm_configuration_and_the_result_exports_to_a_bundle(trained):
-    plans = json.loads((trained.results / "plans.json").read_text())
+    plans = json.loads((trained.results / "plans.json").read_text(encoding="utf-8"))
     block = plans["configurations"][smoke.CONFIG]
     assert block["inherits_from"] == "3d_fullres"
     assert block["architecture"]["network_class_name"] == "lkm_core.network.LKMUNet"
     assert (trained.results / "fold_0" / "checkpoint_final.pth").is_file()
-    log = trained.log.read_text()
+    log = trained.log.read_text(encoding="utf-8")
     assert "train_loss" in log and "Epoch 1" in log
 
     from lkm_core.bundle import load_bundle, verify_bundle
@@ -100,7 +100,7 @@ def test_fine_tuning_starts_from_a_bundle_and_ends_in_a_new_bundle_version(train
     smoke.run([py, "-m", "lkm_core.training.short_run", str(smoke.DATASET_ID), smoke.CONFIG, "0",
                "-p", "nnUNetPlans_lkmft", "-pretrained_weights", ckpt, "--epochs", "1", "--iterations", "2",
                "--threads", "1"], env, log)
-    assert "Loading pretrained weights" in log.read_text()
+    assert "Loading pretrained weights" in log.read_text(encoding="utf-8")
     results = trained.results.parent / f"nnUNetTrainer__nnUNetPlans_lkmft__{smoke.CONFIG}"
     smoke.run([py, "-m", "lkm_core", "bundle", "export", results, "-o", tmp_path / "v2", "--version", "1.1.0",
                "--parent", "lkmtiny@1.0.0"], env, log)

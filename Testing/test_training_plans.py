@@ -159,16 +159,16 @@ def test_bad_windows_and_patches_are_refused_with_a_reason():
 def test_plan_command_edits_the_plans_file_in_place(tmp_path, monkeypatch):
     folder = tmp_path / "Dataset901_LKMTiny"
     folder.mkdir()
-    (folder / "nnUNetPlans.json").write_text(json.dumps(nnunet_plans()))
+    (folder / "nnUNetPlans.json").write_text(json.dumps(nnunet_plans()), encoding="utf-8")
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
     from lkm_core.cli import main
 
     assert main(["plan", "901", "--stages", "3", "--windows", "10x14x11,10x14x11,5x7x11"]) == 0
-    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans = json.loads((folder / "nnUNetPlans.json").read_text(encoding="utf-8"))
     assert set(plans["configurations"]) == {"2d", "3d_fullres", "3d_fullres_lkm"}
     assert plans["configurations"]["3d_fullres_lkm"]["architecture"]["arch_kwargs"]["n_stages"] == 3
     path, name, _ = plan_dataset("Dataset901_LKMTiny", "2d")
-    assert name in json.loads(path.read_text())["configurations"]
+    assert name in json.loads(path.read_text(encoding="utf-8"))["configurations"]
     assert main(["plan", "999"]) != 0  # unknown dataset: one line on stderr, non-zero exit
 
 
@@ -203,13 +203,13 @@ def test_bundle_becomes_pretrained_weights_and_fine_tuning_plans(tmp_path):
     del target["configurations"]["3d_fullres_lkm"]
     ds = tmp_path / "pre" / "Dataset902_Corrected"
     ds.mkdir(parents=True)
-    (ds / "nnUNetPlans.json").write_text(json.dumps(target))
+    (ds / "nnUNetPlans.json").write_text(json.dumps(target), encoding="utf-8")
     (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2, "stomach": 3},
                                                  "channel_names": {"0": "CT"}, "numTraining": 2,
                                                  "file_ending": ".nii.gz"}))
     ckpt = tmp_path / "ft.pth"
     assert main(["bundle", "to-nnunet", str(bundle), "-o", str(ckpt), "--plans", str(ds)]) == 0
-    plans = json.loads((ds / "nnUNetPlans_lkmft.json").read_text())
+    plans = json.loads((ds / "nnUNetPlans_lkmft.json").read_text(encoding="utf-8"))
     cm = PlansManager(plans).get_configuration("3d_fullres_lkm")
     # the bundle's preprocessing, not the new dataset's
     assert cm.spacing == [2.5, 2.0, 2.0] and cm.patch_size == [16, 32, 32]
@@ -251,7 +251,7 @@ def test_official_results_folder_becomes_a_bundle_that_computes_the_same(tmp_pat
     plans = {"dataset_name": "Dataset702_AbdomenMR", "plans_name": "nnUNetPlans", "transpose_forward": [0, 1, 2],
              "transpose_backward": [0, 1, 2], "configurations": {"2d": config},
              "foreground_intensity_properties_per_channel": {"0": {}}}
-    (results / "plans.json").write_text(json.dumps(plans))
+    (results / "plans.json").write_text(json.dumps(plans), encoding="utf-8")
     (results / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "liver": 1, "spleen": 2},
         "numTraining": 60, "file_ending": ".nii.gz"}))

@@ -209,7 +209,7 @@ def _predict(args) -> int:
         outputs = [str(paths["labels"]), str(paths["summary"])]
         if not args.overwrite and all(p.exists() for p in paths.values()):
             try:
-                summary = json.loads(paths["summary"].read_text())
+                summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 summary = None
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary,

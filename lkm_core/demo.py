@@ -75,7 +75,7 @@ def cmd_demo(args) -> int:
     summary_path = out_dir / f"{case}.json"
     if not seg_path.is_file():
         raise ModelError(f"predict reported success but wrote no {seg_path}")
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
 
     import SimpleITK as sitk
     image = sitk.ReadImage(str(sample.image), sitk.sitkFloat32)

@@ -56,7 +56,7 @@ def run_plan(args) -> int:
         n_stages=args.stages, features_per_stage=args.features, n_blocks_per_stage=args.blocks,
         pim_partition=args.partition, use_pim=not args.no_pim, use_pam=not args.no_pam,
         bidirectional=not args.unidirectional)
-    plans = json.loads(Path(path).read_text())
+    plans = json.loads(Path(path).read_text(encoding="utf-8"))
     resolved = resolve_configuration(plans, name)
     dataset = plans.get("dataset_name", "DATASET")
     print(f"Added configuration {name} to {path}")

@@ -349,9 +349,9 @@ def _number(text):
 def _record_dice(bundle, threads):
     dice = evaluate_bundle(bundle, threads=threads)
     meta_path = Path(bundle) / "model.json"
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["provenance"]["dice_on_training_ct"] = {k: round(v, 4) for k, v in dice.items()}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log.info("Dice on the training CT: %s", dice)
     return dice
 

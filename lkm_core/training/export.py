@@ -82,7 +82,7 @@ def find_folds(results: Path, folds=None, checkpoint_name: str = "checkpoint_fin
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path} is missing: is this an nnU-Net results folder "
                          "(Trainer__Plans__Configuration)?") from None

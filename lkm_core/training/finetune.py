@@ -107,19 +107,19 @@ def bundle_to_checkpoint(bundle_path, output, *, fold: str | None = None, plans=
     if plans is None:
         return output, None
     target_file = find_plans_file(plans)
-    target = json.loads(target_file.read_text())
+    target = json.loads(target_file.read_text(encoding="utf-8"))
     new_plans, config_name = plans_from_bundle(target, bundle, name, plans_name)
     _warn_label_mismatch(bundle, target_file.parent / "dataset.json")
     out_file = target_file.parent / f"{plans_name}.json"
     tmp = out_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(new_plans, indent=4))
+    tmp.write_text(json.dumps(new_plans, indent=4), encoding="utf-8")
     os.replace(tmp, out_file)
     return output, (out_file, config_name)
 
 
 def _warn_label_mismatch(bundle, dataset_json_path: Path) -> None:
     try:
-        labels = json.loads(dataset_json_path.read_text())["labels"]
+        labels = json.loads(dataset_json_path.read_text(encoding="utf-8"))["labels"]
     except (OSError, ValueError, KeyError):
         return
     new = {int(v): k for k, v in labels.items() if not isinstance(v, list) and int(v) > 0 and k != "ignore"}

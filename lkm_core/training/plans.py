@@ -297,12 +297,12 @@ def plan_dataset(dataset, config: str = "3d", *, plans_identifier: str = "nnUNet
     """Read the plans, add the LKM configuration, write them back. Returns (file, name, block)."""
     path = find_plans_file(dataset, plans_identifier, preprocessed)
     try:
-        plans = json.loads(path.read_text())
+        plans = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise InputError(f"Cannot read the plans {path}: {e}") from e
     name, block = add_lkm_configuration(plans, config, **options)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(plans, indent=4))
+    tmp.write_text(json.dumps(plans, indent=4), encoding="utf-8")
     os.replace(tmp, path)
     log.info("Added configuration %s to %s", name, path)
     return path, name, block

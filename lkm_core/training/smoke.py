@@ -62,7 +62,7 @@ def run(cmd: list, env: dict, log: Path, timeout: float = 900) -> None:
         proc = subprocess.run([str(c) for c in cmd], env=env, stdout=f, stderr=subprocess.STDOUT,
                               timeout=timeout)
     if proc.returncode != 0:
-        tail = log.read_text()[-3000:]
+        tail = log.read_text(encoding="utf-8")[-3000:]
         raise RuntimeError(f"step failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{tail}")
 
 

@@ -58,5 +58,5 @@ def make_tiny_dataset(raw_root: str | Path, dataset_id: int = 901, name: str = "
         "file_ending": ".nii.gz",
         "licence": "Apache-2.0",
     }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2), encoding="utf-8")
     return folder
