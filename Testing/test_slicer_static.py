@@ -146,7 +146,7 @@ def test_extension_metadata_icon_and_catalog_entry():
     assert "add_subdirectory(LKMSegment)" in top
     entry = json.loads((REPO / "LKMSegment.json").read_text(encoding="utf-8"))
     assert entry["category"] == "Segmentation" and entry["build_dependencies"] == ["PyTorch"]
-    assert entry["scm_url"] and entry["$schema"].endswith("schema-v1.0.1.json#")
+    assert entry["scm_url"] and entry["$schema"].endswith("schema-v1.0.2.json#")
     for icon in (REPO / "Resources" / "Icons" / "LKMSegment.png", MODULE / "Resources" / "Icons" / "LKMSegment.png"):
         assert sitk.ReadImage(str(icon)).GetSize() == (128, 128)
 

@@ -4,12 +4,11 @@
 
 Fetches the sample CT (:mod:`lkm_core.sample_data`), runs the ordinary ``predict`` command on it
 (same code path as any user's case), then writes a PNG picture (axial, coronal and sagittal
-slices through the liver, labels overlaid in their colours) and prints the Dice of every organ
+slices through the liver: the prediction above the sample's reference labels, in the model's
+colours, with a legend) and prints the Dice of every organ
 against the sample's reference labels (TotalSegmentator's own prediction) and the time taken.
 Outputs in OUTDIR: ``example_ct.seg.nrrd``, ``example_ct.json`` (summary), ``example_ct.png``,
 ``example_ct.dice.json``.
-
-The PNG is written by SimpleITK (no imaging library needed).
 """
 
 from __future__ import annotations
@@ -21,11 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-# display window for the picture (abdomen soft tissue, HU)
-WINDOW = (-160.0, 240.0)
-ALPHA = 0.45
-
 
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
@@ -82,7 +76,8 @@ def cmd_demo(args) -> int:
     reference = sitk.ReadImage(str(sample.reference_labels))
     predicted, names = read_seg_nrrd(seg_path, image)
     dice = organ_dice(predicted, reference, names)
-    png = write_overlay_png(image, predicted, bundle.labels, out_dir / f"{case}.png")
+    png = write_demo_png(image, predicted, reference, bundle.labels, out_dir / f"{case}.png",
+                         f"{bundle.name} {bundle.version}")
     report = {"model": {"name": bundle.name, "version": bundle.version,
                         "path": str(bundle.source)},
               "case": str(sample.image), "reference": str(sample.reference_labels),
@@ -158,69 +153,38 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return float("nan") if denom == 0 else 2.0 * int(np.logical_and(pred, ref).sum()) / denom
 
 
-def _to_display(img2d, spacing_rows, spacing_cols, scale_mm=1.5):
-    """Nearest-neighbour resize of a 2D array (rows, cols, ...) to square pixels of scale_mm."""
-    rows = max(1, int(round(img2d.shape[0] * spacing_rows / scale_mm)))
-    cols = max(1, int(round(img2d.shape[1] * spacing_cols / scale_mm)))
-    ri = np.minimum((np.arange(rows) * img2d.shape[0] / rows).astype(int), img2d.shape[0] - 1)
-    ci = np.minimum((np.arange(cols) * img2d.shape[1] / cols).astype(int), img2d.shape[1] - 1)
-    return img2d[ri][:, ci]
-
-
-def overlay_rgb(ct: np.ndarray, labels: np.ndarray, colors: dict) -> np.ndarray:
-    """RGB uint8 of a CT slice (windowed grey) with labels blended in their colours."""
-    lo, hi = WINDOW
-    grey = np.clip((ct - lo) / (hi - lo), 0, 1)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    for value, color in colors.items():
-        mask = labels == value
-        if mask.any():
-            rgb[mask] = (1 - ALPHA) * rgb[mask] + ALPHA * np.asarray(color, dtype=float)
-            # a crisp outline: mask voxels with a non-mask 4-neighbour
-            edge = mask.copy()
-            inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] \
-                & mask[1:-1, 2:]
-            edge[1:-1, 1:-1] &= ~inner
-            rgb[edge] = np.asarray(color, dtype=float)
-    return (rgb * 255 + 0.5).astype(np.uint8)
-
-
-def write_overlay_png(image, labels, label_list, path, focus: str = "liver") -> Path:
-    """Axial | coronal | sagittal slices (radiological display, LPS) through the centre of
-    ``focus`` (or of the volume when it is absent), labels overlaid; written as PNG."""
+def write_demo_png(image, predicted, reference, label_list, path, model_title: str,
+                   focus: str = "liver") -> Path:
+    """The prediction above the sample's reference labels (same slices), with a legend."""
     import SimpleITK as sitk
 
-    ct = sitk.DICOMOrient(image, "LPS")
-    lab = sitk.DICOMOrient(labels, "LPS")
-    a = sitk.GetArrayFromImage(ct)       # (z: inferior->superior, y: anterior->posterior,
-    m = sitk.GetArrayFromImage(lab)      #  x: right->left)
-    sx, sy, sz = ct.GetSpacing()
-    colors = {lab_.value: lab_.color for lab_ in label_list}
-    value = next((lab_.value for lab_ in label_list if lab_.name == focus), None)
-    pts = np.argwhere(m == value) if value is not None else np.empty((0, 3))
-    if len(pts) == 0:
-        pts = np.argwhere(m > 0)
-    centre = pts.mean(0).round().astype(int) if len(pts) else np.array(a.shape) // 2
-    z, y, x = (int(v) for v in centre)
-    views = [
-        (a[z], m[z], sy, sx),                          # axial: anterior up, patient right left
-        (a[:, y, :][::-1], m[:, y, :][::-1], sz, sx),  # coronal: superior up
-        (a[:, :, x][::-1], m[:, :, x][::-1], sz, sy),  # sagittal: superior up, anterior left
-    ]
-    panels = [_to_display(overlay_rgb(c, l_, colors), sr, sc) for c, l_, sr, sc in views]
-    height = max(p.shape[0] for p in panels)
-    gap = np.zeros((height, 4, 3), np.uint8)
-    row = []
-    for p in panels:
-        pad = height - p.shape[0]
-        p = np.pad(p, ((pad // 2, pad - pad // 2), (0, 0), (0, 0)))
-        row += [p, gap]
-    picture = np.concatenate(row[:-1], axis=1)
-    path = Path(path)
-    from .outputs import atomic_path
-    with atomic_path(path, ".png") as tmp:
-        sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=True), str(tmp))
-    return path
+    from .pictures import LegendEntry, Row, labelled_views_picture, write_png
+    from .sample_data import REFERENCE_LABELS
+    from .terminology import lookup
+
+    def key(name):
+        structure = lookup(name)
+        return structure.name if structure else name
+
+    colors = {lab.value: lab.color for lab in label_list}
+    # the reference in the model's values, for the structures both know
+    ref = sitk.GetArrayFromImage(reference)
+    ours = np.zeros(ref.shape, np.uint16)
+    for lab in label_list:
+        if key(lab.name) in REFERENCE_LABELS:
+            ours[ref == REFERENCE_LABELS[key(lab.name)]] = lab.value
+    ref_image = sitk.GetImageFromArray(ours)
+    ref_image.CopyInformation(reference)
+    ref_image = sitk.Resample(ref_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                              ref_image.GetPixelID())
+    focus_values = [lab.value for lab in label_list if key(lab.name) == focus]
+    picture = labelled_views_picture(
+        image,
+        [Row(f"Prediction: {model_title}", predicted, colors),
+         Row("Reference: the sample's labels (TotalSegmentator's prediction)", ref_image, colors)],
+        [LegendEntry(lab.name, lab.color) for lab in label_list], modality="CT",
+        focus_values=focus_values)
+    return write_png(picture, path)
 
 
 if __name__ == "__main__":  # pragma: no cover - use `lkm-segment demo`
