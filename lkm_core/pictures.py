@@ -35,11 +35,25 @@ class LegendEntry:
 
 @dataclass
 class Row:
-    """One row of views: a title and a label image on the grid of the picture's image."""
+    """One row of views: a title and a label image on the grid of the picture's image.
+
+    With ``confidence`` (a uint8 0-100 image on the same grid) the row shows where the model
+    is unsure, in the bands of :data:`CONFIDENCE_BANDS`, with the labels as outlines only."""
 
     title: str
     labels: object  # SimpleITK label image
     colors: dict    # label value -> RGB 0-1
+    confidence: object = None
+
+
+# (upper bound in %, colour, legend text): voxels below 95 % confidence are tinted
+CONFIDENCE_BANDS = [(50, (0.85, 0.1, 0.1), "confidence < 50 %"),
+                    (80, (1.0, 0.55, 0.0), "confidence 50-80 %"),
+                    (95, (1.0, 0.9, 0.2), "confidence 80-95 %")]
+
+
+def confidence_legend() -> list:
+    return [LegendEntry(text, color) for _, color, text in CONFIDENCE_BANDS]
 
 
 def _to_display(img2d: np.ndarray, spacing_rows: float, spacing_cols: float) -> np.ndarray:
@@ -52,16 +66,24 @@ def _to_display(img2d: np.ndarray, spacing_rows: float, spacing_cols: float) -> 
 
 
 def overlay_rgb(grey: np.ndarray, labels: np.ndarray, colors: dict,
-                window: tuple = CT_WINDOW) -> np.ndarray:
-    """RGB uint8 of a slice (windowed grey) with labels blended in their colours, outlined."""
+                window: tuple = CT_WINDOW, confidence: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 of a slice (windowed grey) with labels blended in their colours, outlined;
+    with ``confidence``, the unsure voxels tinted by band and the labels outlined only."""
     lo, hi = window
     rgb = np.repeat(np.clip((grey - lo) / (hi - lo), 0, 1)[..., None], 3, axis=-1)
+    if confidence is not None:
+        lower = -1
+        for upper, color, _ in CONFIDENCE_BANDS:
+            band = (confidence > lower) & (confidence < upper)
+            rgb[band] = (1 - ALPHA) * rgb[band] + ALPHA * np.asarray(color, dtype=float)
+            lower = upper - 1
     for value, color in colors.items():
         mask = labels == value
         if not mask.any():
             continue
         color = np.asarray(color, dtype=float)
-        rgb[mask] = (1 - ALPHA) * rgb[mask] + ALPHA * color
+        if confidence is None:
+            rgb[mask] = (1 - ALPHA) * rgb[mask] + ALPHA * color
         # outline: mask voxels with a 4-neighbour outside the mask
         inner = np.zeros_like(mask)
         inner[1:-1, 1:-1] = (mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1]
@@ -88,15 +110,16 @@ def _centre(label_arrays: list, values: Sequence[int]) -> np.ndarray | None:
     return None
 
 
-def _views_row(grey: np.ndarray, labels: np.ndarray, spacing, centre, colors, window) -> np.ndarray:
+def _views_row(grey: np.ndarray, labels: np.ndarray, spacing, centre, colors, window,
+               confidence: np.ndarray | None = None) -> np.ndarray:
     sx, sy, sz = spacing
     z, y, x = (int(v) for v in centre)
-    views = [
-        (grey[z], labels[z], sy, sx),                                # axial
-        (grey[:, y, :][::-1], labels[:, y, :][::-1], sz, sx),        # coronal
-        (grey[:, :, x][::-1], labels[:, :, x][::-1], sz, sy),        # sagittal
-    ]
-    panels = [_to_display(overlay_rgb(g, m, colors, window), sr, sc) for g, m, sr, sc in views]
+    cuts = [(lambda a: a[z], sy, sx),                      # axial
+            (lambda a: a[:, y, :][::-1], sz, sx),          # coronal, superior up
+            (lambda a: a[:, :, x][::-1], sz, sy)]          # sagittal, superior up
+    panels = [_to_display(overlay_rgb(cut(grey), cut(labels), colors, window,
+                                      None if confidence is None else cut(confidence)), sr, sc)
+              for cut, sr, sc in cuts]
     height = max(p.shape[0] for p in panels)
     row = []
     for p in panels:
@@ -144,15 +167,17 @@ def labelled_views_picture(image, rows: Sequence[Row], legend: Sequence[LegendEn
     oriented = sitk.DICOMOrient(image, "LPS")
     grey = sitk.GetArrayFromImage(oriented).astype(np.float32)
     label_arrays = [sitk.GetArrayFromImage(sitk.DICOMOrient(r.labels, "LPS")) for r in rows]
-    for r, arr in zip(rows, label_arrays):
-        if arr.shape != grey.shape:
+    confidences = [None if r.confidence is None else
+                   sitk.GetArrayFromImage(sitk.DICOMOrient(r.confidence, "LPS")) for r in rows]
+    for r, arr, conf in zip(rows, label_arrays, confidences):
+        if arr.shape != grey.shape or (conf is not None and conf.shape != grey.shape):
             raise ValueError(f"the labels of row {r.title!r} are not on the image's grid")
     centre = _centre(label_arrays, focus_values)
     if centre is None:
         centre = np.array(grey.shape) // 2
     window = display_window(grey, modality)
-    strips = [_views_row(grey, arr, oriented.GetSpacing(), centre, r.colors, window)
-              for r, arr in zip(rows, label_arrays)]
+    strips = [_views_row(grey, arr, oriented.GetSpacing(), centre, r.colors, window, conf)
+              for r, arr, conf in zip(rows, label_arrays, confidences)]
     font = _font()
     title_h = FONT_SIZE + 10
     views_w = max(s.shape[1] for s in strips)
@@ -177,3 +202,17 @@ def write_png(picture, path) -> Path:
     with atomic_path(path, ".png") as tmp:
         picture.save(str(tmp), format="PNG")
     return path
+
+
+def stack_pictures(pictures: Sequence) -> object:
+    """Pillow images one above the other (left-aligned), with a gap between them."""
+    from PIL import Image
+
+    width = max(p.width for p in pictures)
+    height = sum(p.height for p in pictures) + GAP * 3 * (len(pictures) - 1)
+    out = Image.new("RGB", (width, height), BACKGROUND)
+    top = 0
+    for p in pictures:
+        out.paste(p, (0, top))
+        top += p.height + GAP * 3
+    return out

@@ -1,0 +1,125 @@
+"""How sure the model is: a per-voxel confidence and a score per structure, for review triage.
+
+Everything here comes from the class probabilities the sliding window already aggregated (the
+Gaussian-weighted mean of the softmax over patches, mirrors and folds); no second network pass.
+
+- Voxel confidence: the largest class probability (1 = every pass agrees on one class;
+  1/C = no preference), stored as uint8 0-100.
+- Per structure (label value v, mask = voxels labelled v):
+  ``mean_confidence`` (mean probability of v inside the mask), ``boundary_confidence`` (mean
+  voxel confidence in a one-voxel band on both sides of the mask's surface, where errors live),
+  ``uncertain_fraction`` (the share of voxels in and within two voxels of the structure whose
+  probability of v lies between 0.2 and 0.8: a thick uncertain shell means an unsure outline),
+  ``components`` (connected pieces; an organ in several pieces is suspicious),
+  ``volume_ml`` against the range seen in training (optional bundle field), and one ``score``
+  in 0-1 combining them, for ranking: lower means look first. A structure the model did not
+  find scores 0 (a reviewer should check that it is really absent).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+UNSURE_LOW, UNSURE_HIGH = 0.2, 0.8
+FLAG_BELOW = 0.6  # structures scoring below this are flagged for review
+
+
+def voxel_confidence(probabilities: np.ndarray) -> np.ndarray:
+    """uint8 0-100 map (spatial shape) from class probabilities (C, *spatial)."""
+    top = np.max(probabilities, axis=0)
+    return np.clip(np.rint(top * 100.0), 0, 100).astype(np.uint8)
+
+
+def _bbox(mask: np.ndarray, margin: int) -> tuple:
+    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))[0]
+           for ax in range(mask.ndim)]
+    return tuple(slice(max(0, int(i.min()) - margin), int(i.max()) + margin + 1) for i in idx)
+
+
+def _binary(mask: np.ndarray, op: str) -> np.ndarray:
+    """One-voxel binary dilation/erosion (face neighbours) of a boolean array, with SimpleITK."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    f = sitk.BinaryDilate if op == "dilate" else sitk.BinaryErode
+    out = f(image, [1] * mask.ndim, sitk.sitkCross, 0, 1)
+    return sitk.GetArrayViewFromImage(out).astype(bool)
+
+
+def _components(mask: np.ndarray) -> tuple[int, float]:
+    """(number of 26-connected pieces, share of the largest one)."""
+    import SimpleITK as sitk
+
+    labelled = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+    counts = np.bincount(sitk.GetArrayViewFromImage(labelled).ravel())[1:]
+    if counts.size == 0:
+        return 0, 0.0
+    return int(counts.size), float(counts.max() / counts.sum())
+
+
+def structure_score(mean_conf: float, boundary_conf: float, uncertain: float, pieces: int,
+                    largest_share: float, in_range: bool | None) -> float:
+    """One number in 0-1 for ranking (see the module docstring)."""
+    score = 0.5 * (mean_conf + boundary_conf) * (1.0 - min(1.0, uncertain))
+    if pieces > 1:  # an organ in pieces: a fixed penalty, more the more the strays weigh
+        score *= 0.8 * largest_share
+    if in_range is False:
+        score *= 0.5
+    return float(np.clip(score, 0.0, 1.0))
+
+
+def structure_scores(probabilities: np.ndarray, labels: np.ndarray, label_list,
+                     spacing_zyx: Sequence[float], volume_ranges: dict | None = None,
+                     confidence: np.ndarray | None = None) -> dict:
+    """{structure name: scores} on the network grid (``probabilities`` (C, *spatial),
+    ``labels`` spatial, ``spacing_zyx`` in mm in array order). ``volume_ranges``:
+    {name: [min_ml, max_ml]} seen in training (the bundle's optional field)."""
+    conf = voxel_confidence(probabilities) if confidence is None else confidence
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    out = {}
+    for lab in label_list:
+        mask = labels == lab.value
+        n = int(mask.sum())
+        entry = {"voxels_network": n, "volume_ml": round(n * voxel_ml, 3)}
+        vrange = (volume_ranges or {}).get(lab.name)
+        in_range = None if not vrange else bool(vrange[0] <= n * voxel_ml <= vrange[1])
+        if vrange:
+            entry["training_volume_ml"] = [float(vrange[0]), float(vrange[1])]
+            entry["volume_in_training_range"] = in_range
+        if n == 0:
+            entry.update({"found": False, "score": 0.0, "flagged": True})
+            out[lab.name] = entry
+            continue
+        box = _bbox(mask, 2)
+        m = mask[box]
+        p = probabilities[(lab.value, *box)]
+        c = conf[box].astype(np.float32) / 100.0
+        grown, shrunk = _binary(m, "dilate"), _binary(m, "erode")
+        band = grown & ~shrunk
+        near = _binary(grown, "dilate")
+        unsure = int(((p > UNSURE_LOW) & (p < UNSURE_HIGH) & near).sum())
+        pieces, largest = _components(m)
+        mean_conf = float(p[m].mean())
+        boundary_conf = float(c[band].mean()) if band.any() else mean_conf
+        uncertain = unsure / max(1, int(near.sum()))
+        score = structure_score(mean_conf, boundary_conf, uncertain, pieces, largest, in_range)
+        entry.update({
+            "found": True,
+            "mean_confidence": round(mean_conf, 4),
+            "boundary_confidence": round(boundary_conf, 4),
+            "uncertain_fraction": round(uncertain, 4),
+            "components": pieces,
+            "largest_component_share": round(largest, 4),
+            "score": round(score, 4),
+            "flagged": score < FLAG_BELOW,
+        })
+        out[lab.name] = entry
+    return out
+
+
+def case_score(scores: dict) -> float | None:
+    """A case is as sure as its least sure structure (None: no structure scored)."""
+    values = [s["score"] for s in scores.values() if s.get("score") is not None]
+    return min(values) if values else None

@@ -1,0 +1,190 @@
+"""``lkm-segment review OUTDIR``: which cases, and which structures in them, to correct first.
+
+Reads the per-case summaries a finished ``predict`` batch wrote (``CASE.json``, with the
+``confidence`` section), ranks the cases least confident first (a case is as sure as its least
+sure structure) and, within each case, its structures; prints a table, writes a CSV with one
+row per (case, structure) and one PNG overview of the worst cases (slices through the least
+sure structure, labels and, where ``--uncertainty`` wrote one, the confidence map).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ["case_rank", "case", "case_score", "structure", "score", "flagged", "found",
+               "mean_confidence", "boundary_confidence", "uncertain_fraction", "components",
+               "volume_ml", "volume_in_training_range"]
+LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd")
+
+
+@dataclass
+class ReviewedCase:
+    case: str
+    summary_path: Path
+    summary: dict
+    score: float | None
+    structures: list = field(default_factory=list)  # [(name, scores)], least sure first
+
+    @property
+    def folder(self) -> Path:
+        return self.summary_path.parent
+
+    def labels_path(self) -> Path | None:
+        for suffix in LABEL_SUFFIXES:
+            path = self.folder / f"{self.case}{suffix}"
+            if path.is_file():
+                return path
+        return None
+
+    def confidence_map_path(self) -> Path | None:
+        name = (self.summary.get("confidence") or {}).get("map")
+        path = self.folder / name if name else None
+        return path if path is not None and path.is_file() else None
+
+
+def _is_case_summary(data) -> bool:
+    return isinstance(data, dict) and "case" in data and "labels" in data and "model" in data
+
+
+def collect(out_dir) -> tuple[list[ReviewedCase], list[str]]:
+    """(cases ranked least confident first, names of summaries without confidence scores)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir} is not a folder; give the output folder of a predict run.")
+    cases, unscored = [], []
+    for path in sorted(out_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not _is_case_summary(data):
+            continue
+        confidence = data.get("confidence")
+        if not confidence or not confidence.get("structures"):
+            unscored.append(str(data["case"]))
+            continue
+        structures = sorted(confidence["structures"].items(), key=lambda kv: kv[1]["score"])
+        cases.append(ReviewedCase(str(data["case"]), path, data, confidence.get("case_score"),
+                                  structures))
+    if not cases and not unscored:
+        raise InputError(f"{out_dir} holds no case summaries (CASE.json) of lkm-segment predict.")
+    cases.sort(key=lambda c: (c.score is None, c.score if c.score is not None else 0.0, c.case))
+    return cases, unscored
+
+
+def table(cases: list[ReviewedCase], structures_shown: int = 3) -> str:
+    lines = [f"{'rank':>4}  {'case':<28} {'score':>6}  least sure structures"]
+    for rank, c in enumerate(cases, 1):
+        worst = ", ".join(f"{name} {s['score']:.2f}{' !' if s.get('flagged') else ''}"
+                          for name, s in c.structures[:structures_shown])
+        score = "-" if c.score is None else f"{c.score:.2f}"
+        lines.append(f"{rank:>4}  {c.case:<28} {score:>6}  {worst}")
+    lines.append("(score 0-1 from the model's own probabilities; '!' = flagged for review)")
+    return "\n".join(lines)
+
+
+def write_csv(cases: list[ReviewedCase], path) -> Path:
+    from .outputs import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, ".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, CSV_COLUMNS)
+            writer.writeheader()
+            for rank, c in enumerate(cases, 1):
+                for name, s in c.structures:
+                    writer.writerow({"case_rank": rank, "case": c.case, "case_score": c.score,
+                                     "structure": name,
+                                     **{k: s.get(k) for k in CSV_COLUMNS[4:]}})
+    return path
+
+
+def case_picture(c: ReviewedCase):
+    """Slices through the case's least sure structure: labels, and the confidence map."""
+    import SimpleITK as sitk
+
+    from .demo import read_seg_nrrd
+    from .io import read_image
+    from .pictures import LegendEntry, Row, confidence_legend, labelled_views_picture
+    from .terminology import lookup
+
+    source = c.summary.get("input_path")
+    labels_path = c.labels_path()
+    if not source or not Path(source).exists() or labels_path is None:
+        raise InputError(f"{c.case}: the input image or the labels are no longer where the run "
+                         "wrote them; the overview needs both.")
+    image = read_image(source)
+    if labels_path.name.endswith(".seg.nrrd"):
+        labels, names = read_seg_nrrd(labels_path, image)
+    else:
+        labels = sitk.Resample(sitk.ReadImage(str(labels_path)), image, sitk.Transform(),
+                               sitk.sitkNearestNeighbor)
+        names = {lab["value"]: lab["name"] for lab in c.summary["labels"]}
+    colors, legend = {}, []
+    for value, name in sorted(names.items()):
+        structure = lookup(name)
+        color = structure.color if structure else (0.5, 0.5, 0.5)
+        colors[value] = color
+        legend.append(LegendEntry(name, color))
+    worst_name, worst = c.structures[0]
+    focus = [v for v, n in names.items() if n == worst_name]
+    title = f"{c.case}: score {c.score:.2f}; least sure {worst_name} {worst['score']:.2f}"
+    rows = [Row(title, labels, colors)]
+    map_path = c.confidence_map_path()
+    if map_path is not None:
+        confidence = sitk.ReadImage(str(map_path))
+        rows.append(Row("confidence map (tinted where the model is unsure)", labels, colors,
+                        confidence=confidence))
+        legend += confidence_legend()
+    modality = str(c.summary.get("modality", "CT"))
+    return labelled_views_picture(image, rows, legend, modality=modality, focus_values=focus)
+
+
+def write_overview(cases: list[ReviewedCase], path, worst: int = 3) -> Path | None:
+    from .pictures import stack_pictures, write_png
+
+    pictures = []
+    for c in cases[:worst]:
+        try:
+            pictures.append(case_picture(c))
+        except InputError as exc:
+            log.warning("%s", exc)
+    if not pictures:
+        return None
+    return write_png(stack_pictures(pictures), path)
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "review", help="rank a finished batch: least confident cases and structures first",
+        description="Rank the cases of a predict output folder by the model's own confidence "
+                    "(least sure first): a table here, a CSV and a PNG of the worst cases.")
+    p.add_argument("folder", metavar="OUTDIR", help="output folder of lkm-segment predict")
+    p.add_argument("--csv", default=None, help="CSV path (default OUTDIR/review.csv)")
+    p.add_argument("--png", default=None, help="overview picture (default OUTDIR/review.png)")
+    p.add_argument("--worst", type=int, default=3, help="cases in the picture (default 3)")
+    p.set_defaults(func=cmd_review)
+
+
+def cmd_review(args) -> int:
+    out_dir = Path(args.folder)
+    cases, unscored = collect(out_dir)
+    print(table(cases))
+    if unscored:
+        print(f"No confidence scores in the summaries of: {', '.join(unscored)} "
+              "(written by an older lkm-segment; run predict again with --overwrite).")
+    csv_path = write_csv(cases, args.csv or out_dir / "review.csv")
+    print(f"Wrote {csv_path}")
+    if cases and args.worst > 0:
+        png = write_overview(cases, args.png or out_dir / "review.png", args.worst)
+        if png is not None:
+            print(f"Wrote {png}")
+    return 0
