@@ -7,9 +7,9 @@ the Series Instance UID for DICOM input and the input path otherwise. ``status``
 is not one regular volume), ``skipped`` (a DICOM object that is not a CT/MR volume of the
 model's modality), ``cancelled``.
 
-Every part of a sharded batch writes ``batch_report_part-K-of-N.csv`` (an unsplit batch
-``batch_report.csv``) and rewrites it after each case, atomically, so a part that dies leaves
-a report of what it finished. Skipped DICOM objects are listed by part 0 only, so merging the
+Every part of a sharded batch writes ``batch_report_part-K-of-N.csv`` into the output folder
+(an unsplit batch writes ``batch_report.csv`` when asked: ``--report``) and rewrites it after
+each case, atomically, so a part that dies leaves a report of what it finished. Skipped DICOM objects are listed by part 0 only, so merging the
 parts (:func:`merge_reports`, ``lkm-segment report merge``) lists each once.
 """
 
@@ -45,10 +45,11 @@ def volumes_from_summary(summary: dict | None) -> dict:
 
 
 class BatchReport:
-    """Rows in memory, the CSV rewritten (atomically) after every added row."""
+    """Rows in memory, the CSV rewritten (atomically) after every added row; ``path`` None: kept
+    in memory only (no report asked for)."""
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         self.rows = []
 
     def add(self, case: str, series: str, status: str, *, seconds: float | None = None,
@@ -62,8 +63,10 @@ class BatchReport:
         self.rows.append(row)
         self.write()
 
-    def write(self) -> Path:
+    def write(self) -> Path | None:
         from .outputs import atomic_path
+        if self.path is None:
+            return None
         with atomic_path(self.path, ".csv") as tmp:
             tmp.write_text(_to_csv(self.rows), encoding="utf-8")
         return self.path
@@ -76,9 +79,10 @@ def _columns(rows) -> list:
     return BASE_COLUMNS + extra
 
 
-def _to_csv(rows) -> str:
+def _to_csv(rows, columns=None) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_columns(rows), restval="", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns or _columns(rows), restval="",
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -130,7 +134,8 @@ def merge_reports(paths, out) -> Counter:
     twice = sorted(c for (c, _), n in seen.items() if n > 1)
     if twice:
         log.warning("case(s) reported by more than one part: %s", ", ".join(twice))
+    columns = _columns(rows)  # structures in the order the parts list them
     rows.sort(key=lambda r: (r["status"] == "skipped", r["case"], r["series"]))
     with atomic_path(out, ".csv") as tmp:
-        tmp.write_text(_to_csv(rows), encoding="utf-8")
+        tmp.write_text(_to_csv(rows, columns), encoding="utf-8")
     return Counter(r["status"] for r in rows)

@@ -3,7 +3,7 @@
     lkm-segment predict INPUT... -o OUTDIR --model BUNDLE [--device auto|cpu|cuda] [--quick]
         [--tta] [--step 0.5] [--subset NAME[,NAME...]] [--threads N] [--overwrite]
         [--format seg.nrrd|nii.gz|nrrd|dicom-seg] [--progress json|bar|none]
-        [--num-parts N --part-id K]
+        [--num-parts N --part-id K] [--report]
     lkm-segment info BUNDLE [--json]
     lkm-segment bundle init --preset NAME --labels liver,spleen,... -o DIR [--seed N]
     lkm-segment bundle verify BUNDLE
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--num-parts", type=int, default=None, help="split the cases into N parts "
                     "(default: from torchrun's WORLD_SIZE/RANK or a SLURM job array)")
     pr.add_argument("--part-id", type=int, default=None, help="run part K (0-based)")
+    pr.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
+                    help="write the batch report OUTDIR/batch_report[_part-K-of-N].csv "
+                    "(default: only when the batch is split into parts)")
     pr.add_argument("-v", "--verbose", action="store_true")
 
     info = sub.add_parser("info", help="describe a model bundle")
@@ -316,7 +319,8 @@ def _series_of(path) -> str:
 def _start_report(args, shard, skipped):
     """This part's batch report; part 0 (or an unsplit batch) also lists skipped DICOM objects."""
     from .batch_report import BatchReport, report_path
-    report = BatchReport(report_path(args.output, shard.label))
+    wanted = args.report if args.report is not None else shard.source != "none"
+    report = BatchReport(report_path(args.output, shard.label) if wanted else None)
     if shard.part == 0:
         for s in skipped:
             report.add(s.name, s.series_uid, "skipped",
