@@ -175,3 +175,26 @@ def test_folder_with_nothing_to_segment_says_what_it_holds(dicom_sources, tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="neither DICOM files nor image files"):
         discover_inputs([tmp_path / "empty"])
+
+
+def test_cli_reports_a_refused_series_and_goes_on(dicom_sources, tmp_path, capsys):
+    """Through the command line (in-process): the refused series is a failed case with its
+    reason, the batch report says "refused", and no output is written for it."""
+    import csv
+
+    from lkm_core import cli
+
+    study = tmp_path / "study"
+    study.mkdir()
+    edited_copy(dicom_sources["ct"], study / "gappy", lambda k, ds: False if k in (5, 6) else None)
+    write_series(sitk.ReadImage(str(dicom_sources["mr_image"])), study / "mr")
+    out = tmp_path / "out"
+    code = cli.main(["predict", str(study), "-o", str(out), "--progress", "none", "--report"])
+    assert code == cli.EXIT_FAILED
+    assert "2 slice(s) are missing" in capsys.readouterr().err
+    with open(out / "batch_report.csv", newline="", encoding="utf-8") as f:
+        rows = {r["status"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["refused", "skipped"]            # the default model segments CT
+    assert rows["refused"]["case"].startswith("CT_s3_") and "missing" in rows["refused"]["message"]
+    assert "model segments CT" in rows["skipped"]["message"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch_report.csv"]

@@ -161,14 +161,16 @@ def _shard(cases: list, args, shard=None) -> list:
 
 
 def _check_dicom_seg(cases: list) -> None:
-    """--format dicom-seg: highdicom importable, and every case a DICOM series."""
+    """--format dicom-seg: highdicom importable, and every case a DICOM series (a series that
+    lacks the UIDs a SEG references fails as its own case, before its network runs)."""
     from .dicom_seg import check_source, require_highdicom
+    from .dicom_series import DicomSeries
     require_highdicom()
     for _, source in cases:
-        try:
-            check_source(source)
-        except InputError as exc:
-            if not hasattr(source, "series_uid"):  # not DICOM at all: the run cannot work
+        if not isinstance(source, DicomSeries):
+            try:
+                check_source(source)
+            except InputError as exc:
                 raise UsageError(str(exc)) from exc
 
 
@@ -258,8 +260,8 @@ def _predict(args) -> int:
                 summary = None
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary,
                       "skipped": True})
-            report.add(case, _series_of(path), "exists", volumes=volumes_from_summary(summary),
-                       device=(summary or {}).get("device", ""))
+            _report_row(report, case, path, "exists", volumes=volumes_from_summary(summary),
+                        device=(summary or {}).get("device", ""))
             continue
         started = time.perf_counter()
         try:
@@ -280,8 +282,8 @@ def _predict(args) -> int:
                 raise
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 1.0})
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary})
-            report.add(case, _series_of(path), "done", seconds=time.perf_counter() - started,
-                       device=result.device, volumes=volumes_from_summary(summary))
+            _report_row(report, case, path, "done", seconds=time.perf_counter() - started,
+                        device=result.device, volumes=volumes_from_summary(summary))
         except KeyboardInterrupt:
             exc = Cancelled("Stopped by the user; no output was written for this case.")
             fail(case, exc, 1)
@@ -321,21 +323,30 @@ def _start_report(args, shard, skipped):
     from .batch_report import BatchReport, report_path
     wanted = args.report if args.report is not None else shard.source != "none"
     report = BatchReport(report_path(args.output, shard.label) if wanted else None)
-    if shard.part == 0:
-        for s in skipped:
-            report.add(s.name, s.series_uid, "skipped",
-                       message=f"{s.reason} ({s.files} file(s) in {s.folder})")
+    try:
+        report.write()  # an unwritable output folder shows here, before any case runs
+        if shard.part == 0:
+            for s in skipped:
+                report.add(s.name, s.series_uid, "skipped",
+                           message=f"{s.reason} ({s.files} file(s) in {s.folder})")
+    except OSError as exc:
+        raise ResourceError(f"Cannot write the batch report {report.path}: "
+                            f"{exc.strerror or exc}. Check the output folder.") from exc
     return report
+
+
+def _report_row(report, case, path, status, **row) -> None:
+    try:
+        report.add(case, _series_of(path), status, **row)
+    except OSError as err:  # a report that cannot be written must not change a case's outcome
+        log.warning("could not write the batch report %s: %s", report.path, err)
 
 
 def _report_failure(report, case, path, exc, started) -> None:
     refused = getattr(path, "problem", None) and isinstance(exc, InputError)
     status = "cancelled" if isinstance(exc, Cancelled) else "refused" if refused else "failed"
-    try:
-        report.add(case, _series_of(path), status, seconds=time.perf_counter() - started,
-                   message=str(exc))
-    except OSError as err:  # the report must not hide the case's own error
-        log.warning("could not write the batch report %s: %s", report.path, err)
+    _report_row(report, case, path, status, seconds=time.perf_counter() - started,
+                message=str(exc))
 
 
 def cmd_report_merge(args) -> int:

@@ -41,6 +41,11 @@ NON_IMAGE_CLASSES = (
 )
 # tolerances: positions in mm, direction cosines, relative spacing
 POSITION_TOL_MM = 0.01
+# the only attributes the scan reads (less time and memory on studies of thousands of files)
+SCAN_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+             "FrameOfReferenceUID", "SeriesNumber", "Modality", "ImageType", "Rows", "Columns",
+             "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "PixelSpacing",
+             "ImagePositionPatient", "ImageOrientationPatient"]
 ORIENTATION_TOL = 1e-4
 SPACING_REL_TOL = 0.01
 
@@ -117,7 +122,7 @@ def scan_folder(folder, modality: str | None = None) -> Scan:
         if not path.is_file() or path.name.startswith(".") or is_image_file(path):
             continue
         try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=SCAN_TAGS)
         except Exception:  # not DICOM (pydicom raises several types): not ours to judge
             scan.non_dicom += 1
             continue
