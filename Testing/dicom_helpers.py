@@ -23,16 +23,16 @@ def uid(name: str) -> str:
 
 
 def restore_uids(source: Path, dest: Path, name: str = "ct", series_number: int = 3) -> Path:
-    """Copy the sample's CT series, putting back what its anonymiser blanked: Study and Series
-    Instance UIDs (new, stable), SOP Instance/Class UIDs (from the file meta, which kept them),
-    a Series Number. Every other attribute and the pixel data stay as they were."""
+    """Copy the sample's CT series, putting back what its anonymiser blanked and nothing can
+    recover: Study and Series Instance UIDs (new, stable) and a Series Number. The SOP Instance
+    and Class UIDs stay blank in the data sets, as published (the engine takes them from the file
+    meta); every other attribute and the pixel data stay as they were."""
     dest.mkdir(parents=True)
     for path in sorted(Path(source).iterdir()):
         ds = pydicom.dcmread(str(path))
+        assert ds.SOPInstanceUID == "" and ds.file_meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID = uid(name + "-study")
         ds.SeriesInstanceUID = uid(name + "-series")
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         ds.SeriesNumber = series_number
         ds.save_as(str(dest / path.name))
     return dest

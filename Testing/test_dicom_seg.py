@@ -81,8 +81,11 @@ def test_ct_seg_references_the_source_and_describes_the_model(ct_seg):
     assert ds.SeriesInstanceUID != series.series_uid and ds.SeriesNumber == 1003
     referenced = ds.ReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == series.series_uid
+    # the sources' data sets have blank SOP Instance UIDs; their file meta has the real ones
+    meta = {pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID
+            for f in series.files}
     assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} == \
-        set(series.sop_instance_uids)
+        set(series.sop_instance_uids) == meta
     assert ds.SegmentationType == "BINARY"
     segments = ds.SegmentSequence
     assert [s.SegmentLabel for s in segments] == [lab.name for lab in ct_seg["label_list"]]
@@ -150,6 +153,31 @@ def test_cli_mixed_folder_mr_model_writes_a_valid_seg_equal_to_the_labelmap(samp
                                           voxels[k] == value)
     errors, output = dciodvfy(seg_path)
     assert errors == [], output
+
+
+def test_seg_of_an_empty_result_and_of_labels_off_the_grid(sample_ct, tmp_path):
+    """Nothing found: still a valid SEG (every structure described, frames present and empty).
+    Labels that are not on the source's slices are refused, not written."""
+    from engine_helpers import make_bundle
+    from lkm_core.errors import InputError
+
+    series = scan_folder(write_series(sitk.ReadImage(str(sample_ct.mr_image)), tmp_path / "mr"))
+    series = series.series[0]
+    image = sitk.ReadImage(str(sample_ct.mr_image))
+    bundle = make_bundle(tmp_path / "model", labels=("liver", "spleen"))
+    empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(image)
+    path = write_dicom_seg(empty, bundle.labels, tmp_path / "empty.seg.dcm", series, bundle)
+    ds = pydicom.dcmread(str(path))
+    assert [s.SegmentLabel for s in ds.SegmentSequence] == ["liver", "spleen"]
+    assert int(ds.NumberOfFrames) > 0 and not ds.pixel_array.any()
+    errors, output = dciodvfy(path)
+    assert errors == [], output
+    shifted = sitk.Image(empty)
+    shifted.SetOrigin([o + 1.5 for o in image.GetOrigin()])
+    with pytest.raises(InputError, match="not at the position of the source slice"):
+        write_dicom_seg(shifted, bundle.labels, tmp_path / "shifted.seg.dcm", series, bundle)
+    assert not (tmp_path / "shifted.seg.dcm").exists()
 
 
 def test_dicom_seg_needs_dicom_input_and_says_so(sample_ct, capsys):

@@ -82,6 +82,11 @@ def _check_grid(labels: sitk.Image, datasets: list, source: DicomSeries) -> None
     if labels.GetDimension() != 3 or tuple(labels.GetSize()) != (cols, rows, len(datasets)):
         raise InputError(f"The labels ({'x'.join(map(str, labels.GetSize()))}) do not match "
                          f"{source} ({cols}x{rows}x{len(datasets)}); cannot write a DICOM SEG.")
+    direction = np.array(labels.GetDirection()).reshape(3, 3)
+    row_col = np.concatenate([direction[:, 0], direction[:, 1]])   # DICOM's row, column cosines
+    if not np.allclose(row_col, [float(v) for v in datasets[0].ImageOrientationPatient],
+                       atol=1e-4):
+        raise InputError(f"The labels are not oriented like {source}; cannot write a DICOM SEG.")
     for k, ds in enumerate(datasets):
         point = np.array(labels.TransformIndexToPhysicalPoint((0, 0, k)))
         if not np.allclose(point, [float(v) for v in ds.ImagePositionPatient],
