@@ -4,11 +4,9 @@ and the checks (pydicom read-back, dciodvfy) applied to what the engine writes."
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
@@ -88,12 +86,3 @@ def masks_by_source_instance(seg_path) -> dict:
         segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         out[(str(source), segment)] = frame.astype(bool)
     return out
-
-
-def copy_series(source: Path, dest: Path) -> Path:
-    shutil.copytree(source, dest)
-    return dest
-
-
-def array(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(image)
