@@ -13,6 +13,7 @@ from lkm_core import inference
 from lkm_core.cli import UsageError, _parser, _shard
 from lkm_core.errors import InputError, ResourceError
 from lkm_core.inference import Predictor, resolve_device
+from lkm_core.dicom_series import series_case_name
 from lkm_core.io import expand_inputs, read_image
 from lkm_core.sliding_window import DeviceOutOfMemory
 
@@ -107,7 +108,8 @@ def test_dicom_series_folder_is_one_case_with_the_series_geometry(tmp_path):
                             value=400, background=-100, radius_mm=5)
     write_dicom_series(image, tmp_path / "patient_ct")
     cases = expand_inputs([tmp_path / "patient_ct"])
-    assert [name for name, _ in cases] == ["patient_ct"]
+    # named from the Series Instance UID, never from the folder (which may name the patient)
+    assert [name for name, _ in cases] == [series_case_name("CT", None, "1.2.826.0.1.3680043.2.1125.2")]
     read = read_image(cases[0][1])
     assert same_geometry(read, image)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read),

@@ -2,11 +2,13 @@
 
     lkm-segment predict INPUT... -o OUTDIR --model BUNDLE [--device auto|cpu|cuda] [--quick]
         [--tta] [--step 0.5] [--subset NAME[,NAME...]] [--threads N] [--overwrite]
-        [--format seg.nrrd|nii.gz|nrrd] [--progress json|bar|none] [--num-parts N --part-id K]
+        [--format seg.nrrd|nii.gz|nrrd|dicom-seg] [--progress json|bar|none]
+        [--num-parts N --part-id K] [--report]
     lkm-segment info BUNDLE [--json]
     lkm-segment bundle init --preset NAME --labels liver,spleen,... -o DIR [--seed N]
     lkm-segment bundle verify BUNDLE
     lkm-segment demo [-o OUTDIR] [--device ...] [--threads N]   (sample CT, default model, Dice)
+    lkm-segment report merge REPORT_OR_FOLDER... -o MERGED.csv   (the parts' batch reports)
 
 Exit codes: 0 every case succeeded (or was already done), 1 a case failed (or the run was
 cancelled, or the model could not be loaded), 2 usage errors (bad options, unknown --subset).
@@ -28,6 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .dicom_seg import FORMAT as DICOM_SEG_FORMAT
 from .errors import Cancelled, InputError, LKMError, ResourceError
 
 log = logging.getLogger("lkm_core")
@@ -52,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="segment images")
     pr.add_argument("inputs", nargs="+", metavar="INPUT",
-                    help="image files (NRRD, NIfTI, MHA), DICOM series folders, or folders of images")
+                    help="image files (NRRD, NIfTI, MHA), folders of images, or folders of DICOM "
+                    "files (studies, series, nested folders: one case per CT/MR series)")
     pr.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     pr.add_argument("--model", metavar="BUNDLE", help="model bundle folder or .zip "
                     "(default: the model installed with lkm_core)")
@@ -66,10 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK")
     pr.add_argument("--batch-size", type=int, default=None, help="patches per network call")
     pr.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
-    pr.add_argument("--format", default="seg.nrrd", choices=["seg.nrrd", "nii.gz", "nrrd"])
+    pr.add_argument("--format", default="seg.nrrd",
+                    choices=["seg.nrrd", "nii.gz", "nrrd", DICOM_SEG_FORMAT],
+                    help=f"{DICOM_SEG_FORMAT}: a DICOM Segmentation per DICOM series (needs highdicom)")
     pr.add_argument("--progress", default="bar", choices=["json", "bar", "none"])
-    pr.add_argument("--num-parts", type=int, default=None, help="split the cases into N parts")
+    pr.add_argument("--num-parts", type=int, default=None, help="split the cases into N parts "
+                    "(default: from torchrun's WORLD_SIZE/RANK or a SLURM job array)")
     pr.add_argument("--part-id", type=int, default=None, help="run part K (0-based)")
+    pr.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
+                    help="write the batch report OUTDIR/batch_report[_part-K-of-N].csv "
+                    "(default: only when the batch is split into parts)")
     pr.add_argument("-v", "--verbose", action="store_true")
 
     info = sub.add_parser("info", help="describe a model bundle")
@@ -89,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--folds", type=int, default=1)
     verify = bsub.add_parser("verify", help="check model.json and the weights' checksums")
     verify.add_argument("bundle")
+
+    report = sub.add_parser("report", help="batch reports")
+    rsub = report.add_subparsers(dest="report_command", required=True)
+    merge = rsub.add_parser("merge", help="merge the batch reports of a batch's parts into one CSV")
+    merge.add_argument("reports", nargs="+", metavar="REPORT_OR_FOLDER",
+                       help="batch_report*.csv files, or folders to search for them")
+    merge.add_argument("-o", "--output", required=True, metavar="MERGED.csv")
     from .training.commands import register_bundle_cli, register_cli  # plan, bundle export/...
     register_cli(sub)
     register_bundle_cli(bsub)
@@ -125,15 +142,36 @@ def _json_stdout():
     return real
 
 
-def _shard(cases: list, args) -> list:
-    parts, part = args.num_parts, args.part_id
-    if parts is None and part is None and "WORLD_SIZE" in os.environ and "RANK" in os.environ:
-        parts, part = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    if parts is None and part is None:
-        return cases
-    if parts is None or part is None or parts < 1 or not 0 <= part < parts:
-        raise UsageError("--num-parts N and --part-id K go together, with 0 <= K < N.")
-    return cases[part::parts]
+def _resolve_shard(args):
+    """The part this process runs: options, then torchrun, then SLURM (lkm_core.sharding)."""
+    from .sharding import ShardError, resolve_shard
+    try:
+        return resolve_shard(args.num_parts, args.part_id)
+    except ShardError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _shard(cases: list, args, shard=None) -> list:
+    shard = shard or _resolve_shard(args)
+    selected = shard.select(cases)
+    # implicit sharding (from the environment) is easy to miss: say so above info level
+    log.log(logging.WARNING if shard.source in ("torchrun", "slurm") else logging.INFO,
+            "%s", shard.describe(len(selected), len(cases)))
+    return selected
+
+
+def _check_dicom_seg(cases: list) -> None:
+    """--format dicom-seg: highdicom importable, and every case a DICOM series (a series that
+    lacks the UIDs a SEG references fails as its own case, before its network runs)."""
+    from .dicom_seg import check_source, require_highdicom
+    from .dicom_series import DicomSeries
+    require_highdicom()
+    for _, source in cases:
+        if not isinstance(source, DicomSeries):
+            try:
+                check_source(source)
+            except InputError as exc:
+                raise UsageError(str(exc)) from exc
 
 
 def _device(args) -> str:
@@ -181,7 +219,7 @@ def _predict(args) -> int:
             raise UsageError("--threads must be at least 1.")
         from .bundle import default_bundle_path, load_bundle
         from .inference import Predictor
-        from .io import expand_inputs
+        from .io import discover_inputs
         bundle = load_bundle(args.model if args.model else default_bundle_path())
         subset = [s.strip() for s in args.subset.split(",") if s.strip()] if args.subset else None
         try:
@@ -190,7 +228,12 @@ def _predict(args) -> int:
                                   batch_size=args.batch_size, subset=subset, progress=reporter)
         except InputError as exc:  # unknown --subset names, bad step: a usage error
             raise UsageError(str(exc)) from exc
-        cases = _shard(expand_inputs(args.inputs), args)
+        found = discover_inputs(args.inputs, bundle.modality or None)
+        shard = _resolve_shard(args)
+        cases = _shard(found.cases, args, shard)
+        if args.format == DICOM_SEG_FORMAT:
+            _check_dicom_seg(cases)
+        report = _start_report(args, shard, found.skipped)
     except UsageError as exc:
         return fail(None, exc, EXIT_USAGE)
     except LKMError as exc:
@@ -198,6 +241,9 @@ def _predict(args) -> int:
     except KeyboardInterrupt:
         return fail(None, Cancelled("Stopped by the user."), EXIT_FAILED)
 
+    from .batch_report import volumes_from_summary
+    from .dicom_seg import check_source as check_dicom_seg_source
+    from .io import describe_input
     from .outputs import output_paths, summarize, write_json, write_labels
     out_dir = Path(args.output).absolute()
     failed = 0
@@ -214,15 +260,21 @@ def _predict(args) -> int:
                 summary = None
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary,
                       "skipped": True})
+            _report_row(report, case, path, "exists", volumes=volumes_from_summary(summary),
+                        device=(summary or {}).get("device", ""))
             continue
+        started = time.perf_counter()
         try:
+            if args.format == DICOM_SEG_FORMAT:
+                check_dicom_seg_source(path)  # before the network runs, not after
             result = predictor.predict_file(path, case)
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 0.0})
             t0 = time.perf_counter()
-            write_labels(result.labels, result.label_list, paths["labels"], args.format)
+            write_labels(result.labels, result.label_list, paths["labels"], args.format,
+                         source=path, bundle=bundle)
             try:
                 result.timings["write"] = time.perf_counter() - t0
-                summary = summarize(result, bundle, {"input_path": str(Path(path).absolute()),
+                summary = summarize(result, bundle, {**describe_input(path),
                                                      "quick": args.quick, "tta": args.tta})
                 write_json(summary, paths["summary"])
             except BaseException:  # a case is its two files, or nothing
@@ -230,26 +282,80 @@ def _predict(args) -> int:
                 raise
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 1.0})
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary})
+            _report_row(report, case, path, "done", seconds=time.perf_counter() - started,
+                        device=result.device, volumes=volumes_from_summary(summary))
         except KeyboardInterrupt:
-            fail(case, Cancelled("Stopped by the user; no output was written for this case."), 1)
+            exc = Cancelled("Stopped by the user; no output was written for this case.")
+            fail(case, exc, 1)
+            _report_failure(report, case, path, exc, started)
             return EXIT_FAILED
         except Cancelled as exc:
             fail(case, exc, 1)
+            _report_failure(report, case, path, exc, started)
             return EXIT_FAILED
         except LKMError as exc:
             failed += 1
             fail(case, exc, 1)
+            _report_failure(report, case, path, exc, started)
         except MemoryError:
             failed += 1
-            fail(case, ResourceError(f"Out of memory on {path}: try --quick, fewer --threads "
-                                     "or close other programs."), 1)
+            exc = ResourceError(f"Out of memory on {path}: try --quick, fewer --threads "
+                                "or close other programs.")
+            fail(case, exc, 1)
+            _report_failure(report, case, path, exc, started)
         except Exception as exc:  # a bug: keep the traceback for the report
             failed += 1
             traceback.print_exc(file=sys.stderr)
             err = LKMError(f"Unexpected error on {path}: {type(exc).__name__}: {exc}")
             err.kind = "internal"
             fail(case, err, 1)
+            _report_failure(report, case, path, err, started)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _series_of(path) -> str:
+    """The report's ``series`` column: the Series Instance UID, or the input path."""
+    return getattr(path, "series_uid", None) or str(getattr(path, "folder", path))
+
+
+def _start_report(args, shard, skipped):
+    """This part's batch report; part 0 (or an unsplit batch) also lists skipped DICOM objects."""
+    from .batch_report import BatchReport, report_path
+    wanted = args.report if args.report is not None else shard.source != "none"
+    report = BatchReport(report_path(args.output, shard.label) if wanted else None)
+    try:
+        report.write()  # an unwritable output folder shows here, before any case runs
+        if shard.part == 0:
+            for s in skipped:
+                report.add(s.name, s.series_uid, "skipped",
+                           message=f"{s.reason} ({s.files} file(s) in {s.folder})")
+    except OSError as exc:
+        raise ResourceError(f"Cannot write the batch report {report.path}: "
+                            f"{exc.strerror or exc}. Check the output folder.") from exc
+    return report
+
+
+def _report_row(report, case, path, status, **row) -> None:
+    try:
+        report.add(case, _series_of(path), status, **row)
+    except OSError as err:  # a report that cannot be written must not change a case's outcome
+        log.warning("could not write the batch report %s: %s", report.path, err)
+
+
+def _report_failure(report, case, path, exc, started) -> None:
+    refused = getattr(path, "problem", None) and isinstance(exc, InputError)
+    status = "cancelled" if isinstance(exc, Cancelled) else "refused" if refused else "failed"
+    _report_row(report, case, path, status, seconds=time.perf_counter() - started,
+                message=str(exc))
+
+
+def cmd_report_merge(args) -> int:
+    from .batch_report import find_reports, merge_reports
+    paths = find_reports(args.reports)
+    counts = merge_reports(paths, args.output)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no rows"
+    print(f"merged {len(paths)} report(s) into {Path(args.output).absolute()}: {summary}")
+    return EXIT_OK
 
 
 def cmd_info(args) -> int:
@@ -341,6 +447,8 @@ def main(argv=None) -> int:
             return cmd_predict(args)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "report":
+            return cmd_report_merge(args)
         if args.bundle_command == "init":
             return cmd_bundle_init(args)
         return cmd_bundle_verify(args)

@@ -1,17 +1,20 @@
 """Reading images (SimpleITK) and checking that they can be segmented.
 
 Every image stays a ``SimpleITK.Image``, so its geometry (origin, spacing, direction) travels
-with the voxels. Supported: NRRD, NIfTI, MHA/MHD and a folder holding one DICOM series.
+with the voxels. Supported: NRRD, NIfTI, MHA/MHD and folders of DICOM files (a study, several
+series, nested folders: :mod:`lkm_core.dicom_series` splits them into series, one case each).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom_series import DicomSeries, read_series, scan_folder
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -20,7 +23,10 @@ IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mh
 
 
 def case_name(path) -> str:
-    """File name without its image suffix (``ct.nii.gz`` -> ``ct``); a folder's own name."""
+    """File name without its image suffix (``ct.nii.gz`` -> ``ct``); a folder's own name; a DICOM
+    series' name (from its UID, see :func:`lkm_core.dicom_series.series_case_name`)."""
+    if isinstance(path, DicomSeries):
+        return path.name
     path = Path(path)
     if path.is_dir():
         return path.name
@@ -35,62 +41,75 @@ def is_image_file(path) -> bool:
     return Path(path).name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def dicom_series(folder) -> list:
-    """The DICOM series IDs in a folder (not recursive)."""
-    try:
-        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    except RuntimeError:
-        return []
+@dataclass
+class Inputs:
+    cases: list = field(default_factory=list)      # (case name, path or DicomSeries)
+    skipped: list = field(default_factory=list)    # dicom_series.Skipped
 
 
-def expand_inputs(inputs) -> list:
-    """Input arguments -> list of (case name, path). A folder holding a DICOM series is one
-    case; any other folder contributes the image files directly in it."""
-    cases = []
+def discover_inputs(inputs, modality: str | None = None) -> Inputs:
+    """Input arguments -> cases. A folder contributes the image files directly in it and every
+    DICOM series anywhere under it (``modality``: the model's; other series are skipped, and
+    listed with the reason like every other DICOM object that is not a volume)."""
+    found = Inputs()
     for item in inputs:
         path = Path(item).expanduser()
-        if path.is_dir():
-            if dicom_series(path):
-                cases.append((case_name(path), path))
-                continue
-            files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
-            if not files:
-                raise InputError(f"The folder {path} holds neither a DICOM series nor image files "
-                                 f"({', '.join(IMAGE_SUFFIXES)}).")
-            cases.extend((case_name(p), p) for p in files)
-        else:
-            cases.append((case_name(path), path))
-    names = [c for c, _ in cases]
+        if not path.is_dir():
+            found.cases.append((case_name(path), path))
+            continue
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+        found.cases.extend((case_name(p), p) for p in files)
+        scan = scan_folder(path, modality)
+        found.cases.extend((s.name, s) for s in scan.series)
+        found.skipped.extend(scan.skipped)
+        if not files and not scan.series and not scan.skipped:
+            raise InputError(f"The folder {path} holds neither DICOM files nor image files "
+                             f"({', '.join(IMAGE_SUFFIXES)}).")
+    for s in found.skipped:
+        log.info("skipped DICOM %s (%d file(s) in %s): %s", s.name, s.files, s.folder, s.reason)
+    names = [c for c, _ in found.cases]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"Several inputs would write the same output name(s): {', '.join(dupes)}. "
-                         "Rename the files or run them into separate output folders.")
-    return cases
+                         "Rename the files or run them into separate output folders (a DICOM "
+                         "series given twice is also counted twice).")
+    return found
+
+
+def expand_inputs(inputs, modality: str | None = None) -> list:
+    """The cases of :func:`discover_inputs` (skipped DICOM objects are logged)."""
+    return discover_inputs(inputs, modality).cases
+
+
+def describe_input(path) -> dict:
+    """What the JSON summary records about a case's source."""
+    if isinstance(path, DicomSeries):
+        from .dicom_series import describe
+        return {"input_path": str(path.folder.absolute()), "dicom": describe(path)}
+    return {"input_path": str(Path(path).absolute())}
 
 
 def read_image(path) -> sitk.Image:
-    """Read one image (or a DICOM series folder). Raises InputError with a usable message."""
+    """Read one image, a DICOM series, or a folder holding one DICOM series. Raises InputError
+    with a usable message."""
+    if isinstance(path, DicomSeries):
+        return read_series(path)
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"The input {path} does not exist.")
+    if path.is_dir():
+        scan = scan_folder(path)
+        if not scan.series:
+            why = "; ".join(sorted({s.reason for s in scan.skipped}))[:300]
+            raise InputError(f"The folder {path} holds no DICOM image series"
+                             + (f" (only: {why})" if why else "") + ". Give an image file or a "
+                             "folder with the DICOM files of a CT or MR series.")
+        if len(scan.series) > 1:
+            log.warning("%s holds %d DICOM series; using the one with the most files",
+                        path, len(scan.series))
+        return read_series(max(scan.series, key=lambda s: len(s.files)))
     try:
-        if path.is_dir():
-            series = dicom_series(path)
-            if not series:
-                raise InputError(f"The folder {path} holds no DICOM series. Give an image file "
-                                 "or a folder with the DICOM files of one series.")
-            if len(series) > 1:
-                log.warning("%s holds %d DICOM series; using the one with the most files",
-                            path, len(series))
-            files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), s)
-                         for s in series), key=len)
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(files)
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
-    except InputError:
-        raise
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
         raise InputError(f"Could not read {path} as an image ({first}). Supported: NRRD, NIfTI, "

@@ -4,7 +4,8 @@ Every file is written under a temporary name in the output folder and renamed in
 interrupted run never leaves a partial output behind. In ``.seg.nrrd`` files each label is one
 segment whose ID and name are the bundle's label name (``liver``), with its colour (RGB 0-1) and
 its SNOMED CT terminology entry in the form 3D Slicer reads; all segments share layer 0 and keep
-the label value as ``LabelValue``.
+the label value as ``LabelValue``. ``dicom-seg`` writes a DICOM Segmentation of the source
+series (:mod:`lkm_core.dicom_seg`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import dicom_seg
 from .terminology import slicer_terminology_string
 
-FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd"}
+FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd",
+           dicom_seg.FORMAT: dicom_seg.SUFFIX}
 
 
 def output_paths(out_dir, case: str, fmt: str = "seg.nrrd") -> dict:
@@ -103,7 +106,11 @@ def write_labelmap(labels: sitk.Image, path) -> Path:
     return path
 
 
-def write_labels(labels: sitk.Image, label_list, path, fmt: str = "seg.nrrd") -> Path:
+def write_labels(labels: sitk.Image, label_list, path, fmt: str = "seg.nrrd", *,
+                 source=None, bundle=None) -> Path:
+    """``source`` (the input: a DicomSeries) and ``bundle`` are needed by ``dicom-seg`` only."""
+    if fmt == dicom_seg.FORMAT:
+        return dicom_seg.write_dicom_seg(labels, label_list, path, source, bundle)
     if fmt == "seg.nrrd":
         return write_seg_nrrd(labels, label_list, path)
     return write_labelmap(labels, path)

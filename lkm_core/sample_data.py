@@ -1,8 +1,11 @@
-"""The sample CT: a public abdomen-pelvis CT and its reference labels.
+"""The sample data: a public abdomen-pelvis CT and its reference labels, a CT DICOM series and a
+small MR volume.
 
 They come from the source distribution of ``totalsegmentator==2.18.0`` (Apache-2.0), fetched
 once with pip, checked against a known sha256 and extracted into a user cache folder.
-The reference labels are TotalSegmentator's own predictions, not manual ground truth.
+The reference labels are TotalSegmentator's own predictions, not manual ground truth. The DICOM
+series (20 axial slices of a PET/CT's CT, JPEG 2000 lossless) was anonymised by blanking its
+Study, Series and SOP Instance UIDs in the data sets (the file meta keeps the SOP Instance UIDs).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -32,7 +36,11 @@ MEMBER_PREFIX = "totalsegmentator-2.18.0/tests/reference_files/"
 FILES = {
     "example_ct.nii.gz": "example_ct.nii.gz",
     "example_seg_fast_force_split.nii.gz": "example_seg_fast_force_split.nii.gz",
+    "example_mr_sm.nii.gz": "example_mr_sm.nii.gz",
 }
+# a folder member: every file under it is extracted into the cache folder of the same name
+DICOM_FOLDER = "example_ct_dicom"
+DICOM_SLICES = 20
 
 # Values of the reference labelmap for the organs this project cares about.
 REFERENCE_LABELS = {
@@ -52,6 +60,8 @@ REFERENCE_LABELS = {
 class SampleCT:
     image: Path
     reference_labels: Path
+    dicom_folder: Path | None = None   # the CT DICOM series (one file per slice)
+    mr_image: Path | None = None       # a small MR volume (117 x 91 x 20 at 3 mm)
     licence: str = LICENCE
     origin: str = f"tests/reference_files of the source distribution of {SOURCE_PACKAGE}"
 
@@ -90,8 +100,14 @@ def fetch_sample_ct(folder: Path | None = None) -> SampleCT:
     """Return the sample CT, downloading and verifying it on first use."""
     folder = Path(folder) if folder else cache_dir() / "sample"
     wanted = {name: folder / name for name in FILES}
-    if all(p.exists() for p in wanted.values()):
-        return SampleCT(wanted["example_ct.nii.gz"], wanted["example_seg_fast_force_split.nii.gz"])
+    dicom = folder / DICOM_FOLDER
+
+    def sample():
+        return SampleCT(wanted["example_ct.nii.gz"], wanted["example_seg_fast_force_split.nii.gz"],
+                        dicom_folder=dicom, mr_image=wanted["example_mr_sm.nii.gz"])
+
+    if all(p.exists() for p in wanted.values()) and _complete_dicom(dicom):
+        return sample()
 
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / SOURCE_ARCHIVE
@@ -114,10 +130,33 @@ def fetch_sample_ct(folder: Path | None = None) -> SampleCT:
             with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
                 tmp.write(source.read())
             os.replace(tmp.name, wanted[name])
+        _extract_folder(tar, MEMBER_PREFIX + DICOM_FOLDER + "/", dicom)
+    if not _complete_dicom(dicom):
+        raise ResourceError(f"{archive} did not hold the {DICOM_SLICES} files of {DICOM_FOLDER}.")
     (folder / "SOURCE.json").write_text(json.dumps({
         "package": SOURCE_PACKAGE, "sha256": SOURCE_SHA256, "licence": LICENCE,
         "files": {name: MEMBER_PREFIX + m for name, m in FILES.items()},
+        "folders": {DICOM_FOLDER: MEMBER_PREFIX + DICOM_FOLDER},
         "note": "Reference labels are predictions of TotalSegmentator, not manual ground truth.",
     }, indent=2), encoding="utf-8")
     archive.unlink()  # 38 MB we no longer need
-    return SampleCT(wanted["example_ct.nii.gz"], wanted["example_seg_fast_force_split.nii.gz"])
+    return sample()
+
+
+def _complete_dicom(folder: Path) -> bool:
+    return folder.is_dir() and sum(1 for p in folder.iterdir() if p.is_file()) == DICOM_SLICES
+
+
+def _extract_folder(tar, prefix: str, dest: Path) -> None:
+    """Every regular file directly under ``prefix`` into ``dest`` (a fresh folder swapped in,
+    so an interrupted run leaves no half series)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    for member in tar.getmembers():
+        name = member.name[len(prefix):]
+        if not member.name.startswith(prefix) or not member.isfile() or "/" in name or not name:
+            continue
+        (staging / name).write_bytes(tar.extractfile(member).read())
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(staging, dest)
