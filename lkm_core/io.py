@@ -12,23 +12,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .contract import IMAGE_SUFFIXES, strip_image_suffix
 from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
 def case_name(path) -> str:
-    """File name without its image suffix (``ct.nii.gz`` -> ``ct``); a folder's own name."""
+    """File name without its image suffix (``ct.nii.gz`` -> ``ct``); a folder's own name.
+    The module names its input files so that this gives back its own case names."""
     path = Path(path)
-    if path.is_dir():
-        return path.name
-    lower = path.name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
+    return path.name if path.is_dir() else strip_image_suffix(path.name)
 
 
 def is_image_file(path) -> bool:
