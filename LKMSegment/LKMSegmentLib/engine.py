@@ -30,7 +30,7 @@ EXIT_OK, EXIT_CASE_FAILED, EXIT_USAGE = contract.EXIT_OK, contract.EXIT_FAILED, 
 FORMATS = tuple(contract.OUTPUT_FORMATS)
 safe_case_name = contract.safe_case_name
 CANCEL_FILE = "cancel"  # in the job's work folder; the engine polls it (--cancel-file)
-STOP_GRACE_S = 2.0      # how long Stop lets the engine end by itself before ending its tree
+STOP_GRACE_S = 2.0      # Stop lets the engine end by itself this long, then ends its tree
 
 
 @dataclass
@@ -191,7 +191,7 @@ class EngineJob:
             except OSError as exc:  # the folder is gone or read-only: go straight to ending it
                 log.warning("could not write the cancel file %s: %s", self.cancel_file, exc)
             self.runner.wait(grace_s)
-            self.runner.stop()
+            self.runner.stop(grace_s)  # terminate, then kill: all within ~2 grace periods
             self.runner.poll()
             self.state = "stopped"
             self.exit_code = self.runner.exit_code

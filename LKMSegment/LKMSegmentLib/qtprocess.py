@@ -48,8 +48,11 @@ class QProcessRunner(ProcessRunner):
         self._chunks.append(("stderr", bytes(self._process.readAllStandardError().data()).decode("utf-8", "replace")))
 
     def _on_finished(self, exit_code=None, exit_status=None):
+        # PythonQt may bind finished(int) or finished(int, ExitStatus): ask for what is missing
         self._on_stdout()
         self._on_stderr()
+        if exit_status is None:
+            exit_status = self._process.exitStatus()
         crashed = exit_status == qt.QProcess.CrashExit
         self._exit_code = -1 if crashed else int(exit_code if exit_code is not None else self._process.exitCode())
         self._finished = True
