@@ -22,7 +22,6 @@ import psutil  # noqa: E402
 import qt  # noqa: E402  (the stand-in)
 
 from LKMSegmentLib.engine import EngineJob, PredictOptions  # noqa: E402
-from LKMSegmentLib.process import process_tree  # noqa: E402
 from LKMSegmentLib.qtprocess import QProcessRunner  # noqa: E402
 
 NETWORK_WAIT_S = 8.0
@@ -33,6 +32,12 @@ job = EngineJob(PredictOptions(model=bundle, device="cpu", threads=1), runner=QP
 job.input_path("case").write_bytes(Path(image).read_bytes())
 report = {"workdir": str(job.workdir)}
 network_since = None
+
+
+def process_tree(pid):
+    """Found here with psutil, independently of the module's own code under test."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
 
 
 def alive(pids):
