@@ -111,7 +111,7 @@ def replica(tmp_path_factory):
                  for a in plan["pip_arguments"]]
     assert arguments != plan["pip_arguments"], plan  # a fresh Slicer has no torch
     _run([python, "-m", "pip", "install", "--disable-pip-version-check", "-q", *arguments])
-    frozen = [_canonical(x) for x in _run([python, "-m", "pip", "freeze"]).stdout.split()]
+    frozen = [_canonical(x) for x in _run([python, "-m", "pip", "freeze", "--all"]).stdout.split()]
     return {"python": python, "ext": ext, "root": root, "plan": plan, "frozen": frozen}
 
 

@@ -1,5 +1,6 @@
 """Names, colours and SNOMED CT codes of common abdominal structures.
 
+Standard library only: the Slicer module reads it too, through :mod:`lkm_core.contract`.
 Used when a bundle is made (``bundle init``, nnU-Net export) to give every label a display name,
 a colour and a terminology entry that 3D Slicer understands, and by the outputs to write them
 into ``.seg.nrrd`` files.
