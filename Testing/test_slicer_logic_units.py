@@ -169,29 +169,53 @@ def test_case_names_are_safe_and_unique():
 
 # -- dependencies ------------------------------------------------------------------------------
 def test_plan_installs_torch_through_the_pytorch_extension_and_never_touches_slicer_packages():
-    present = {"PyTorchUtils", "numpy", "SimpleITK"}
-    plan = deps.make_plan(installed=lambda m: m in present, system="Linux", gpu=lambda: True)
-    assert [(s.package, s.how) for s in plan.steps] == [("torch", "pytorch-extension"), ("safetensors", "pip")]
+    present = {"numpy", "SimpleITK"}  # a fresh Slicer: none of the engine's packages
+    plan = deps.make_plan(installed=lambda r: deps.requirement_name(r) in present, system="Linux",
+                          gpu=lambda: True, pytorch_extension=lambda: True)
+    assert [(s.package, s.how) for s in plan.steps] == [
+        ("torch", "pytorch-extension"), ("safetensors", "pip"), ("slicerio", "pip"),
+        ("pynrrd", "pip"), ("psutil", "pip"), ("numba", "pip")]
+    assert plan.pip_requirements == deps.read_requirements()  # the file shipped with the module
+    assert "numba>=0.60" in plan.pip_requirements
     assert [s.package for s in plan.optional] == ["mamba_ssm"]
     assert not {s.package for s in plan.steps} & set(deps.PROTECTED)
-    assert "numpy and SimpleITK are not changed" in plan.text()
+    assert "numpy, SimpleITK, requests, ...) are not changed" in plan.text()
 
-    plan = deps.make_plan(installed=lambda m: m in {"numpy"}, system="Windows", gpu=lambda: True)
+    plan = deps.make_plan(installed=lambda r: False, system="Windows", gpu=lambda: True,
+                          pytorch_extension=lambda: False)
     assert plan.steps[0].how == "pip" and "PyTorch extension" in plan.steps[0].note
     assert not plan.optional  # mamba-ssm only on Linux with CUDA
 
-    everything = deps.make_plan(installed=lambda m: True, system="Linux", gpu=lambda: False)
+    everything = deps.make_plan(installed=lambda r: True, system="Linux", gpu=lambda: False)
     assert not everything.needed and "All required" in everything.text()
 
 
-def test_install_runs_pip_for_safetensors_and_explains_a_failed_torch_install():
-    plan = deps.make_plan(installed=lambda m: m == "PyTorchUtils", system="Linux", gpu=lambda: False)
+def test_install_pins_every_slicer_package_and_uses_pip_ensure_where_slicer_has_it(tmp_path):
+    plan = deps.make_plan(installed=lambda r: False, system="Linux", gpu=lambda: False,
+                          pytorch_extension=lambda: True)
     calls = []
     with pytest.raises(RuntimeError, match="PyTorch Utils"):
         deps.install(plan, pip_install=calls.append, torch_installer=lambda: None, log=lambda m: None)
-    calls.clear()
-    deps.install(plan, pip_install=calls.append, torch_installer=lambda: object(), log=lambda m: None)
-    assert calls == ["safetensors>=0.4 --upgrade-strategy only-if-needed"]
+    assert calls == []  # nothing is installed after a failed torch step
+
+    constraints = deps.write_constraints(tmp_path)
+    pins = constraints.read_text(encoding="utf-8").split()
+    import numpy
+    import SimpleITK
+    assert f"numpy=={numpy.__version__}" in pins
+    assert any(p.lower() == f"simpleitk=={SimpleITK.__version__}".lower() for p in pins)
+
+    deps.install(plan, pip_install=calls.append, torch_installer=lambda: object(),
+                 log=lambda m: None, constraints_file=constraints)  # Slicer 5.10: pip_install
+    assert calls == [["-c", str(constraints), *deps.read_requirements()]]
+    ensured = []
+    deps.install(plan, pip_install=calls.append, torch_installer=lambda: object(), log=lambda m: None,
+                 pip_ensure=lambda reqs, **kw: ensured.append((reqs, kw)),
+                 constraints_file=constraints)  # Slicer 5.11+: pip_ensure with the same files
+    assert ensured == [(deps.read_requirements(),
+                        {"constraints": str(constraints), "prompt_install": False,
+                         "requester": "LKMSegment", "skip_in_testing": False})]
+    assert len(calls) == 1
 
 
 def test_device_description_says_what_auto_will_use():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -164,12 +165,21 @@ def test_module_file_is_thin_and_has_the_scripted_module_classes():
     assert not imported & {"torch", "lkm_core"}, "the Slicer process must not import the engine"
 
 
-def test_logic_imports_neither_torch_nor_qt():
+def test_logic_imports_neither_torch_nor_qt_and_of_the_engine_only_its_contract():
+    # no PYTHONPATH, run from elsewhere: the module must find the lkm_core it came with by itself
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "import LKMSegmentLib, LKMSegmentLib.logic, LKMSegmentLib.export, LKMSegmentLib.scene\n"
-        "import LKMSegmentLib.dependencies, LKMSegmentLib.models\n"
-        "bad = [m for m in ('torch', 'qt', 'PythonQt', 'lkm_core') if m in sys.modules]\n"
-        "assert not bad, bad\n") % str(MODULE)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        "import LKMSegmentLib.dependencies, LKMSegmentLib.models, LKMSegmentLib.engine\n"
+        "import lkm_core\n"
+        "engine = sorted(m for m in sys.modules if m.split('.')[0] == 'lkm_core')\n"
+        "bad = [m for m in ('torch', 'qt', 'PythonQt') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "assert 'lkm_core.contract' in engine, engine\n"
+        "assert set(engine) <= {'lkm_core', 'lkm_core.contract', 'lkm_core.terminology'}, engine\n"
+        "print(lkm_core.__file__)\n") % str(MODULE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=str(MODULE.parent.parent))
     assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == REPO / "lkm_core"

@@ -30,8 +30,10 @@ Required keys::
                       several folds are averaged (logits) at prediction time
     labels            [{"value": 1, "name": "liver", "color": [r, g, b],
                         "terminology": {"category": CODE, "type": CODE, "modifier": CODE}}, ...]
-                      value 0 is background and is not listed; colours are RGB floats 0-1;
-                      CODE = {"scheme": "SCT", "code": "10200004", "meaning": "Liver"}
+                      value 0 is background and need not be listed; colours are RGB floats 0-1
+                      (or 0-255, or "#rrggbb"); CODE = {"scheme": "SCT", "code": "10200004",
+                      "meaning": "Liver"}; terminology may also be "SCT^code^meaning", a bare
+                      SNOMED CT code or a Slicer terminology string (lkm_core.contract)
 
 Optional keys::
 
@@ -57,6 +59,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .contract import META_FILE, BundleContractError, label_records
 from .errors import ModelError
 from .sample_data import _sha256
 
@@ -64,7 +67,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "lkm-segment-bundle"
 FORMAT_VERSION = 1
-META_FILE = "model.json"
 REQUIRED_KEYS = ("format", "format_version", "name", "version", "dimension", "input_channels",
                  "spacing", "patch_size", "transpose", "normalization", "network", "folds", "labels")
 NORMALIZATION_ALIASES = {"ct": "ct", "ctnormalization": "ct", "zscore": "zscore",
@@ -78,7 +80,7 @@ class Label:
     value: int
     name: str
     color: tuple            # RGB floats 0-1
-    terminology: dict       # {"category": code, "type": code, "modifier": code?}
+    terminology: dict       # canonical form of lkm_core.contract (category, type, modifier?)
 
     @property
     def snomed(self) -> dict:
@@ -274,13 +276,7 @@ def validate_meta(meta: dict, where="model.json") -> None:
         if not all(k in f for k in ("name", "file", "sha256")):
             raise ModelError(f"{where}: every fold needs name, file and sha256.")
         _safe_relative(f["file"], where)
-    values = [lab.get("value") for lab in meta["labels"]]
-    if not values or any(not isinstance(v, int) or v <= 0 for v in values) \
-            or len(set(values)) != len(values):
-        raise ModelError(f"{where}: labels must have distinct positive integer values.")
-    for lab in meta["labels"]:
-        if "name" not in lab:
-            raise ModelError(f"{where}: label {lab.get('value')} has no name.")
+    _labels(meta, where)  # values, names, colours, terminology: the module's own rules
 
 
 def _safe_relative(name: str, where) -> PurePosixPath:
@@ -290,17 +286,14 @@ def _safe_relative(name: str, where) -> PurePosixPath:
     return p
 
 
-def _labels(meta: dict) -> list:
-    from .terminology import label_entry
-    out = []
-    for lab in sorted(meta["labels"], key=lambda d: d["value"]):
-        fallback = label_entry(lab["value"], lab["name"])
-        color = lab.get("color") or fallback["color"]
-        if any(c > 1.0 for c in color):  # tolerate 0-255 colours from hand-written files
-            color = [c / 255.0 for c in color]
-        out.append(Label(int(lab["value"]), str(lab["name"]), tuple(float(c) for c in color),
-                         lab.get("terminology") or fallback["terminology"]))
-    return out
+def _labels(meta: dict, where="model.json") -> list:
+    """The labels as the Slicer module reads them too (lkm_core.contract): a bundle the module
+    accepts is a bundle the engine runs, and one with an unusable terminology is refused here."""
+    try:
+        records = label_records(meta, where)
+    except BundleContractError as exc:
+        raise ModelError(str(exc)) from None
+    return [Label(r.value, r.name, r.color, r.terminology) for r in records]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +381,7 @@ def load_bundle(path, verify: bool = True) -> Bundle:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{meta_path} could not be read as JSON ({exc}).") from exc
     validate_meta(meta, str(meta_path))
-    bundle = Bundle(path=folder, meta=meta, source=source, labels=_labels(meta))
+    bundle = Bundle(path=folder, meta=meta, source=source, labels=_labels(meta, str(meta_path)))
     if verify:
         for f in meta["folds"]:
             _check_weights_file(folder / f["file"], f["sha256"], source)

@@ -3,7 +3,7 @@
     lkm-segment predict INPUT... -o OUTDIR --model BUNDLE [--device auto|cpu|cuda] [--quick]
         [--tta] [--step 0.5] [--subset NAME[,NAME...]] [--threads N] [--overwrite]
         [--format seg.nrrd|nii.gz|nrrd|dicom-seg] [--progress json|bar|none]
-        [--num-parts N --part-id K] [--report]
+        [--num-parts N --part-id K] [--report] [--cancel-file PATH]
     lkm-segment info BUNDLE [--json]
     lkm-segment bundle init --preset NAME --labels liver,spleen,... -o DIR [--seed N]
     lkm-segment bundle verify BUNDLE
@@ -12,9 +12,10 @@
 
 Exit codes: 0 every case succeeded (or was already done), 1 a case failed (or the run was
 cancelled, or the model could not be loaded), 2 usage errors (bad options, unknown --subset).
-With ``--progress json`` stdout carries only JSON lines (DESIGN §10); anything else any library
-prints goes to stderr. Ctrl-C / SIGTERM stop the run; outputs are written under temporary names
-and renamed, so nothing partial is left behind.
+With ``--progress json`` stdout carries only JSON lines (the protocol of lkm_core.contract);
+anything else any library prints goes to stderr. Ctrl-C, SIGTERM or the appearance of the
+``--cancel-file`` (the way that works through launchers and on Windows) stop the run; outputs are
+written under temporary names and renamed, so nothing partial is left behind.
 """
 
 from __future__ import annotations
@@ -24,18 +25,16 @@ import datetime
 import json
 import logging
 import os
-import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from .dicom_seg import FORMAT as DICOM_SEG_FORMAT
+from .contract import (DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
+                       OUTPUT_FORMATS)
 from .errors import Cancelled, InputError, LKMError, ResourceError
 
 log = logging.getLogger("lkm_core")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 PRESET_SPACING = {"3d_paper": [2.5, 0.8, 0.8], "2d_paper": [1.5, 1.5],
                   "3d_small": [3.0, 3.0, 3.0], "2d_small": [3.0, 3.0]}
@@ -70,9 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK")
     pr.add_argument("--batch-size", type=int, default=None, help="patches per network call")
     pr.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
-    pr.add_argument("--format", default="seg.nrrd",
-                    choices=["seg.nrrd", "nii.gz", "nrrd", DICOM_SEG_FORMAT],
-                    help=f"{DICOM_SEG_FORMAT}: a DICOM Segmentation per DICOM series (needs highdicom)")
+    pr.add_argument("--format", default=DEFAULT_FORMAT, choices=list(OUTPUT_FORMATS),
+                    help="dicom-seg: a DICOM Segmentation per DICOM series (needs highdicom)")
     pr.add_argument("--progress", default="bar", choices=["json", "bar", "none"])
     pr.add_argument("--num-parts", type=int, default=None, help="split the cases into N parts "
                     "(default: from torchrun's WORLD_SIZE/RANK or a SLURM job array)")
@@ -80,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
                     help="write the batch report OUTDIR/batch_report[_part-K-of-N].csv "
                     "(default: only when the batch is split into parts)")
+    pr.add_argument("--cancel-file", default=None, metavar="PATH",
+                    help="stop (writing nothing more) as soon as this file exists")
     pr.add_argument("-v", "--verbose", action="store_true")
 
     info = sub.add_parser("info", help="describe a model bundle")
@@ -120,10 +120,6 @@ def _version() -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _setup_logging(reporter, level) -> None:
     from .progress import ReporterLogHandler
     for h in list(log.handlers):
@@ -184,14 +180,12 @@ def _device(args) -> str:
 
 
 def cmd_predict(args) -> int:
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        return _predict(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    from .cancel import CancelRequest
+    with CancelRequest(args.cancel_file) as cancel:
+        return _predict(args, cancel)
 
 
-def _predict(args) -> int:
+def _predict(args, cancel) -> int:
     from .progress import BarReporter, JsonReporter, NullReporter
 
     if args.progress == "json":
@@ -225,7 +219,8 @@ def _predict(args) -> int:
         try:
             predictor = Predictor(bundle, device=_device(args), threads=args.threads,
                                   quick=args.quick, tta=args.tta, step=args.step,
-                                  batch_size=args.batch_size, subset=subset, progress=reporter)
+                                  batch_size=args.batch_size, subset=subset, progress=reporter,
+                                  cancel=cancel)
         except InputError as exc:  # unknown --subset names, bad step: a usage error
             raise UsageError(str(exc)) from exc
         found = discover_inputs(args.inputs, bundle.modality or None)
@@ -251,6 +246,8 @@ def _predict(args) -> int:
              "trained" if bundle.trained else "UNTRAINED: random weights", len(cases),
              predictor.device)
     for case, path in cases:
+        if cancel():
+            return fail(case, Cancelled("Stopped by the user before this case."), EXIT_FAILED)
         paths = output_paths(out_dir, case, args.format)
         outputs = [str(paths["labels"]), str(paths["summary"])]
         if not args.overwrite and all(p.exists() for p in paths.values()):
@@ -268,6 +265,8 @@ def _predict(args) -> int:
             if args.format == DICOM_SEG_FORMAT:
                 check_dicom_seg_source(path)  # before the network runs, not after
             result = predictor.predict_file(path, case)
+            if cancel():
+                raise Cancelled("Stopped by the user; no output was written for this case.")
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 0.0})
             t0 = time.perf_counter()
             write_labels(result.labels, result.label_list, paths["labels"], args.format,

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .contract import DICOM_SEG_FORMAT, OUTPUT_FORMATS
 from .dicom_series import DicomSeries, sop_class_uid, sop_instance_uid
 from .errors import InputError, ResourceError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "dicom-seg"          # the --format choice
-SUFFIX = ".seg.dcm"           # the file written per case
+FORMAT = DICOM_SEG_FORMAT                 # the --format choice
+SUFFIX = OUTPUT_FORMATS[DICOM_SEG_FORMAT]  # the file written per case
 MANUFACTURER = "LKMSegment"
 SERIES_NUMBER_OFFSET = 1000   # SEG series number = source series number + this
 POSITION_TOL_MM = 0.01

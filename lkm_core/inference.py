@@ -174,6 +174,9 @@ class Predictor:
         self._emit(case, "network", 0.0)
         labels, used = self._run_network(prepared.array, case)
         timings["network"] = time.perf_counter() - t0
+        if self._should_stop():  # a cancel request that came during the last patch
+            from .errors import Cancelled
+            raise Cancelled("Stopped by the user.")
 
         t0 = time.perf_counter()
         self._emit(case, "postprocess", 0.0)

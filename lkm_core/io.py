@@ -15,26 +15,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom_series import DicomSeries, read_series, scan_folder
+from .contract import IMAGE_SUFFIXES, strip_image_suffix
 from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
 def case_name(path) -> str:
     """File name without its image suffix (``ct.nii.gz`` -> ``ct``); a folder's own name; a DICOM
-    series' name (from its UID, see :func:`lkm_core.dicom_series.series_case_name`)."""
+    series' name (from its UID, see :func:`lkm_core.dicom_series.series_case_name`).
+    The module names its input files so that this gives back its own case names."""
     if isinstance(path, DicomSeries):
         return path.name
     path = Path(path)
-    if path.is_dir():
-        return path.name
-    lower = path.name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
+    return path.name if path.is_dir() else strip_image_suffix(path.name)
 
 
 def is_image_file(path) -> bool:

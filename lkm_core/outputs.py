@@ -20,15 +20,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import dicom_seg
-from .terminology import slicer_terminology_string
-
-FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd",
-           dicom_seg.FORMAT: dicom_seg.SUFFIX}
+from .contract import OUTPUT_FORMATS as FORMATS
+from .contract import SUMMARY_SUFFIX, slicer_terminology_string
 
 
 def output_paths(out_dir, case: str, fmt: str = "seg.nrrd") -> dict:
     out_dir = Path(out_dir).absolute()
-    return {"labels": out_dir / f"{case}{FORMATS[fmt]}", "summary": out_dir / f"{case}.json"}
+    return {"labels": out_dir / f"{case}{FORMATS[fmt]}", "summary": out_dir / f"{case}{SUMMARY_SUFFIX}"}
 
 
 @contextlib.contextmanager

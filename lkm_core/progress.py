@@ -1,4 +1,4 @@
-"""Progress reporters for the command line (DESIGN §10).
+"""Progress reporters for the command line (the protocol is in :mod:`lkm_core.contract`).
 
 A reporter is a callable taking one event dict:
 ``{"event": "progress", "case", "phase", "fraction"}``, ``{"event": "log", "level", "message"}``,
@@ -20,8 +20,7 @@ import sys
 import threading
 import time
 
-PHASE_WEIGHTS = {"read": 0.05, "preprocess": 0.1, "network": 0.75, "postprocess": 0.05,
-                 "write": 0.05}
+from .contract import PHASE_WEIGHTS, case_fraction  # noqa: F401  (the module reads the same)
 
 
 class NullReporter:
@@ -64,12 +63,7 @@ class BarReporter:
             if now - self.last < 0.2 and event.get("fraction", 0) not in (0.0, 1.0):
                 return
             self.last = now
-            done = 0.0
-            for phase, weight in PHASE_WEIGHTS.items():
-                if phase == event["phase"]:
-                    done += weight * float(event["fraction"])
-                    break
-                done += weight
+            done = case_fraction(event["phase"], event["fraction"])
             filled = int(round(done * self.width))
             self.stream.write(f"\r{event.get('case', '')}  [{'#' * filled}{'-' * (self.width - filled)}]"
                               f" {done * 100:3.0f}%  {event['phase']:<12}")

@@ -1,5 +1,6 @@
 """Names, colours and SNOMED CT codes of common abdominal structures.
 
+Standard library only: the Slicer module reads it too, through :mod:`lkm_core.contract`.
 Used when a bundle is made (``bundle init``, nnU-Net export) to give every label a display name,
 a colour and a terminology entry that 3D Slicer understands, and by the outputs to write them
 into ``.seg.nrrd`` files.
@@ -20,9 +21,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+# the Slicer string and the accepted forms of a terminology are part of the module/engine contract
+from .contract import ANATOMIC_CONTEXT, SLICER_CONTEXT, slicer_terminology_string  # noqa: F401
+
 SCHEME = "SCT"
-SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
 def code(value: str, meaning: str) -> dict:
@@ -120,14 +122,3 @@ def label_entry(value: int, name: str) -> dict:
                 "terminology": {"category": dict(TISSUE_CATEGORY), "type": dict(TISSUE_TYPE)}}
     return {"value": int(value), "name": structure.name, "color": list(structure.color),
             "terminology": copy.deepcopy(structure.terminology())}
-
-
-def slicer_terminology_string(terminology: dict) -> str:
-    """The ``TerminologyEntry`` tag Slicer stores in ``.seg.nrrd`` headers."""
-
-    def triple(c):
-        return "^".join([c.get("scheme", ""), c.get("code", ""), c.get("meaning", "")]) if c else "^^"
-
-    return "~".join([SLICER_CONTEXT, triple(terminology.get("category")),
-                     triple(terminology.get("type")), triple(terminology.get("modifier")),
-                     ANATOMIC_CONTEXT, "^^", "^^"])

@@ -1,28 +1,75 @@
 """What the engine needs in Slicer's Python, and how to get it without breaking Slicer.
 
-The check never imports torch (that would load gigabytes into the Slicer process): it asks
-``importlib.util.find_spec``. The plan says what to install and how; it is shown to the user and
-carried out only after they confirm:
+The plan is exactly what lkm_core (and the module's Stop, psutil) import at run time that Slicer
+does not ship, written once in ``Resources/engine-requirements.txt`` (shipped with the module):
+safetensors, slicerio + pynrrd, psutil, numba; and PyTorch, which comes separately:
 
 - torch through the PyTorch extension's helper (``PyTorchUtils``), which picks the CUDA build
-  that matches the computer; plain pip (CPU build) only when that extension is missing;
-- safetensors with pip;
+  that matches the computer; plain pip (the package index's default build) only when that
+  extension is missing;
+- the rest with ``slicer.packaging.pip_ensure`` and the requirements file (Slicer 5.11+), or
+  ``slicer.util.pip_install`` (older);
+- always with a constraints file that pins every distribution already in Slicer's Python at its
+  installed version (numpy, SimpleITK, requests, ...): pip cannot upgrade or replace them;
 - mamba-ssm (CUDA kernels, optional, speed only) is never installed automatically: it has no
-  wheels and needs a compiler; the engine's own scan is used without it;
-- numpy, SimpleITK and requests belong to Slicer and are never installed, upgraded or removed.
+  wheels and needs a compiler; the engine's own scan is used without it.
+
+Nothing is installed at import or without the user's confirmation (:func:`install` is called
+by the panel after the user accepted :meth:`DependencyPlan.text`). Checking reads package
+metadata only; torch is never imported into the Slicer process.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import platform
+import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
-PROTECTED = ("numpy", "SimpleITK", "requests")
+from .enginecontract import engine_environment
+
+REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "engine-requirements.txt"
+PROTECTED = ("numpy", "SimpleITK", "requests")  # Slicer's; pinned, never installed by the plan
 TORCH_REQUIREMENT = "torch>=2.1"
-PIP_REQUIREMENTS = {"safetensors": "safetensors>=0.4"}
+REQUESTER = "LKMSegment"
+
+
+def read_requirements(path=REQUIREMENTS_FILE) -> list[str]:
+    """The requirement lines of a requirements file (comments and pip options skipped, as
+    slicer.packaging.load_requirements does)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [x.strip() for x in lines if x.strip() and not x.strip().startswith(("#", "-"))]
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_satisfied(requirement: str) -> bool:
+    """Installed at a version the requirement allows (package metadata only, nothing imported)."""
+    version = installed_version(requirement_name(requirement))
+    if version is None:
+        return False
+    try:
+        from packaging.requirements import Requirement  # Slicer ships packaging
+    except ImportError:
+        return True
+    return Requirement(requirement).specifier.contains(version, prereleases=True)
 
 
 @dataclass
@@ -42,6 +89,11 @@ class DependencyPlan:
     def needed(self) -> bool:
         return bool(self.steps)
 
+    @property
+    def pip_requirements(self) -> list[str]:
+        """The requirement strings pip installs (torch included when no PyTorch extension)."""
+        return [s.requirement for s in self.steps if s.how == "pip"]
+
     def text(self) -> str:
         if not self.steps:
             return "All required Python packages are installed."
@@ -51,15 +103,8 @@ class DependencyPlan:
                    "pip": "with pip"}.get(s.how, s.how)
             lines.append(f"  - {s.requirement} {via}" + (f" ({s.note})" if s.note else ""))
         lines.append("This can take several minutes and downloads up to a few GB (PyTorch).")
-        lines.append("Slicer's own numpy and SimpleITK are not changed.")
+        lines.append("Slicer's own packages (numpy, SimpleITK, requests, ...) are not changed.")
         return "\n".join(lines)
-
-
-def is_installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def nvidia_gpu_present() -> bool:
@@ -74,44 +119,112 @@ def nvidia_gpu_present() -> bool:
     return out.returncode == 0 and "GPU" in out.stdout
 
 
-def make_plan(installed=is_installed, system: str | None = None, gpu=nvidia_gpu_present) -> DependencyPlan:
-    """Build the install plan. ``installed``/``gpu`` are injectable for tests."""
+def _module_present(module: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def make_plan(installed=None, system: str | None = None, gpu=nvidia_gpu_present,
+              pytorch_extension=None, requirements: list[str] | None = None) -> DependencyPlan:
+    """Build the install plan. ``installed(requirement) -> bool``, ``pytorch_extension()``
+    and ``gpu()`` are injectable for tests (default: this Python's metadata)."""
+    installed = installed or is_satisfied
+    pytorch_extension = pytorch_extension or (lambda: _module_present("PyTorchUtils"))
     system = system or platform.system()
     plan = DependencyPlan()
-    if not installed("torch"):
-        how = "pytorch-extension" if installed("PyTorchUtils") else "pip"
-        note = "" if how == "pytorch-extension" else "CPU build; install the PyTorch extension for GPU support"
-        plan.steps.append(Step("torch", how, TORCH_REQUIREMENT, note))
-    for module, requirement in PIP_REQUIREMENTS.items():
-        if not installed(module):
-            plan.steps.append(Step(module, "pip", requirement))
-    if system == "Linux" and gpu() and not installed("mamba_ssm"):
+    if not installed(TORCH_REQUIREMENT):
+        if pytorch_extension():
+            plan.steps.append(Step("torch", "pytorch-extension", TORCH_REQUIREMENT))
+        else:
+            plan.steps.append(Step("torch", "pip", TORCH_REQUIREMENT,
+                                   "the package index's default build; install the PyTorch "
+                                   "extension to get the build that matches your GPU"))
+    for requirement in (requirements if requirements is not None else read_requirements()):
+        if not installed(requirement):
+            plan.steps.append(Step(requirement_name(requirement), "pip", requirement))
+    if system == "Linux" and gpu() and not installed("mamba-ssm"):
         plan.optional.append(Step("mamba_ssm", "manual", "mamba-ssm causal-conv1d",
                                   "optional CUDA kernels; needs the CUDA compiler (nvcc)"))
+    protected = {_canonical(p) for p in PROTECTED}
     for step in plan.steps:
-        assert step.package not in PROTECTED, step.package
+        if _canonical(step.package) in protected:
+            raise RuntimeError(f"The install plan would install {step.package}, which belongs "
+                               "to Slicer; this is a bug in LKMSegment.")
     return plan
 
 
-def install(plan: DependencyPlan, pip_install, torch_installer=None, log=print) -> None:
-    """Carry out a plan. ``pip_install(requirement_string)`` is ``slicer.util.pip_install`` in
-    the app; ``torch_installer()`` the PyTorch extension's helper (returns the torch module or
-    None). Raises RuntimeError with a message for the user when something could not be installed.
+def slicer_constraints() -> list[str]:
+    """``name==version`` for every distribution in this Python (Slicer's own packages): as a pip
+    constraints file they keep pip from upgrading or replacing any of them."""
+    pins = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and dist.version:
+            pins.setdefault(_canonical(name), f"{name}=={dist.version}")
+    return [pins[k] for k in sorted(pins)]
+
+
+def write_constraints(folder=None) -> Path:
+    folder = Path(folder or tempfile.mkdtemp(prefix="lkmsegment-pip-"))
+    path = folder / "slicer-constraints.txt"
+    path.write_text("\n".join(slicer_constraints()) + "\n", encoding="utf-8")
+    return path
+
+
+def pip_arguments(requirements: list[str], constraints_file) -> list[str]:
+    """What ``pip install`` gets for the plan's pip steps (``slicer.util.pip_install`` takes the
+    same list): the requirements and Slicer's pins as constraints."""
+    return ["-c", str(constraints_file), *requirements]
+
+
+def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=print,
+            pip_ensure=None, constraints_file=None) -> None:
+    """Carry out a plan (after the user confirmed it).
+
+    ``pip_ensure(requirements, constraints=...)`` is ``slicer.packaging.pip_ensure`` (5.11+);
+    otherwise ``pip_install(argument_list)``, ``slicer.util.pip_install``. ``torch_installer()``
+    is the PyTorch extension's helper (returns the torch module or None). Raises RuntimeError
+    with a message for the user when something could not be installed.
     """
+    if pip_install is None and pip_ensure is None:
+        raise ValueError("install needs pip_install or pip_ensure")
+    constraints_file = constraints_file or write_constraints()
     for step in plan.steps:
-        if step.package in PROTECTED:
-            raise RuntimeError(f"Refusing to install {step.package}: it belongs to Slicer.")
-        log(f"Installing {step.requirement} ...")
         if step.how == "pytorch-extension":
+            log(f"Installing {step.requirement} through the PyTorch extension ...")
             if torch_installer is None or torch_installer() is None:
                 raise RuntimeError(
                     "PyTorch could not be installed. Open the PyTorch Utils module, install it "
                     "there (choose the CUDA version of your GPU, or CPU), then try again.")
-        elif step.how == "pip":
-            # --upgrade-strategy only-if-needed keeps numpy/SimpleITK as Slicer ships them
-            pip_install(f"{step.requirement} --upgrade-strategy only-if-needed")
-        else:
-            continue
+    requirements = plan.pip_requirements
+    if not requirements:
+        return
+    log("Installing " + ", ".join(requirements) + " ...")
+    if pip_ensure is not None:
+        # the user already confirmed our plan: no second prompt; install in testing mode too,
+        # the self test needs the engine
+        pip_ensure(requirements, constraints=str(constraints_file), prompt_install=False,
+                   requester=REQUESTER, skip_in_testing=False)
+    else:
+        pip_install(pip_arguments(requirements, constraints_file))
+
+
+def install_in_slicer(plan: DependencyPlan, log=print) -> None:
+    """:func:`install` with what this Slicer offers (call only after the user confirmed)."""
+    import slicer
+
+    packaging = getattr(slicer, "packaging", None)
+    if packaging is None:
+        try:
+            import slicer.packaging as packaging  # Slicer 5.11+
+        except ImportError:
+            packaging = None
+    ensure = getattr(packaging, "pip_ensure", None) if packaging is not None else None
+    install(plan, pip_install=slicer.util.pip_install, pip_ensure=ensure,
+            torch_installer=torch_installer_from_extension(), log=log)
 
 
 def torch_installer_from_extension(requirement: str = TORCH_REQUIREMENT):
@@ -137,12 +250,14 @@ DEVICE_PROBE = (
 
 
 def detect_devices(python: str, env: dict | None = None, timeout_s: float = 120) -> dict:
-    """Ask a child Python what torch sees (the Slicer process never imports torch)."""
+    """Ask a child Python what torch sees (the Slicer process never imports torch). The child
+    gets the engine's environment unless ``env`` is given."""
     import json
 
     try:
         out = subprocess.run([python, "-c", DEVICE_PROBE], capture_output=True, text=True,
-                             env=env, timeout=timeout_s)
+                             env=env if env is not None else engine_environment(),
+                             timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": f"Could not start Python to look for a GPU: {e}"}
     if out.returncode != 0:

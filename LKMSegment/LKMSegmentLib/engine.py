@@ -1,77 +1,36 @@
 """Running ``lkm_core predict`` in a child process and following its JSON progress.
 
-No Qt, no MRML here: an :class:`EngineJob` owns a private work folder (inputs, outputs and the
-child's own TMPDIR), starts the engine through a :class:`~.process.ProcessRunner`, turns its
-stdout into events and knows how the run ended. Stop kills the child and deletes the folder, so
-nothing is left behind.
+No Qt, no MRML here: an :class:`EngineJob` owns a private work folder (inputs, outputs, the
+child's own TMPDIR and the cancel file), starts the engine through a
+:class:`~.process.ProcessRunner`, turns its stdout into events and knows how the run ended.
+Stop asks the engine to end (the cancel file: works on every OS and through the PythonSlicer
+launcher, which forwards no signal), then ends the whole process tree and deletes the folder,
+so nothing is left behind.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import re
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .enginecontract import contract, engine_available, engine_environment, engine_search_path  # noqa: F401
 from .process import ProcessRunner, SubprocessRunner, python_executable
 from .protocol import EngineEvent, ProgressTracker, ProtocolParser
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_CASE_FAILED, EXIT_USAGE = 0, 1, 2
 DEVICES = ("auto", "cuda", "cpu")
-FORMATS = ("seg.nrrd", "nii.gz", "nrrd")
 
-
-def engine_search_path() -> str | None:
-    """The folder that holds the ``lkm_core`` package, for the child's PYTHONPATH.
-
-    Installed extension: lkm_core is packaged next to LKMSegment.py (the scripted-module folder).
-    Source tree (additional module path = <repo>/LKMSegment): it is in the repository root.
-    Returns None when lkm_core is importable anyway (pip-installed).
-    """
-    here = Path(__file__).resolve().parent.parent  # the folder of LKMSegment.py
-    for folder in (here, here.parent):
-        if (folder / "lkm_core" / "__init__.py").is_file():
-            return str(folder)
-    return None
-
-
-def engine_environment(tmpdir: str | None = None, extra: dict | None = None) -> dict:
-    """Environment for the child: lkm_core on PYTHONPATH, unbuffered output, private TMPDIR."""
-    env = dict(os.environ)
-    path = engine_search_path()
-    if path:
-        parts = [path] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != path]
-        env["PYTHONPATH"] = os.pathsep.join(parts)
-    env["PYTHONUNBUFFERED"] = "1"
-    if tmpdir:
-        for key in ("TMPDIR", "TEMP", "TMP"):
-            env[key] = tmpdir
-    env.update(extra or {})
-    return env
-
-
-def engine_available() -> bool:
-    return engine_search_path() is not None or importlib.util.find_spec("lkm_core") is not None
-
-
-_CASE_RE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def safe_case_name(name: str, taken=()) -> str:
-    """A file-system safe, unique case name from a node name ('CT 1.5mm' -> 'CT_1_5mm')."""
-    base = _CASE_RE.sub("_", name or "").strip("_") or "case"
-    candidate, n = base, 2
-    taken = set(taken)
-    while candidate in taken:
-        candidate, n = f"{base}_{n}", n + 1
-    return candidate
+# one contract with the engine: exit codes, formats and case names come from lkm_core.contract
+EXIT_OK, EXIT_CASE_FAILED, EXIT_USAGE = contract.EXIT_OK, contract.EXIT_FAILED, contract.EXIT_USAGE
+FORMATS = contract.MODULE_FORMATS
+safe_case_name = contract.safe_case_name
+CANCEL_FILE = "cancel"  # in the job's work folder; the engine polls it (--cancel-file)
+STOP_GRACE_S = 2.0      # Stop lets the engine end by itself this long, then ends its tree
 
 
 @dataclass
@@ -87,7 +46,7 @@ class PredictOptions:
     threads: int | None = None
     output_format: str = "seg.nrrd"
 
-    def arguments(self, inputs: list[str], output_dir: str) -> list[str]:
+    def arguments(self, inputs: list[str], output_dir: str, cancel_file: str | None = None) -> list[str]:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
         if self.output_format not in FORMATS:
@@ -104,6 +63,8 @@ class PredictOptions:
             args += ["--subset", ",".join(self.subset)]
         if self.threads:
             args += ["--threads", str(int(self.threads))]
+        if cancel_file:
+            args += ["--cancel-file", str(cancel_file)]
         return args
 
 
@@ -127,6 +88,7 @@ class EngineJob:
         self.input_dir = self.workdir / "input"
         self.output_dir = self.workdir / "output"
         self.tmp_dir = self.workdir / "tmp"
+        self.cancel_file = self.workdir / CANCEL_FILE
         for d in (self.input_dir, self.output_dir, self.tmp_dir):
             d.mkdir()
         self.cases: list[str] = []
@@ -151,7 +113,8 @@ class EngineJob:
 
     def command(self) -> list[str]:
         inputs = sorted(str(p) for p in self.input_dir.iterdir())
-        return [self.python, *self.options.arguments(inputs, str(self.output_dir))]
+        return [self.python, *self.options.arguments(inputs, str(self.output_dir),
+                                                     str(self.cancel_file))]
 
     def start(self):
         if not self.cases:
@@ -212,17 +175,36 @@ class EngineJob:
             time.sleep(poll_s)
         return self.state
 
-    def stop(self):
-        """Kill the engine; the work folder (inputs, partial outputs, temp files) is deleted."""
+    def stop(self, grace_s: float = STOP_GRACE_S):
+        """End the engine and everything it started; the work folder (inputs, partial outputs,
+        temp files) is deleted.
+
+        1. the cancel file: the engine stops at its next check (between patches and phases, and
+           a watcher thread interrupts a long network step), writes nothing and exits;
+        2. after ``grace_s``, whatever of the process tree is left is ended (the runner: psutil,
+           children first found recursively, terminate, then kill);
+        3. the folder is deleted.
+        """
         if self.state == "running":
-            self.runner.stop()
+            try:
+                self.cancel_file.write_text("stop\n", encoding="utf-8")
+            except OSError as exc:  # the folder is gone or read-only: go straight to ending it
+                log.warning("could not write the cancel file %s: %s", self.cancel_file, exc)
+            self.runner.wait(grace_s)
+            self.runner.stop(grace_s)  # terminate, then kill: all within ~2 grace periods
             self.runner.poll()
             self.state = "stopped"
             self.exit_code = self.runner.exit_code
         self.cleanup()
 
     def cleanup(self):
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        # on Windows a file of a process that has just ended can stay locked for a moment
+        for attempt in range(20):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            if not self.workdir.exists():
+                return
+            time.sleep(0.1)
+        log.warning("could not delete the engine's work folder %s", self.workdir)
 
     # -- after the run -----------------------------------------------------------------------
     @property

@@ -1,8 +1,10 @@
 """Model bundles as the module sees them: read ``model.json`` without importing the engine.
 
 The Slicer process never imports torch, so listing models and showing their details reads the
-bundle's JSON directly (a folder or a .zip). Validating a bundle before it is accepted (weights
-present, sha256 matching) is the engine's job: ``lkm_core bundle verify`` in a child process.
+bundle's JSON directly (a folder or a .zip). Labels, colours and terminology are read by
+the engine's own rules (``lkm_core.contract``, standard library only). Validating a bundle before
+it is accepted (weights present, sha256 matching) is the engine's job: ``lkm_core bundle
+verify`` in a child process with the engine's environment.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .enginecontract import contract, engine_environment
 from .process import python_executable
 
 
@@ -21,19 +23,7 @@ class ModelBundleError(Exception):
     """A bundle that cannot be used; the message says which file and why."""
 
 
-def color_to_rgb01(color) -> tuple[float, float, float]:
-    """Accept '#rrggbb', [r, g, b] in 0..255 or 0..1; return floats in 0..1."""
-    if isinstance(color, str):
-        text = color.lstrip("#")
-        if len(text) != 6:
-            raise ValueError(f"colour {color!r} is not #rrggbb")
-        return tuple(int(text[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
-    values = [float(c) for c in list(color)[:3]]
-    if len(values) != 3:
-        raise ValueError(f"colour {color!r} needs three components")
-    if any(v > 1.0 for v in values):
-        values = [v / 255.0 for v in values]
-    return tuple(values)
+color_to_rgb01 = contract.color_to_rgb01  # '#rrggbb', 0-255 or 0-1 -> RGB 0-1
 
 
 @dataclass
@@ -41,7 +31,15 @@ class LabelInfo:
     value: int
     name: str
     color: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    terminology: object = None
+    terminology: object = None     # canonical form of lkm_core.contract (or None)
+
+    @property
+    def slicer_terminology(self) -> str | None:
+        """The segment's TerminologyEntry text (what the engine writes into .seg.nrrd)."""
+        if not self.terminology:
+            return None
+        return contract.slicer_terminology_string(
+            contract.normalize_terminology(self.terminology, self.name))
 
 
 @dataclass
@@ -91,44 +89,17 @@ class ModelInfo:
         return "\n".join(lines)
 
 
-def _read_model_json(path: Path) -> dict:
+def read_model_info(path) -> ModelInfo:
+    """Parse a bundle's model.json (folder or .zip) into a :class:`ModelInfo`, by the rules the
+    engine loads it with (lkm_core.contract): a label whose terminology or colour the engine
+    would refuse is refused here too, with the same message."""
     path = Path(path)
     try:
-        if path.is_dir():
-            return json.loads((path / "model.json").read_text(encoding="utf-8"))
-        if path.suffix.lower() == ".zip" and path.is_file():
-            with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if n.split("/")[-1] == "model.json"]
-                if not names:
-                    raise ModelBundleError(f"{path} has no model.json inside; it is not a model bundle.")
-                return json.loads(zf.read(min(names, key=len)).decode("utf-8"))
-    except FileNotFoundError:
-        raise ModelBundleError(f"{path} has no model.json; choose the folder that contains it.") from None
-    except (ValueError, zipfile.BadZipFile) as e:
-        raise ModelBundleError(f"{path}: model.json cannot be read ({e}).") from None
-    raise ModelBundleError(f"{path} is neither a model folder nor a .zip bundle.")
-
-
-def read_model_info(path) -> ModelInfo:
-    """Parse a bundle's model.json (folder or .zip) into a :class:`ModelInfo`."""
-    path = Path(path)
-    meta = _read_model_json(path)
-    labels = []
-    for entry in meta.get("labels", []):
-        try:
-            value = int(entry["value"])
-            name = str(entry["name"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelBundleError(f"{path}: a label in model.json lacks a value or a name: {entry!r}")
-        if value == 0:
-            continue  # background is never a segment
-        try:
-            color = color_to_rgb01(entry.get("color", (128, 128, 128)))
-        except ValueError as e:
-            raise ModelBundleError(f"{path}: label {name!r}: {e}") from None
-        labels.append(LabelInfo(value, name, color, entry.get("terminology")))
-    if not labels:
-        raise ModelBundleError(f"{path}: model.json lists no labels.")
+        meta = contract.read_model_json(path)
+        records = contract.label_records(meta, f"{path}")
+    except contract.BundleContractError as e:
+        raise ModelBundleError(str(e)) from None
+    labels = [LabelInfo(r.value, r.name, r.color, r.terminology) for r in records]
     return ModelInfo(
         path=path, name=str(meta.get("name", path.stem)), version=str(meta.get("version", "")),
         description=str(meta.get("description", "")),
@@ -141,13 +112,16 @@ def verify_bundle(path, engine_env: dict | None = None, python: str | None = Non
                   timeout_s: float = 300) -> ModelInfo:
     """Check a bundle with the engine (``lkm_core bundle verify``) and read its details.
 
-    Raises :class:`ModelBundleError` with the engine's own message when it is refused.
+    Raises :class:`ModelBundleError` with the engine's own message when it is refused. The
+    child gets the engine's environment (lkm_core on its path) unless ``engine_env`` is given:
+    the extension build and a source checkout have no pip-installed lkm_core.
     """
     info = read_model_info(path)
     cmd = [python or python_executable(), "-m", "lkm_core", "bundle", "verify", str(path)]
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, env=engine_env,
-                                timeout=timeout_s)
+        result = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                                errors="replace", timeout=timeout_s,
+                                env=engine_env if engine_env is not None else engine_environment())
     except subprocess.TimeoutExpired:
         raise ModelBundleError(f"Checking {path} took longer than {timeout_s:.0f} s; try again.") from None
     if result.returncode != 0:

@@ -7,10 +7,16 @@ that drives the job.
 
 - :class:`SubprocessRunner` uses :mod:`subprocess` with reader threads (headless, tests, CLI).
 - ``qtprocess.QProcessRunner`` wraps ``qt.QProcess`` (the Slicer application).
+
+Stopping ends the whole process tree (:func:`end_process_tree`): in Slicer the child is the
+``PythonSlicer`` launcher, which runs the real interpreter as *its* child and forwards no
+signal, so ending the launcher alone would leave the engine running. The engine is asked first
+through its cancel file (EngineJob), which works the same on every OS.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import shutil
@@ -19,6 +25,57 @@ import subprocess
 import sys
 import threading
 import time
+
+log = logging.getLogger(__name__)
+
+WINDOWS = os.name == "nt"
+
+
+def process_tree(pid: int) -> list:
+    """The process ``pid`` and all its descendants, as psutil.Process objects (children first
+    found while the parent is still alive: an orphan loses its link to the tree)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def end_process_tree(pid: int | None, grace_s: float = 3.0) -> list[int]:
+    """End ``pid`` and every process below it: terminate all, wait up to ``grace_s``, kill the
+    rest. Returns the pids that were found. Uses psutil, which works the same way on Windows
+    (where terminate is TerminateProcess: there are no POSIX signals to ask nicely with, which is
+    why the engine is first asked through its cancel file)."""
+    if pid is None:
+        return []
+    import psutil
+
+    tree = process_tree(pid)
+    for proc in tree:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _, still = psutil.wait_procs(alive, timeout=5)
+    if still:
+        log.warning("processes %s did not end after kill", [p.pid for p in still])
+    return [p.pid for p in tree]
+
+
+def psutil_available() -> bool:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class ProcessRunner:
@@ -63,7 +120,7 @@ class SubprocessRunner(ProcessRunner):
         if self._proc is not None and self._proc.poll() is None:
             raise RuntimeError("The engine process is already running.")
         kwargs = {}
-        if os.name == "nt":
+        if WINDOWS:  # no process groups to signal: stop() ends the tree by pid (psutil/taskkill)
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
         else:
             kwargs["start_new_session"] = True  # stop() can end the whole group
@@ -121,7 +178,14 @@ class SubprocessRunner(ProcessRunner):
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
-        if os.name == "nt":
+        if psutil_available():
+            end_process_tree(proc.pid, grace_s)
+            proc.wait()
+            for t in self._readers:
+                t.join(timeout=5)
+            return
+        # without psutil: the process group (POSIX) or taskkill's tree (Windows)
+        if WINDOWS:
             subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], capture_output=True)
         else:
             try:
@@ -132,7 +196,7 @@ class SubprocessRunner(ProcessRunner):
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if proc.poll() is None:
-            if os.name == "nt":
+            if WINDOWS:
                 proc.kill()
             else:
                 try:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-PHASES = ("read", "preprocess", "network", "postprocess", "write")
-KNOWN_EVENTS = ("progress", "log", "done", "error")
+from .enginecontract import contract
 
-# Share of a case's progress bar given to each phase (the network dominates).
-PHASE_WEIGHTS = {"read": 0.05, "preprocess": 0.10, "network": 0.70, "postprocess": 0.10, "write": 0.05}
+# events, phases and their weights are the engine's (lkm_core.contract): one table for both
+PHASES = contract.PHASES
+KNOWN_EVENTS = contract.EVENTS
+PHASE_WEIGHTS = contract.PHASE_WEIGHTS
 
 PHASE_TEXT = {
     "read": "Reading image",
@@ -88,12 +89,7 @@ class ProgressTracker:
         if event.kind == "progress" and case in self._fraction:
             phase = event.data.get("phase", "network")
             frac = min(max(float(event.data.get("fraction", 0.0)), 0.0), 1.0)
-            done_before = 0.0
-            for p in PHASES:
-                if p == phase:
-                    break
-                done_before += PHASE_WEIGHTS[p]
-            value = done_before + PHASE_WEIGHTS.get(phase, 0.0) * frac
+            value = contract.case_fraction(phase, frac)
             self._fraction[case] = max(self._fraction[case], value)
             position = self.cases.index(case) + 1
             prefix = f"{case} ({position}/{len(self.cases)}): " if len(self.cases) > 1 else ""

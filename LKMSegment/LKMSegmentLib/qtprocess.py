@@ -2,13 +2,18 @@
 
 QProcess delivers output through signals on the GUI thread; this runner only collects it, and
 the owner takes it with ``poll()`` from its QTimer, exactly as with the subprocess runner.
+
+Stop ends the whole process tree, not only the QProcess: in Slicer the QProcess is the
+``PythonSlicer`` launcher, whose child is the engine; QProcess.terminate()/kill() reach only the
+launcher (and terminate() does nothing to a console program on Windows). The process is not in a
+group of its own (QProcess shares Slicer's), so the tree is found by pid with psutil.
 """
 
 from __future__ import annotations
 
 import qt
 
-from .process import ProcessRunner
+from .process import ProcessRunner, end_process_tree, psutil_available
 
 
 class QProcessRunner(ProcessRunner):
@@ -43,8 +48,11 @@ class QProcessRunner(ProcessRunner):
         self._chunks.append(("stderr", bytes(self._process.readAllStandardError().data()).decode("utf-8", "replace")))
 
     def _on_finished(self, exit_code=None, exit_status=None):
+        # PythonQt may bind finished(int) or finished(int, ExitStatus): ask for what is missing
         self._on_stdout()
         self._on_stderr()
+        if exit_status is None:
+            exit_status = self._process.exitStatus()
         crashed = exit_status == qt.QProcess.CrashExit
         self._exit_code = -1 if crashed else int(exit_code if exit_code is not None else self._process.exitCode())
         self._finished = True
@@ -79,8 +87,14 @@ class QProcessRunner(ProcessRunner):
     def stop(self, grace_s=3.0):
         if self._process is None or self._finished:
             return
-        self._process.terminate()
-        if not self._process.waitForFinished(int(grace_s * 1000)):
-            self._process.kill()
+        pid = self.pid
+        if pid and psutil_available():
+            end_process_tree(pid, grace_s)
             self._process.waitForFinished(5000)
-        self._on_finished(self._process.exitCode(), qt.QProcess.CrashExit)
+        else:  # psutil missing (the install plan adds it): the launcher alone, the old way
+            self._process.terminate()
+            if not self._process.waitForFinished(int(grace_s * 1000)):
+                self._process.kill()
+                self._process.waitForFinished(5000)
+        if not self._finished:
+            self._on_finished(self._process.exitCode(), qt.QProcess.CrashExit)

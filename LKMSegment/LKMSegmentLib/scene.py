@@ -25,10 +25,9 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .enginecontract import contract
+
 BINARY = "Binary labelmap"
-SNOMED_ANATOMY_CATEGORY = ("SCT", "123037004", "Anatomical Structure")
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
 
 
 class ResultImportError(Exception):
@@ -70,41 +69,12 @@ def reference_image(volume):
 
 # -- terminology --------------------------------------------------------------------------------
 def terminology_entry(term, name: str) -> str | None:
-    """Slicer's terminology string for a model label.
-
-    Accepts a SNOMED CT code ("10200004"), "SCT^10200004^Liver", a dict with ``code``/``meaning``
-    (and optional ``scheme``, ``category``), or a ready-made Slicer entry (contains '~').
-    """
+    """Slicer's terminology string for a model label, exactly as the engine writes it into
+    .seg.nrrd: every form a bundle may use (lkm_core.contract) gives the same string.
+    None when the label has no terminology; a form the engine would refuse raises ValueError."""
     if not term:
         return None
-    category = SNOMED_ANATOMY_CATEGORY
-    modifier = ("", "", "")
-    if isinstance(term, str):
-        if "~" in term:
-            return term
-        parts = term.split("^")
-        code = tuple(parts) if len(parts) == 3 else ("SCT", term.strip(), name)
-    elif isinstance(term, dict):
-        code = _coded(term.get("type", term), name)
-        if isinstance(term.get("category"), dict):
-            category = _coded(term["category"], "")
-        if isinstance(term.get("modifier"), dict):
-            modifier = _coded(term["modifier"], "")
-    else:
-        return None
-    if not code[1]:
-        return None
-    return "~".join([TERMINOLOGY_CONTEXT, "^".join(category), "^".join(code), "^".join(modifier),
-                     ANATOMY_CONTEXT, "^^", "^^"])
-
-
-def _coded(entry, meaning: str) -> tuple[str, str, str]:
-    """(scheme, code, meaning) from {'scheme','code','meaning'} or DICOM-style keys, or a code."""
-    if not isinstance(entry, dict):
-        return ("SCT", str(entry), meaning)
-    return (str(entry.get("scheme", entry.get("CodingSchemeDesignator", "SCT"))),
-            str(entry.get("code", entry.get("CodeValue", ""))),
-            str(entry.get("meaning", entry.get("CodeMeaning", meaning))))
+    return contract.slicer_terminology_string(contract.normalize_terminology(term, name))
 
 
 # -- reading the engine's output ----------------------------------------------------------------

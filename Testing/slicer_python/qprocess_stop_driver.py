@@ -1,0 +1,89 @@
+"""Stop pressed while the engine is inside a long network step, as in the Slicer app.
+
+Run by Testing/test_stop_launcher.py in its own Python (so the PythonQt stand-in ``qt`` never
+enters the test process): the module's EngineJob with its QProcessRunner on a real QProcess
+(PyQt5, see pythonqt_qprocess/qt.py), pumped by a QTimer in a Qt event loop like the panel's,
+the engine started through a launcher that forwards no signal. Prints one JSON line.
+
+    python qprocess_stop_driver.py MODULE_DIR BUNDLE IMAGE LAUNCHER TEMP_ROOT OVERLOAD
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+module_dir, bundle, image, launcher, temp_root, overload = sys.argv[1:7]
+sys.path.insert(0, str(here.parent / "pythonqt_qprocess"))
+sys.path.insert(0, module_dir)
+
+import psutil  # noqa: E402
+import qt  # noqa: E402  (the stand-in)
+
+from LKMSegmentLib.engine import EngineJob, PredictOptions  # noqa: E402
+from LKMSegmentLib.qtprocess import QProcessRunner  # noqa: E402
+
+NETWORK_WAIT_S = 8.0
+qt.FINISHED_OVERLOAD = overload
+app = qt.QCoreApplication([])
+job = EngineJob(PredictOptions(model=bundle, device="cpu", threads=1), runner=QProcessRunner(),
+                temp_root=temp_root, python=launcher)
+job.input_path("case").write_bytes(Path(image).read_bytes())
+report = {"workdir": str(job.workdir)}
+network_since = None
+
+
+def process_tree(pid):
+    """Found here with psutil, independently of the module's own code under test."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def alive(pids):
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def tick():
+    global network_since
+    job.pump()
+    if job.state != "running":
+        report["ended_before_stop"] = job.state
+        app.quit()
+        return
+    if network_since is None and "Running the network" in job.progress_text:
+        network_since = time.monotonic()
+    # the weights load in a few seconds; a patch of this network takes ~45 s or more on a CPU
+    if network_since is not None and time.monotonic() - network_since > NETWORK_WAIT_S:
+        tree = [p.pid for p in process_tree(job.runner.pid)]
+        report["tree"] = tree
+        report["names"] = [p.name() for p in process_tree(job.runner.pid)]
+        report["progress_text"] = job.progress_text
+        t0 = time.monotonic()
+        job.stop()  # what the panel's Stop button calls
+        report["stop_s"] = round(time.monotonic() - t0, 2)
+        while alive(tree) and time.monotonic() - t0 < 5.0:
+            time.sleep(0.05)
+        report["alive_after"] = alive(tree)
+        report["gone_s"] = round(time.monotonic() - t0, 2)
+        report["workdir_exists"] = Path(job.workdir).exists()
+        report["state"] = job.state
+        app.quit()
+
+
+timer = qt.QTimer()
+timer.setInterval(100)
+timer.timeout.connect(tick)
+job.start()
+report["launcher_pid"] = job.runner.pid
+timer.start()
+qt.QTimer.singleShot(600_000, app.quit)  # never hang the test run
+app.exec_()
+print(json.dumps(report), flush=True)
