@@ -1,4 +1,4 @@
-"""The real command line, in a child process, on the real sample CT (DESIGN §9).
+"""The real command line, in a child process, on the real sample CT.
 
 Bundles are untrained 3d_small networks at 6 mm: the labels are meaningless, but every step the
 Slicer module relies on runs for real: JSON progress on stdout, .seg.nrrd with names, colours and
