@@ -789,17 +789,21 @@ def make_parameter_node_wrapper():
                     name = raw.property("SlicerParameterName") if isinstance(raw, QtCore.QObject) else None
                     if name:
                         bindings.append(_bind(self, raw, name, fields[name]))
-                state = {"busy": False}
+                # as Slicer's wrapper: GUI -> parameter writes inside StartModify/EndModify,
+                # parameter -> GUI updates ignore the widgets' own change signals meanwhile
+                state = {"updating": False}
 
                 def to_gui(*_):
-                    if state["busy"]:
+                    if state["updating"]:
                         return
-                    state["busy"] = True
+                    state["updating"] = True
+                    was_modified = node.StartModify()
                     try:
                         for push, _pull in bindings:
                             push()
                     finally:
-                        state["busy"] = False
+                        node.EndModify(was_modified)
+                        state["updating"] = False
                 for push, pull in bindings:
                     pull(state)
                 to_gui()
@@ -856,13 +860,14 @@ def make_parameter_node_wrapper():
                 return
 
             def changed(*args):
-                if state["busy"]:
+                if state["updating"]:
                     return
-                state["busy"] = True
+                node = wrapper.parameterNode
+                was_modified = node.StartModify()
                 try:
                     setattr(wrapper, name, read())
                 finally:
-                    state["busy"] = False
+                    node.EndModify(was_modified)
             connect(signal, changed)
         return push, pull
 
