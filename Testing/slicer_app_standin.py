@@ -622,9 +622,14 @@ class DialogAnswers:
         return [text for k, text in self.shown if k == kind]
 
 
+_application = []  # the QApplication must outlive every widget
+
+
 def ensure_application():
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    return QtWidgets.QApplication.instance() or QtWidgets.QApplication(["slicer-standin"])
+    if not _application:
+        _application.append(QtWidgets.QApplication.instance() or QtWidgets.QApplication(["slicer-standin"]))
+    return _application[0]
 
 
 # -- Slicer's Python side: scripted-module base classes, parameter node wrapper, slicer.util ----
