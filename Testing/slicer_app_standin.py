@@ -505,6 +505,13 @@ class ctkCollapsibleButton(QtWidgets.QGroupBox):
         self._collapsed = bool(value)
         for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
             child.setVisible(not self._collapsed)
+        # a collapsed ctkCollapsibleButton shows only its title
+        self.setStyleSheet("QGroupBox { border: none; margin-top: 1.1em; } "
+                           "QGroupBox::title { subcontrol-origin: margin; left: 1px; }"
+                           if self._collapsed else "")
+        layout = self.layout()
+        if layout is not None:
+            layout.setContentsMargins(*((0, 0, 0, 0) if self._collapsed else (9, 9, 9, 9)))
         self._title()
 
     collapsed = QtCore.pyqtProperty(bool, _get_collapsed, setCollapsed)
@@ -567,6 +574,8 @@ def load_ui(path):
         return widget if name == top else widget.findChild(QtCore.QObject, name)
     for sender, signal, receiver, slot in wiring:
         getattr(find(sender), signal).connect(getattr(find(receiver), slot))
+    for button in widget.findChildren(ctkCollapsibleButton):
+        button.setCollapsed(button.collapsed)  # uic sets properties before it adds the children
     return widget
 
 
