@@ -17,9 +17,7 @@ import importlib.util
 import os
 import time
 
-import numpy as np
 import pytest
-import vtk
 
 import slicer_app_standin as standin
 from slicer_fixtures import REPO, add_volume, bundle, ct_crop, new_scene, oblique_flipped_ijk_to_ras  # noqa: F401
@@ -68,6 +66,10 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     answers = standin.install(monkeypatch, scene, tmp_path / "settings")
     app = standin.ensure_application()
     first = add_volume(scene, "patient A", array, oblique_flipped_ijk_to_ras(spacing, array.shape))
+    # someone's work already in the scene, made for no volume of this session: never a default
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "other work")
+    other.GetSegmentation().AddEmptySegment("", "mine")
+    other_before = snapshot(other)
     module = import_module_file()
 
     widget = module.LKMSegmentWidget()
@@ -96,7 +98,7 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     progress = []
     pump(app, lambda: progress.append(ui["progressBar"].value()) or widget.run is None)
     assert max(progress) > 0 and not ui["progressBar"].isVisible()
-    nodes = list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))
+    nodes = [n for n in scene.GetNodesByClass("vtkMRMLSegmentationNode") if n is not other]
     assert len(nodes) == 1, answers.shown
     first_result = nodes[0]
     assert sorted(segments(first_result)) == sorted(
@@ -117,7 +119,7 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     # the engine has ended but the panel's timer has not seen it yet: Stop keeps the result
     ui["stopButton"].click()
     assert widget.run is None
-    nodes = list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))
+    nodes = [n for n in scene.GetNodesByClass("vtkMRMLSegmentationNode") if n is not other]
     assert len(nodes) == 2, "no node was made for the second volume"
     second_result = next(n for n in nodes if n is not first_result)
     assert second_result.GetNodeReference(second_result.GetReferenceImageGeometryReferenceRole()) is second
@@ -131,7 +133,7 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     ui["stopButton"].click()
     assert widget.run is None and "Stopped" in ui["statusLabel"].text()
     assert snapshot(second_result) == second_before and os.listdir(temp_root) == []
-    assert len(list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))) == 2
+    assert len(list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))) == 3
 
     # back to the first volume: its own node comes back as output and export
     ui["inputVolumeSelector"].setCurrentNode(first)
@@ -163,6 +165,7 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     assert len(refused) == 1 and "'patient B'" in refused[0] and "'patient A'" in refused[0]
     assert len(list((dataset / "labelsTr").iterdir())) == 1
 
+    assert snapshot(other) == other_before
     widget.cleanup()
     assert standin.handler_errors == [], "\n".join(standin.handler_errors)
     assert standin.violations == [], standin.violations
