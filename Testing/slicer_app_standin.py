@@ -934,7 +934,10 @@ def install(monkeypatch, scene, settings_dir):
         monkeypatch.setitem(sys.modules, name, module)
         monkeypatch.setattr(slicer, name.split(".")[1], module, raising=False)
     for name in ("LKMSegment", "LKMSegmentLib.qtprocess"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+        # imported afresh on the stand-in, and forgotten again afterwards (monkeypatch restores
+        # the previous entry, or none)
+        monkeypatch.setitem(sys.modules, name, None)
+        del sys.modules[name]
     monkeypatch.setattr(slicer, "app", App(settings_dir), raising=False)
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     patches = {
