@@ -41,6 +41,9 @@ class PythonQtViolation(Exception):
     """A use that Slicer's PythonQt would refuse (the message says which rule)."""
 
 
+# Which overload of an overloaded signal ``connect`` binds; PythonQt picks one of the chain, so
+# a test can run code both ways (for example QProcess.finished(int) / finished(int, ExitStatus)).
+SIGNAL_OVERLOAD = "first"
 violations: list[str] = []   # every refusal, even when the module catches the exception
 handler_errors: list[str] = []  # exceptions raised inside signal handlers
 
@@ -199,15 +202,16 @@ def unwrap(value):
     return value
 
 
-def _handler(callable_):
-    """Call a Python handler the way PythonQt's signal target does."""
+def _handler(callable_, arity=None):
+    """Call a Python handler the way PythonQt's signal target does (``arity``: the arguments of
+    the signal overload it is connected to)."""
     code = getattr(getattr(callable_, "__func__", callable_), "__code__", None)
     count = None
     if code is not None and not code.co_flags & 0x04:  # no *args
         count = code.co_argcount - (1 if hasattr(callable_, "__self__") else 0)
 
     def call(*args):
-        args = [wrap(a) for a in args]
+        args = [wrap(a) for a in args][:arity]
         if count is not None:
             args = args[:count]
         try:
@@ -219,15 +223,15 @@ def _handler(callable_):
 
 
 class Signal:
-    def __init__(self, owner, name, bound):
-        self._owner, self._name, self._bound = owner, name, bound
+    def __init__(self, owner, name, bound, arity=None):
+        self._owner, self._name, self._bound, self._arity = owner, name, bound, arity
         self._handlers = {}
 
     def connect(self, *args, **kwargs):
         if kwargs or len(args) != 1 or not callable(args[0]):
             raise _refuse(TypeError, f"{self._owner}.{self._name}.connect takes one callable "
                           "(PythonQt: 'Called connect with wrong number of arguments')")
-        handler = _handler(args[0])
+        handler = _handler(args[0], self._arity)
         self._handlers.setdefault(id(args[0]), []).append(handler)
         self._bound.connect(handler)
         return True
@@ -242,6 +246,39 @@ class Signal:
 
     def emit(self, *args):
         self._bound.emit(*unwrap(list(args)))
+
+
+def _pyqt_type(cpp: str):
+    simple = {"int": int, "bool": bool, "QString": str, "double": float, "qlonglong": int}
+    if cpp in simple:
+        return simple[cpp]
+    if "::" in cpp:
+        scope, member = cpp.split("::", 1)
+        holder = getattr(QtCore, scope, None) or getattr(QtWidgets, scope, None)
+        if holder is not None and hasattr(holder, member):
+            return getattr(holder, member)
+    return object
+
+
+def _bound_signal(obj, name, overloads):
+    """(PyQt bound signal, number of arguments a handler gets) for the chosen overload.
+
+    PyQt5 lacks some overloads Qt still declares (QProcess.finished(int)); such a one is
+    delivered from the longer overload it prefixes, with the extra arguments dropped."""
+    bound = getattr(obj, name)
+    if len(overloads) < 2:
+        return bound, None
+    form = overloads[0] if SIGNAL_OVERLOAD == "first" else overloads[-1]
+    for candidate in sorted(overloads, key=lambda f: len(f["types"])):
+        if candidate["types"][:len(form["types"])] != form["types"]:
+            continue
+        types = tuple(_pyqt_type(t) for t in candidate["types"])
+        try:
+            chosen = bound[types[0]] if len(types) == 1 else bound[types]
+        except KeyError:
+            continue
+        return chosen, len(form["types"])
+    raise AssertionError(f"no PyQt overload of {name} delivers {form['types']}")
 
 
 class Method:
@@ -282,7 +319,7 @@ class Wrapped:
         if kind == "property":
             return wrap(obj.property(name))
         if kind == "signal":
-            return Signal(cls, name, getattr(obj, name))
+            return Signal(cls, name, *_bound_signal(obj, name, data))
         if kind == "method":
             return Method(cls, name, data, getattr(obj, name))
         enum = _enum_value(obj, name)
