@@ -22,6 +22,7 @@ import pytest
 import slicer_app_standin as standin
 from slicer_fixtures import REPO, add_volume, bundle, ct_crop, new_scene, oblique_flipped_ijk_to_ras  # noqa: F401
 
+from LKMSegmentLib.models import ModelRegistry  # noqa: E402
 from LKMSegmentLib.process import SubprocessRunner  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,9 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "other work")
     other.GetSegmentation().AddEmptySegment("", "mine")
     other_before = snapshot(other)
+    reads = []  # how often the installed models' model.json files are read
+    read_models = ModelRegistry.models
+    monkeypatch.setattr(ModelRegistry, "models", lambda self: reads.append(1) or read_models(self))
     module = import_module_file()
 
     widget = module.LKMSegmentWidget()
@@ -140,6 +144,8 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     assert ui["outputSegmentationSelector"].currentNode() is first_result
     assert ui["exportSegmentationSelector"].currentNode() is first_result
 
+    assert len(reads) == 1, "the model list was read again on a panel update"
+
     # -- Add model (a folder), checked by the engine ---------------------------------------------
     answers.files.append(str(bundle))
     menu = ui["addModelButton"].menu()
@@ -150,6 +156,7 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
         "liver", "spleen", "kidney_right"]
     ui["modelSelector"].setCurrentIndex(0)  # back to the default model for the export
     assert ui["structuresList"].count() == 9
+    assert len(reads) == 2  # once more, after the add
 
     # -- export: the first volume with its segmentation; another volume's is refused --------------
     dataset = tmp_path / "Dataset901_Review"
