@@ -20,7 +20,12 @@ REPO = HERE.parent
 OUT = REPO / "Resources" / "Screenshots" / "LKMSegment-panel.png"
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Render the module's panel to a PNG.")
+    parser.add_argument("-o", "--output", default=str(OUT))
+    out = Path(parser.parse_args(argv).output)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sys.path[:0] = [str(HERE), str(REPO / "LKMSegment"), str(REPO)]
     import pytest
@@ -65,13 +70,13 @@ def main() -> int:
             app.processEvents()
             panel.resize(460, panel.sizeHint().height())
             app.processEvents()
-            OUT.parent.mkdir(parents=True, exist_ok=True)
-            if not panel.grab().save(str(OUT)):
-                raise SystemExit(f"could not write {OUT}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if not panel.grab().save(str(out)):
+                raise SystemExit(f"could not write {out}")
             widget.cleanup()
         finally:
             patch.undo()
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -176,3 +176,19 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     widget.cleanup()
     assert standin.handler_errors == [], "\n".join(standin.handler_errors)
     assert standin.violations == [], standin.violations
+
+
+def test_the_panel_picture_renders(tmp_path, sample_ct):
+    """Testing/render_panel.py (the README's panel picture) still runs on the current panel."""
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    out = tmp_path / "panel.png"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, str(REPO / "Testing" / "render_panel.py"), "-o", str(out)],
+                            capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    width, height = sitk.ReadImage(str(out)).GetSize()[:2]
+    assert width >= 400 and height >= 600
