@@ -24,6 +24,8 @@ from LKMSegmentLib import LKMSegmentCore, ModelBundleError, ModelRegistry, Predi
 from LKMSegmentLib import dependencies
 from LKMSegmentLib.engine import engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.export import ExportError
+from LKMSegmentLib.models import verify_bundle
+from LKMSegmentLib.panel import PanelState, controls
 from LKMSegmentLib.process import python_executable
 
 DEVICES = ["auto", "cuda", "cpu"]
@@ -77,6 +79,11 @@ class LKMSegmentLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return LKMSegmentParameterNode(super().getParameterNode())
 
+    @staticmethod
+    def verifyModel(path):
+        """The engine's check of a bundle, run with the engine's environment."""
+        return verify_bundle(path, engine_env=engine_environment())
+
     def ensureDependencies(self, confirm=True) -> bool:
         """Install what the engine needs, after asking. False if the user declined."""
         plan = dependencies.make_plan()
@@ -100,8 +107,10 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.panel = None  # LKMSegmentLib.panel.PanelState: what the panel decides, without Qt
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._applyingChoices = False
         self.run = None
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
@@ -115,6 +124,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LKMSegmentLogic()
+        self.panel = PanelState(self.logic.registry)
 
         self.ui.progressBar.setVisible(False)
         self.ui.progressBar.setRange(0, 100)
@@ -160,6 +170,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.run is not None:
             self.onStop()
         self.setParameterNode(None)
+        self.panel.scene_closed()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -187,9 +198,10 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- models ------------------------------------------------------------------------------
     def refreshModels(self, select=None):
+        """Fill the model list from the panel's model list (read once, re-read on add/remove)."""
         self.ui.modelSelector.blockSignals(True)
         self.ui.modelSelector.clear()
-        for info in self.logic.registry.models():
+        for info in self.panel.models.models:
             self.ui.modelSelector.addItem(info.list_entry(), str(info.path))  # says 2D or 3D
         self.ui.modelSelector.blockSignals(False)
         index = self.ui.modelSelector.findData(str(select)) if select else 0
@@ -197,13 +209,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onModelChanged()
 
     def currentModel(self):
-        path = self.ui.modelSelector.currentData
-        if not path:
-            return None
-        for info in self.logic.registry.models():
-            if str(info.path) == path:
-                return info
-        return None
+        return self.panel.models.find(self.ui.modelSelector.currentData)
 
     def onModelChanged(self, *_args):
         info = self.currentModel()
@@ -230,7 +236,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             with slicer.util.WaitCursor():
-                info = self.logic.registry.add(path)
+                info = self.panel.models.add(path, verifier=self.logic.verifyModel)
         except ModelBundleError as e:
             slicer.util.errorDisplay(str(e), windowTitle=_("Model not added"))
             return
@@ -239,7 +245,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRemoveModel(self):
         info = self.currentModel()
         if info is not None:
-            self.logic.registry.remove(info.path)
+            self.panel.models.remove(info.path)
             self.refreshModels()
 
     def chosenStructures(self):
@@ -249,17 +255,47 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [it.text() for it in items if it.checkState() == qt.Qt.Checked]
 
     # -- state -------------------------------------------------------------------------------
+    @staticmethod
+    def _nodeID(node):
+        return node.GetID() if node is not None else None
+
+    def _node(self, nodeID):
+        node = slicer.mrmlScene.GetNodeByID(nodeID) if nodeID else None
+        if nodeID and node is None:
+            self.panel.node_removed(nodeID)
+        return node
+
+    def _applyChoices(self, outputID, exportID):
+        """Show the output and export segmentation the panel chose for the input volume."""
+        p = self._parameterNode
+        self._applyingChoices = True
+        try:
+            if self._nodeID(p.outputSegmentation) != outputID:
+                p.outputSegmentation = self._node(outputID)
+            if self._nodeID(p.exportSegmentation) != exportID:
+                p.exportSegmentation = self._node(exportID)
+        finally:
+            self._applyingChoices = False
+
     def updateGUI(self, *_args):
         p = self._parameterNode
-        running = self.run is not None
-        subset = not self.ui.structuresAllRadio.checked
-        self.ui.structuresList.enabled = subset and not running
-        ready = bool(p and p.inputVolume and self.currentModel()) and not (subset and not self.chosenStructures())
-        self.ui.segmentButton.enabled = ready and not running
-        self.ui.batchSegmentButton.enabled = bool(self.currentModel()) and not running
-        self.ui.stopButton.enabled = running
-        self.ui.exportButton.enabled = bool(p and p.inputVolume and p.exportSegmentation and self.currentModel()
-                                            and str(p.datasetFolder) not in ("", "."))
+        if p is not None and not self._applyingChoices:
+            # the output/export selectors follow the input volume (see LKMSegmentLib/panel.py)
+            outputID, exportID = self.panel.follow(self._nodeID(p.inputVolume), self._nodeID(p.outputSegmentation),
+                                                   self._nodeID(p.exportSegmentation))
+            self._applyChoices(outputID, exportID)
+        allStructures = self.ui.structuresAllRadio.checked
+        state = controls(has_volume=bool(p and p.inputVolume), model=self.currentModel(),
+                         all_structures=allStructures,
+                         chosen_structures=[] if allStructures else self.chosenStructures(),
+                         running=self.run is not None,
+                         has_export_segmentation=bool(p and p.exportSegmentation),
+                         dataset_folder=str(p.datasetFolder) if p else "")
+        self.ui.structuresList.enabled = state.structures_list
+        self.ui.segmentButton.enabled = state.segment
+        self.ui.batchSegmentButton.enabled = state.batch
+        self.ui.stopButton.enabled = state.stop
+        self.ui.exportButton.enabled = state.export
 
     def options(self):
         p = self._parameterNode
@@ -300,12 +336,13 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
 
     def onSegment(self):
-        p = self._parameterNode
-        self.start([p.inputVolume], [p.outputSegmentation])
+        volume = self._parameterNode.inputVolume
+        # the node chosen for this volume (or None: a new one), never another input's node
+        self.start([volume], [self._node(self.panel.run_target(volume.GetID()))])
 
     def onStop(self):
         if self.run is not None:
-            self.run.stop()
+            self.run.stop()  # an engine that has already ended is finished instead: the result stays
             self.finish()
 
     def onEngineEvent(self, event):
@@ -333,12 +370,14 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.appendLog(message)
         for line in run.job.stderr_lines[-50:]:
             self.appendLog(line)
-        if run.state == "done":
-            reports = list(run.reports.values())
-            if len(reports) == 1 and self._parameterNode:
-                self._parameterNode.outputSegmentation = reports[0].node
-                self._parameterNode.exportSegmentation = reports[0].node
-        elif run.state != "stopped":
+        results = {item.volume.GetID(): run.reports[item.case].node.GetID()
+                   for item in run.items if item.case in run.reports}
+        self.panel.run_finished(results)
+        p = self._parameterNode
+        if p and p.inputVolume:
+            volumeID = p.inputVolume.GetID()
+            self._applyChoices(self.panel.output.chosen(volumeID), self.panel.export.chosen(volumeID))
+        if run.state not in ("done", "stopped"):
             self.ui.logCollapsibleButton.collapsed = False
             slicer.util.errorDisplay(_("Segmentation failed."), detailedText=message)
         self.updateGUI()

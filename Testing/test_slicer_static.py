@@ -1,19 +1,21 @@
 """Static checks of the Slicer extension: UI file, packaging lists, metadata, import hygiene.
 
-What is covered only by the in-app self test (LKMSegmentTest in LKMSegment/LKMSegment.py, run
-with Slicer's `ctest` or Reload and Test), because the Qt panel needs the Slicer application:
+The panel itself (LKMSegment.py's widget with its .ui, the parameter node binding, enabling of
+Segment/Stop/Export, the model list, "Add model…", structures, progress, Stop, export) is driven
+headless in test_slicer_widget.py, on a stand-in for Slicer's GUI layer that enforces PythonQt's
+call forms (test_slicer_standin_rules.py, table in pythonqt_api.json). What only the in-app self
+test (LKMSegmentTest in LKMSegment/LKMSegment.py, run with Slicer's `ctest` or Reload and Test)
+covers:
 
-- the panel itself: loading the .ui, parameterNodeWrapper <-> widget binding (SlicerParameterName
-  properties), enabling/disabling Segment/Stop/Export, the model list, "Add model…" dialogs,
-  structure check boxes, the batch volume list, progress bar and log updates;
-- the QProcess runner (LKMSegmentLib/qtprocess.py) and the QTimer that pumps a run;
-- installing dependencies through `slicer.util.pip_install` and the PyTorch extension, and
-  finding `PythonSlicer`;
+- Slicer's real PythonQt, CTK and qMRML widgets and its parameterNodeWrapper;
+- the QProcess runner inside the application, through the PythonSlicer launcher;
+- installing dependencies through Slicer's pip helpers and the PyTorch extension;
 - `slicer.util.loadVolume` of the sample CT, the subject hierarchy plugins of the app.
 
 Everything below the panel (engine process, protocol, Stop, import into segmentation nodes,
 batch, export, dependency plan, model validation) is tested headless on real MRML in
-test_slicer_segment.py, test_slicer_export.py and test_slicer_logic_units.py.
+test_slicer_segment.py, test_slicer_export.py, test_slicer_export_pairing.py,
+test_slicer_memory.py, test_slicer_panel.py and test_slicer_logic_units.py.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import slicer
 
 from .engine import safe_case_name
-from .scene import check_input_volume, labelmap_array
+from .scene import check_input_volume, labelmap_array, reference_image
 
 FILE_ENDING = ".nii.gz"
 
@@ -90,6 +90,34 @@ def array_to_itk(array_kji: np.ndarray, volume) -> sitk.Image:
     return image
 
 
+def check_pairing(volume, seg_node) -> None:
+    """Refuse a segmentation that was not made for ``volume`` (it would be exported resampled
+    onto a grid it does not belong to).
+
+    It belongs when its reference geometry volume is this volume or, for segmentations without
+    such a reference (loaded from a file), when its reference geometry is this volume's grid.
+    """
+    what = f"The segmentation '{seg_node.GetName()}'"
+    reference = seg_node.GetNodeReference(seg_node.GetReferenceImageGeometryReferenceRole())
+    if reference is not None:
+        if reference.GetID() != volume.GetID():
+            raise ExportError(f"{what} belongs to the volume '{reference.GetName()}', not to "
+                              f"'{volume.GetName()}'; choose the segmentation of '{volume.GetName()}' "
+                              "or that volume as input.")
+        return
+    geometry = seg_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    grid = slicer.vtkOrientedImageData()
+    if not geometry or not slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, grid, False):
+        raise ExportError(f"{what} has no reference geometry, so it cannot be told whether it "
+                          f"belongs to '{volume.GetName()}'; open it in Segment Editor with "
+                          f"'{volume.GetName()}' as source volume first.")
+    if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(grid, reference_image(volume)):
+        raise ExportError(f"{what} was made on another grid than the volume '{volume.GetName()}' "
+                          "(origin, spacing, axes or size differ); it belongs to another volume. "
+                          f"Choose the segmentation of '{volume.GetName()}'.")
+
+
 class NnUNetDatasetExporter:
     """Append cases to an nnU-Net raw dataset folder (created on first export)."""
 
@@ -153,8 +181,11 @@ class NnUNetDatasetExporter:
     def export_case(self, volume, seg_node, case_name: str | None = None) -> ExportReport:
         """Write one training case; returns a report (unknown segments, renamed case, ...)."""
         check_input_volume(volume)
-        if seg_node is None or seg_node.GetSegmentation().GetNumberOfSegments() == 0:
+        if seg_node is None:
+            raise ExportError("Choose the reviewed segmentation of the volume to export.")
+        if seg_node.GetSegmentation().GetNumberOfSegments() == 0:
             raise ExportError("The segmentation is empty; there is nothing to export.")
+        check_pairing(volume, seg_node)
         data = self._read_dataset_json()
 
         segmentation = seg_node.GetSegmentation()

@@ -64,9 +64,17 @@ class SegmentationRun:
         return self
 
     def stop(self):
-        if not self.finished:
-            self.job.stop()
-            self.finished = True
+        """Stop the engine; a run whose engine has already ended is finished instead, so a Stop
+        that comes after the end (before the next timer tick) keeps the result."""
+        if self.finished:
+            return
+        if self.job.state == "running" and self.job.runner.exit_code is not None:
+            self.job.runner.wait(5)  # the engine has exited: let its last output arrive
+        if not self.job.pump():
+            self._finish()
+            return
+        self.job.stop()
+        self.finished = True
 
     @property
     def state(self) -> str:

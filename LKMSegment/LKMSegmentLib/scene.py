@@ -63,8 +63,16 @@ def write_volume(volume, path) -> None:
 
 
 def reference_image(volume):
-    """A vtkOrientedImageData carrying the volume's geometry."""
-    return _seg_logic().CreateOrientedImageDataFromVolumeNode(volume)
+    """A vtkOrientedImageData on the volume's grid, in the coordinates of nodes placed like it.
+
+    The volume's own parent transform is passed so that no transform is applied: a segmentation
+    made for the volume sits under that same transform (``place_like_volume``).
+    """
+    image = _seg_logic().CreateOrientedImageDataFromVolumeNode(volume, volume.GetParentTransformNode())
+    # The helper returns a new object with a reference Python does not own; without this the
+    # volume's voxels stay allocated for good (Slicer's own scripts release it the same way).
+    image.UnRegister(None)
+    return image
 
 
 # -- terminology --------------------------------------------------------------------------------
@@ -127,14 +135,17 @@ def read_result(path, labels=None):
     return scratch, node
 
 
-def segment_image(seg_node, segment_id, volume):
-    """One segment as a 0/1 vtkOrientedImageData resampled onto the volume's grid."""
+def segment_image(seg_node, segment_id, volume, reference=None):
+    """One segment as a 0/1 vtkOrientedImageData resampled onto the volume's grid.
+
+    ``reference``: ``reference_image(volume)`` when the caller already has it (one per import).
+    """
     binary = slicer.vtkOrientedImageData()
     if not seg_node.GetBinaryLabelmapRepresentation(segment_id, binary):
         raise ResultImportError(f"Segment {segment_id} has no binary labelmap.")
     out = slicer.vtkOrientedImageData()
     ok = slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-        binary, reference_image(volume), out, False, False)
+        binary, reference if reference is not None else reference_image(volume), out, False, False)
     if not ok:
         raise ResultImportError(f"Segment {segment_id} could not be resampled to the volume's grid.")
     return out
@@ -243,11 +254,11 @@ def new_segmentation_node(scene, volume, name: str | None = None):
     return node
 
 
-def collapse_layers_safely(segmentation, volume) -> bool:
+def collapse_layers_safely(segmentation, volume, reference=None) -> bool:
     """Merge labelmap layers where segments do not overlap, but only when every layer is on the
     volume's grid: merging layers of another geometry would resample (alter) the user's voxels.
     """
-    reference = reference_image(volume)
+    reference = reference if reference is not None else reference_image(volume)
     for i in range(segmentation.GetNumberOfLayers()):
         layer = segmentation.GetLayerDataObject(i)
         if layer is None or not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(layer, reference):
@@ -271,7 +282,8 @@ def import_result(scene, volume, result_path, target=None, labels=None, replace_
         sid = src.GetNthSegmentID(i)
         segments.append((sid, src.GetSegment(sid)))
     # Everything that can fail happens before the scene is touched.
-    images = {sid: segment_image(source, sid, volume) for sid, _ in segments}
+    reference = reference_image(volume)
+    images = {sid: segment_image(source, sid, volume, reference) for sid, _ in segments}
 
     if target is None:
         target = new_segmentation_node(scene, volume, name)
@@ -313,7 +325,7 @@ def import_result(scene, volume, result_path, target=None, labels=None, replace_
                 dest.RemoveSegment(existing)
                 dest.AddSegment(new, existing, after)
                 report.replaced.append(segment_name)
-        collapse_layers_safely(dest, volume)
+        collapse_layers_safely(dest, volume, reference)
     finally:
         target.EndModify(was_modifying)
     if show_3d:

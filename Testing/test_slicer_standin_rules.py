@@ -1,0 +1,149 @@
+"""The Slicer stand-in (slicer_app_standin.py) refuses what PythonQt refuses.
+
+If the stand-in accepted everything, the widget test would prove nothing: these checks show it
+applies PythonQt's rules (from pythonqt_api.json) to calls the module could plausibly get wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import slicer_app_standin as standin
+
+TABLE = json.loads((Path(__file__).resolve().parent / "pythonqt_api.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def qt():
+    standin.ensure_application()
+    standin.violations.clear()
+    standin.handler_errors.clear()
+    return standin.make_qt_module(standin.DialogAnswers())
+
+
+def test_table_names_its_sources_and_has_the_injected_menu_action():
+    sources = TABLE["sources"]
+    assert sources["pythonqt"]["repository"] == "MeVisLab/pythonqt"
+    assert len(sources["pythonqt"]["commit"]) == 40 and sources["slicer"]["commit"] == "v5.12.3"
+    menu = TABLE["classes"]["QMenu"]
+    assert "addAction" in menu["injected"]  # typesystem_gui.xml, not Qt's own API
+    forms = [f["types"] for f in menu["wrapper"]["methods"]["addAction"]]
+    assert ["QString&", "PyObject*", "QKeySequence&"] in forms
+
+
+def test_properties_are_attributes_not_methods(qt):
+    label = qt.QLabel()
+    label.text = "ready"
+    assert label.text == "ready"
+    with pytest.raises(TypeError):
+        label.text()  # a str is not callable: PythonQt gives the property's value
+    combo = qt.QComboBox()
+    combo.addItem("model", "/models/default")
+    assert combo.currentData == "/models/default" and combo.count == 1
+    with pytest.raises(TypeError):
+        combo.currentData()
+    lst = qt.QListWidget()
+    with pytest.raises(TypeError):
+        lst.count()
+
+
+def test_unknown_attributes_keyword_arguments_and_wrong_forms_are_refused(qt):
+    button = qt.QPushButton()
+    with pytest.raises(AttributeError):
+        button.pyqtConfigure  # PyQt's, not PythonQt's
+    with pytest.raises(AttributeError):
+        button.myFlag = True  # C++ wrappers take no new attributes
+    with pytest.raises(TypeError, match="keyword"):
+        button.setText(text="x")
+    with pytest.raises(TypeError, match="no such call"):
+        qt.QProgressBar().setRange(0)
+    with pytest.raises(TypeError, match="no such constructor"):
+        qt.QListWidgetItem(3.5)
+    with pytest.raises(AttributeError):
+        qt.Qt.NoSuchFlag
+    assert len(standin.violations) == 6
+
+
+def test_menu_actions_with_a_callable_signals_and_handler_arguments(qt):
+    calls = []
+    menu = qt.QMenu()
+    action = menu.addAction("Model folder…", lambda: calls.append("folder"))
+    standin.unwrap(action).trigger()  # triggered(bool): a lambda without arguments gets none
+    assert calls == ["folder"]
+    with pytest.raises(TypeError):
+        menu.addAction("text", "not callable", "nor a member")
+    box = qt.QCheckBox()
+    box.toggled.connect(lambda checked: calls.append(checked))
+    with pytest.raises(TypeError):
+        box.toggled.connect(lambda: None, "extra")
+    box.checked = True
+    assert calls[-1] is True
+
+    def broken():
+        raise RuntimeError("handler failed")
+    box.toggled.connect(broken)  # connecting is fine; the error is recorded when it runs
+    box.checked = False
+    assert standin.handler_errors and "handler failed" in standin.handler_errors[-1]
+
+
+def test_file_dialogs_answer_with_a_path_string_as_in_pythonqt():
+    answers = standin.DialogAnswers()
+    qt = standin.make_qt_module(answers)
+    answers.files.append("/data/bundle.zip")
+    assert qt.QFileDialog.getOpenFileName(None, "Model bundle", "", "Model bundle (*.zip)") == "/data/bundle.zip"
+    with pytest.raises(TypeError):
+        qt.QFileDialog.getOpenFileName(parent=None)
+
+
+def test_list_items_are_wrapped_values_with_method_forms(qt):
+    item = qt.QListWidgetItem("liver")
+    item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+    item.setCheckState(qt.Qt.Checked)
+    assert item.text() == "liver" and item.checkState() == qt.Qt.Checked
+    with pytest.raises(AttributeError):
+        item.checked = True
+
+
+def test_every_ui_widget_use_in_the_module_is_a_pythonqt_form():
+    """Static sweep over LKMSegment.py (every branch, also those no test clicks through): each
+    ``self.ui.<widget>.<member>`` is used the way PythonQt offers it for that widget's class."""
+    import ast
+    import xml.etree.ElementTree as ET
+
+    repo = Path(__file__).resolve().parent.parent
+    ui_classes = {w.get("name"): w.get("class") for w in
+                  ET.parse(repo / "LKMSegment" / "Resources" / "UI" / "LKMSegment.ui").getroot().iter("widget")}
+    tree = ast.parse((repo / "LKMSegment" / "LKMSegment.py").read_text(encoding="utf-8"))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    problems, checked = [], 0
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"):
+            continue
+        use = parents[node]
+        if not (isinstance(use, ast.Attribute) and use.value is node):
+            continue  # the widget itself is passed around
+        widget, member = node.attr, use.attr
+        cls = ui_classes[widget]
+        kind, data = standin.lookup(cls, member)
+        outer = parents[use]
+        where = f"line {use.lineno}: self.ui.{widget}.{member} ({cls})"
+        checked += 1
+        if isinstance(outer, ast.Call) and outer.func is use:
+            if kind != "method":
+                problems.append(f"{where} is called, but in PythonQt it is a {kind or 'missing name'}")
+            elif outer.keywords or not any(f["required"] <= len(outer.args) <= len(f["types"]) for f in data):
+                problems.append(f"{where}: {len(outer.args)} arguments; PythonQt offers {standin._forms(data)}")
+        elif isinstance(outer, ast.Attribute):
+            if kind != "signal" or outer.attr not in ("connect", "disconnect", "emit"):
+                problems.append(f"{where}.{outer.attr}: not a signal's connect/disconnect/emit")
+        elif kind != "property":
+            problems.append(f"{where} is used as a value, but in PythonQt it is a {kind or 'missing name'}")
+        elif isinstance(use.ctx, ast.Store) and not data["writable"]:
+            problems.append(f"{where} is assigned, but the property is read-only")
+    assert checked > 40
+    assert not problems, "\n".join(problems)
