@@ -92,9 +92,7 @@ class LKMSegmentLogic(ScriptedLoadableModuleLogic):
         if confirm and not slicer.util.confirmOkCancelDisplay(plan.text(), _("LKMSegment: install packages")):
             return False
         with slicer.util.WaitCursor():
-            dependencies.install(plan, pip_install=slicer.util.pip_install,
-                                 torch_installer=dependencies.torch_installer_from_extension(),
-                                 log=logging.info)
+            dependencies.install_in_slicer(plan, log=logging.info)
         return True
 
     def detectDevices(self) -> str:

@@ -212,9 +212,11 @@ def test_install_pins_every_slicer_package_and_uses_pip_ensure_where_slicer_has_
     deps.install(plan, pip_install=calls.append, torch_installer=lambda: object(), log=lambda m: None,
                  pip_ensure=lambda reqs, **kw: ensured.append((reqs, kw)),
                  constraints_file=constraints)  # Slicer 5.11+: pip_ensure with the same files
-    assert ensured == [(deps.read_requirements(),
+    from packaging.requirements import Requirement
+    assert [(list(map(str, reqs)), kw) for reqs, kw in ensured] == [(deps.read_requirements(),
                         {"constraints": str(constraints), "prompt_install": False,
                          "requester": "LKMSegment", "skip_in_testing": False})]
+    assert all(isinstance(r, Requirement) for r in ensured[0][0])  # what every pip_ensure takes
     assert len(calls) == 1
 
 

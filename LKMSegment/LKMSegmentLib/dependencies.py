@@ -21,6 +21,7 @@ metadata only; torch is never imported into the Slicer process.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import platform
 import re
@@ -206,8 +207,10 @@ def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=pr
     if pip_ensure is not None:
         # the user already confirmed our plan: no second prompt; install in testing mode too,
         # the self test needs the engine
-        pip_ensure(requirements, constraints=str(constraints_file), prompt_install=False,
-                   requester=REQUESTER, skip_in_testing=False)
+        # Requirement objects: what every Slicer release's pip_ensure accepts
+        from packaging.requirements import Requirement  # Slicer ships packaging
+        pip_ensure([Requirement(r) for r in requirements], constraints=str(constraints_file),
+                   prompt_install=False, requester=REQUESTER, skip_in_testing=False)
     else:
         pip_install(pip_arguments(requirements, constraints_file))
 
@@ -216,13 +219,15 @@ def install_in_slicer(plan: DependencyPlan, log=print) -> None:
     """:func:`install` with what this Slicer offers (call only after the user confirmed)."""
     import slicer
 
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is None:
+    ensure = None
+    for name in ("packaging", "pydeps"):  # Slicer 5.11+ (the module's name changed once)
         try:
-            import slicer.packaging as packaging  # Slicer 5.11+
+            module = importlib.import_module(f"slicer.{name}")
         except ImportError:
-            packaging = None
-    ensure = getattr(packaging, "pip_ensure", None) if packaging is not None else None
+            continue
+        ensure = getattr(module, "pip_ensure", None)
+        if ensure is not None:
+            break
     install(plan, pip_install=slicer.util.pip_install, pip_ensure=ensure,
             torch_installer=torch_installer_from_extension(), log=log)
 
