@@ -22,8 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
+from .contract import FLAG_BELOW  # structures scoring below this are flagged for review
+
 UNSURE_LOW, UNSURE_HIGH = 0.2, 0.8
-FLAG_BELOW = 0.6  # structures scoring below this are flagged for review
 
 
 def voxel_confidence(probabilities: np.ndarray) -> np.ndarray:

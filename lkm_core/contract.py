@@ -66,6 +66,15 @@ DICOM_SEG_FORMAT = "dicom-seg"
 DEFAULT_FORMAT = "seg.nrrd"
 SUMMARY_SUFFIX = ".json"
 
+# -- confidence (review triage) -------------------------------------------------------------------
+# The summary's "confidence" section: {"case_score": float | None, "structures": {name: {...,
+# "score": 0-1, "flagged": bool}}, "map": file name of the confidence map or None}.
+# Each segment of a .seg.nrrd carries its score and flag as segment tags (kept when Slicer saves).
+CONFIDENCE_TAG = "LKMSegment.Confidence"     # "0.8312": the structure's score, 0-1
+FLAGGED_TAG = "LKMSegment.Flagged"           # "1" when the score is below FLAG_BELOW, else "0"
+FLAG_BELOW = 0.6
+CONFIDENCE_MAP_SUFFIX = ".confidence.nrrd"   # --uncertainty: uint8 0-100 on the input's grid
+
 # -- case names -----------------------------------------------------------------------------------
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
