@@ -12,7 +12,8 @@ nnU-Net sees here what it saw in training:
 5. resample to the model's spacing with cubic splines, in-plane only with nearest neighbour
    across slices when the spacing is anisotropic (ratio > 3), as nnU-Net's
    ``resample_data_or_seg_to_shape`` does (its ``skimage.transform.resize`` is
-   ``scipy.ndimage.zoom`` with ``grid_mode=True``, which this module calls directly).
+   ``scipy.ndimage.zoom`` with ``grid_mode=True`` clipped to the input's range, which this
+   module does directly).
 
 Back on the input grid (:func:`to_input_grid`), the labels are what nnU-Net's predictor gives:
 the argmax of the class scores resampled linearly (nearest across slices when anisotropic) onto
@@ -250,10 +251,19 @@ def normalize(array: np.ndarray, scheme: dict, mask: np.ndarray | None = None) -
 
 
 # --- resampling (nnU-Net's resample_data_or_seg_to_shape, images) -------------------------------
-def _zoom(array: np.ndarray, shape, order: int) -> np.ndarray:
+def _zoom(array: np.ndarray, shape, order: int, per_slice_axis: int | None = None) -> np.ndarray:
+    """skimage's resize (mode edge, no anti-aliasing): a spline zoom clipped to the input's
+    range, per slice along ``per_slice_axis`` when nnU-Net resizes slice by slice."""
     from scipy.ndimage import zoom
     factors = [m / n for m, n in zip(shape, array.shape)]
-    return zoom(array, factors, output=np.float32, order=order, mode="nearest", grid_mode=True)
+    out = zoom(array, factors, output=np.float32, order=order, mode="nearest", grid_mode=True)
+    if per_slice_axis is None:
+        np.clip(out, array.min(), array.max(), out=out)
+    else:
+        other = tuple(a for a in range(array.ndim) if a != per_slice_axis)
+        np.clip(out, array.min(axis=other, keepdims=True), array.max(axis=other, keepdims=True),
+                out=out)
+    return out
 
 
 def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
@@ -275,7 +285,7 @@ def resample_array(array: np.ndarray, shape, spacing, target, order: int = 3) ->
     in_plane[axis] = array.shape[axis]
     if tuple(in_plane) != tuple(array.shape):
         # a spline evaluated at its own nodes along `axis`: the per-slice 2D interpolation
-        array = _zoom(array, in_plane, order)
+        array = _zoom(array, in_plane, order, per_slice_axis=axis)
     if array.shape[axis] != shape[axis]:
         array = np.take(array, _nearest_index(array.shape[axis], shape[axis]), axis=axis)
     return np.ascontiguousarray(array, dtype=np.float32)
