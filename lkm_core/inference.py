@@ -187,7 +187,7 @@ class Predictor:
         prepared = prepare(image, spacing=self.spacing, transpose=b.transpose,
                            dimension=b.dimension, normalization=b.normalization,
                            orientation=b.orientation, timings=timings,
-                           num_classes=b.num_classes, patch_size=b.patch_size, source=case)
+                           num_classes=b.num_classes, patch_size=b.patch_size, source=f"The image {case}")
         timings["preprocess"] = time.perf_counter() - t0
         self._emit(case, "preprocess", 1.0)
         if self._should_stop():

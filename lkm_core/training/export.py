@@ -169,7 +169,8 @@ def _header_orientations(folder: Path, ending: str) -> list:
 
     out = []
     for path in sorted(folder.iterdir()):
-        if not path.name.endswith(f"_0000{ending}") or not path.is_file():
+        first_channel = path.name.endswith(f"_0000{ending}") if ending else "_0000." in path.name
+        if not first_channel or not path.is_file():
             continue
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
