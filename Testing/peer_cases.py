@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 # crops of the 3 mm sample CT, SimpleITK array order (z, y, x): start, size
-TEST_CROP = ((72, 24, 22), (28, 36, 68))        # liver, both kidneys, spleen's edge
+TEST_CROP = ((72, 24, 22), (28, 36, 60))        # liver, both kidneys: one default patch
 SMALL_CROP = ((80, 28, 60), (20, 28, 30))       # smaller than both models' patches
 MIRROR_CROP = ((76, 26, 46), (24, 32, 40))      # liver, right kidney: one patch of the default
 

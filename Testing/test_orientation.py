@@ -52,7 +52,7 @@ def ct(sample_ct):
 def test_exported_bundle_gives_the_same_labels_for_every_storage_order(trained_smoke, ct):
     bundle = load_bundle(trained_smoke.bundle)
     assert bundle.orientation == "RAS"  # the training crops' headers (the sample CT is RAS)
-    crop = sitk.RegionOfInterest(ct, [64, 36, 28], [24, 24, 72])
+    crop = sitk.RegionOfInterest(ct, [56, 32, 24], [28, 26, 74])  # 2 patches
     predictor = Predictor(bundle, device="cpu", threads=1)
     results = {o: predictor.predict_image(stored_as(crop, o)).labels for o in ORIENTATIONS}
     reference = in_storage_of(results["RAS"], crop)
@@ -70,7 +70,7 @@ def test_default_model_puts_the_right_kidney_on_the_patients_right(ct, sample_ct
     on the reference's right kidney."""
     bundle = load_bundle(default_bundle_path())
     right = bundle.label_by_name("kidney_right").value
-    size, index = [84, 40, 36], [14, 22, 66]   # both kidneys, liver, spleen
+    size, index = [84, 40, 32], [14, 22, 68]   # both kidneys, liver, spleen: 2 patches
     crop = sitk.RegionOfInterest(ct, size, index)
     reference = sitk.RegionOfInterest(sitk.ReadImage(str(sample_ct.reference_labels)), size, index)
     truth = sitk.GetArrayFromImage(reference) == REFERENCE_LABELS["kidney_right"]

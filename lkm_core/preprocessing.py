@@ -99,12 +99,6 @@ def target_spacing(spacing_t, spacing, dimension: str) -> tuple:
         (float(spacing_t[0]), *(float(v) for v in spacing))
 
 
-def target_spacing_xyz(image: sitk.Image, spacing, transpose, dimension: str) -> tuple:
-    """The network spacing in SimpleITK (x, y, z) order (``spacing`` in nnU-Net order)."""
-    spacing_t = [image.GetSpacing()[::-1][t] for t in transpose]
-    return _untranspose(target_spacing(spacing_t, spacing, dimension), transpose)[::-1]
-
-
 def network_shape(shape, spacing, target) -> tuple:
     """nnU-Net's compute_new_shape (at least one voxel per axis)."""
     return tuple(max(1, int(round(s / t * n))) for n, s, t in zip(shape, spacing, target))
@@ -467,7 +461,3 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-4 * min(b.GetSpacing()))
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
 
-
-def labels_to_input(labels: np.ndarray, prepared: Prepared, reference: sitk.Image) -> sitk.Image:
-    """Network-grid label array -> label image on ``reference``'s grid, nearest neighbour."""
-    return to_input_grid(labels, prepared, reference)

@@ -23,7 +23,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,7 +67,6 @@ def main() -> int:
 
     import tempfile
 
-    import numpy as np
     import SimpleITK as sitk
 
     from lkm_core.bundle import default_bundle_path
