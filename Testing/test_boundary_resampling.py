@@ -10,6 +10,7 @@ import torch
 from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
 from engine_helpers import same_geometry
+from lkm_core import preprocessing
 from lkm_core.preprocessing import prepare, to_input_grid
 from lkm_core.sliding_window import scores_to_labels
 
@@ -42,8 +43,12 @@ CASES = {  # input size xyz, input spacing xyz, model spacing (nnU-Net order), t
 }
 
 
+@pytest.mark.parametrize("small_slabs", [False, True])
 @pytest.mark.parametrize("case", list(CASES))
-def test_band_resampling_gives_nnunets_full_score_resampling(case):
+def test_band_resampling_gives_nnunets_full_score_resampling(case, small_slabs, monkeypatch):
+    if small_slabs:  # many slabs and chunks: their seams must not show
+        monkeypatch.setattr(preprocessing, "SLAB_VOXELS", 3000)
+        monkeypatch.setattr(preprocessing, "BAND_CHUNK", 500)
     size, spacing, target, transpose = CASES[case]
     image = sitk.Image(size, sitk.sitkFloat32) + 100.0  # nonzero: no crop
     image.SetSpacing(spacing)
@@ -75,3 +80,17 @@ def test_on_grid_input_keeps_the_network_labels_exactly():
     labels = scores_to_labels(scores)
     out = to_input_grid(labels, prepared, image, scores=scores)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), labels)
+
+
+def test_many_classes_take_the_same_way(monkeypatch):
+    """Label values >= 128 leave no spare bit for the band flag in uint8: a separate mask."""
+    size, spacing, target, transpose = CASES["3 mm network to 0.8 mm input"]
+    image = sitk.Image(size, sitk.sitkFloat32) + 100.0
+    image.SetSpacing(spacing)
+    prepared = prepare(image, spacing=target, transpose=transpose, dimension="3d",
+                       normalization=[{"scheme": "none"}])
+    scores = smooth_scores(prepared.array.shape[1:], 200, seed=5)
+    labels = scores_to_labels(scores)
+    assert labels.max() >= 128
+    got = sitk.GetArrayFromImage(to_input_grid(labels, prepared, image, scores=scores))
+    assert np.count_nonzero(got != nnunet_labels(scores, prepared)) <= 1e-5 * got.size

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's: above this spacing ratio, resample across slices apart
 MIN_NETWORK_VOXELS = 4      # fewer voxels than this on a convolved axis: nothing to segment
 BAND_CHUNK = 1 << 18        # band voxels interpolated at once (bounds the temporary memory)
+SLAB_VOXELS = 1 << 22       # output voxels labelled at once on the way back (bounds it too)
 
 
 @dataclass
@@ -399,16 +400,31 @@ def to_input_grid(labels: np.ndarray, prepared: Prepared, reference: sitk.Image,
     axis = separate_axis(prepared.target, prepared.spacing)
     taps = [_axis_taps(n, m, scores is not None and a != axis)
             for a, (n, m) in enumerate(zip(labels.shape, crop_shape))]
-    out = labels[np.ix_(*[t.i0 for t in taps])]
     linear = [a for a, t in enumerate(taps) if t.linear]
+    dtype = labels.dtype if lut is None else lut.dtype
+    full = np.zeros(prepared.full_shape, dtype=dtype)
+    out = full[prepared.bbox]
+    # the band flag rides in the labels' top bit, so that one gather gives both
+    code, flag, nonuniform = labels, None, None
     if linear:
-        band = ~_uniform_cells(labels, linear)[np.ix_(*[t.i0 for t in taps])]
-        _resolve_band(out, band, scores, taps, prepared, on_band)
-        del band
-    if lut is not None:
-        out = lut[out]
-    full = np.zeros(prepared.full_shape, dtype=out.dtype)
-    full[prepared.bbox] = out
+        nonuniform = ~_uniform_cells(labels, linear)
+        top = labels.dtype.type(1 << (8 * labels.dtype.itemsize - 1))
+        if int(labels.max(initial=0)) < int(top):
+            code, flag, nonuniform = labels | (nonuniform.astype(labels.dtype) * top), top, None
+    rows = max(1, SLAB_VOXELS // max(1, crop_shape[1] * crop_shape[2]))
+    for first in range(0, crop_shape[0], rows):
+        part = _gather(code, taps, slice(first, first + rows))
+        if linear:
+            if flag is not None:
+                band = part >= flag
+                part &= ~flag
+            else:
+                band = _gather(nonuniform, taps, slice(first, first + rows))
+            index = np.nonzero(band)
+            del band
+            if len(index[0]):
+                _resolve_band(part, index, first, scores, taps, prepared, on_band)
+        out[first:first + rows] = part if lut is None else lut[part]
     del out
     inverse = tuple(int(i) for i in np.argsort(prepared.transpose))
     image = sitk.GetImageFromArray(np.ascontiguousarray(full.transpose(inverse)))
@@ -424,15 +440,24 @@ def to_input_grid(labels: np.ndarray, prepared: Prepared, reference: sitk.Image,
                          image.GetPixelID())
 
 
-def _resolve_band(out, band, scores, taps, prepared, on_band) -> None:
-    """Interpolate every class's scores at the band voxels (chunks) and take the argmax."""
+def _gather(array: np.ndarray, taps, rows: slice) -> np.ndarray:
+    """``array`` at the first neighbour of every output voxel of a slab of rows (one take per
+    axis: cheaper than 3D fancy indexing)."""
+    out = array.take(taps[0].i0[rows], axis=0)
+    out = out.take(taps[1].i0, axis=1)
+    return out.take(taps[2].i0, axis=2)
+
+
+def _resolve_band(part, index, first, scores, taps, prepared, on_band) -> None:
+    """Interpolate every class's scores at the band voxels of a slab (``index`` local to it,
+    which starts at output row ``first``), in chunks, and write the argmax into ``part``."""
     import torch
 
-    index = np.nonzero(band)
     device = scores.device
     corners = list(itertools.product(*[(0, 1) if t.linear else (0,) for t in taps]))
     for start in range(0, len(index[0]), BAND_CHUNK):
-        sel = [i[start:start + BAND_CHUNK] for i in index]
+        local = [i[start:start + BAND_CHUNK] for i in index]
+        sel = [local[0] + first, local[1], local[2]]
         acc = None
         for corner in corners:
             at = [torch.from_numpy((t.i1 if o else t.i0)[s]).to(device)
@@ -445,7 +470,7 @@ def _resolve_band(out, band, scores, taps, prepared, on_band) -> None:
                     weight = w if weight is None else weight * w
             term = scores[:, at[0], at[1], at[2]] * weight
             acc = term if acc is None else acc.add_(term)
-        out[tuple(sel)] = acc.argmax(0).to(torch.int32).cpu().numpy().astype(out.dtype)
+        part[tuple(local)] = acc.argmax(0).to(torch.int32).cpu().numpy().astype(part.dtype)
         if on_band is not None:
             on_band(_reoriented_index(sel, prepared), acc)
 
