@@ -187,7 +187,8 @@ class Predictor:
         prepared = prepare(image, spacing=self.spacing, transpose=b.transpose,
                            dimension=b.dimension, normalization=b.normalization,
                            orientation=b.orientation, timings=timings,
-                           num_classes=b.num_classes, patch_size=b.patch_size, source=f"The image {case}")
+                           num_classes=b.num_classes, patch_size=b.patch_size,
+                           source=f"The image {case}")
         timings["preprocess"] = time.perf_counter() - t0
         self._emit(case, "preprocess", 1.0)
         if self._should_stop():
@@ -197,6 +198,8 @@ class Predictor:
         t0 = time.perf_counter()
         self._emit(case, "network", 0.0)
         scores, used = self._run_network(prepared.array, case)
+        network_shape = tuple(prepared.array.shape[1:])
+        prepared.array = None  # the network input is no longer needed: free it before the way back
         timings["network"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -218,7 +221,7 @@ class Predictor:
         self._emit(case, "postprocess", 1.0)
         return Result(case=case, labels=label_image, label_list=list(self.labels),
                       device=str(used), timings=timings,
-                      network_shape=tuple(prepared.array.shape[1:]),
+                      network_shape=network_shape,
                       network_spacing=prepared.network_spacing_xyz,
                       scores=NetworkScores(scores, prepared) if self.keep_scores else None)
 

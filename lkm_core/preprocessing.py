@@ -70,7 +70,7 @@ class Geometry:
 
 @dataclass
 class Prepared:
-    array: np.ndarray          # (C, *spatial) float32, axes transposed for the network
+    array: np.ndarray | None   # (C, *spatial) float32, axes transposed (None once used)
     grid: sitk.Image           # geometry of the (untransposed) network grid, uint8, no content
     transpose: tuple           # nnU-Net transpose_forward applied to the (z, y, x) array
     oriented: Geometry = None  # the reoriented input (what the transposed array was cut from)
