@@ -4,7 +4,8 @@ resampling vs nearest neighbour, on the same scores; time, peak memory and Dice.
 The scores are the default model's on the sample CT resampled to a clinical grid
 (0.8 x 0.8 x 1.5 mm, 458 x 379 x 224 voxels, like a CPU user's abdomen CT): the predictor runs
 once (keep_scores=True) and saves them. Each method then runs in a child process of its own that
-loads the scores and the geometry, so its peak RSS above that baseline is its own:
+loads the scores and the geometry, then resets its peak RSS, so the peak above that baseline
+is the method's own:
 
 * ``nearest-sitk``: the previous release's way back (argmax on the network grid, nearest
   neighbour with sitk.Resample in physical space);
@@ -31,8 +32,17 @@ METHODS = ("nearest-sitk", "nearest", "band", "full-nnunet")
 SPACING = (0.8, 0.8, 1.5)
 
 
-def _peak_rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process (Linux), MB."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak() -> None:
+    """Reset the process's peak RSS to its current RSS (Linux >= 4.0: clear_refs 5)."""
+    Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")
 
 
 def _prepared_to_json(prepared) -> dict:
@@ -101,7 +111,8 @@ def child(method: str, workdir: Path, threads: int) -> dict:
     reference.SetOrigin(info["reference"][2])
     reference.SetDirection(info["reference"][3])
     scores = torch.from_numpy(np.load(workdir / "scores.npy"))
-    baseline = _peak_rss_mb()
+    _reset_peak()
+    baseline = _status_mb("VmRSS")
     t0 = time.perf_counter()
     labels = scores_to_labels(scores)
     if method == "nearest-sitk":
@@ -127,7 +138,7 @@ def child(method: str, workdir: Path, threads: int) -> dict:
     seconds = time.perf_counter() - t0
     np.save(workdir / f"labels_{method}.npy", out)
     return {"method": method, "seconds": round(seconds, 3),
-            "extra_peak_mb": round(max(0.0, _peak_rss_mb() - baseline), 1),
+            "extra_peak_mb": round(max(0.0, _status_mb("VmHWM") - baseline), 1),
             "baseline_mb": round(baseline, 1)}
 
 
