@@ -372,6 +372,9 @@ def cmd_info(args) -> int:
              f"  spacing {info['spacing']} mm, patch {info['patch_size']}, "
              f"transpose {info['transpose']}",
              f"  licence {bundle.licence or 'not stated'}",
+             f"  orientation {bundle.orientation}: inputs are reoriented to it" if bundle.orientation
+             else "  WARNING: no orientation recorded: the model sees each input in its storage "
+                  "order, so its results (left/right!) depend on how the input is stored",
              "  labels:"]
     lines += [f"    {lab.value:3d}  {lab.name}" for lab in bundle.labels]
     print("\n".join(line for line in lines if line is not None))
