@@ -154,3 +154,19 @@ def case_score(scores: dict) -> float | None:
     """A case is as sure as its least sure structure (None: no structure scored)."""
     values = [s["score"] for s in scores.values() if s.get("score") is not None]
     return min(values) if values else None
+
+
+def mean_score(scores: dict) -> float | None:
+    """The mean structure score: orders cases whose least sure structure ties."""
+    values = [s["score"] for s in scores.values() if s.get("score") is not None]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def assess_case(scores, labels: np.ndarray, label_list, spacing: Sequence[float],
+                volume_ranges: dict | None = None) -> tuple[dict, np.ndarray]:
+    """({"case_score", "structures"}, voxel map uint8 0-100 on the network grid)."""
+    voxel_map = voxel_confidence(scores)
+    structures = structure_scores(scores, labels, label_list, spacing, volume_ranges,
+                                  confidence=voxel_map)
+    return ({"case_score": case_score(structures), "mean_score": mean_score(structures),
+             "structures": structures}, voxel_map)

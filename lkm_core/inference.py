@@ -11,7 +11,10 @@ network voxel's label; a full run brings the class scores back where labels meet
 linear resampling of the scores would (see :mod:`lkm_core.preprocessing`). A subset of
 structures keeps only those labels (the network still sees every class, so boundaries match a
 full run). ``keep_scores=True`` keeps the normalised class scores on the network grid in
-``Result.scores`` (``NetworkScores.probabilities()`` gives the softmax).
+``Result.scores`` (``NetworkScores.probabilities()`` gives the softmax). How sure the model is
+comes from the same scores, with no second pass (:mod:`lkm_core.confidence`): per structure in
+``Result.confidence`` (``confidence=True``, the default), and as a voxel map on the input grid in
+``Result.confidence_map`` (``confidence_map=True``).
 Progress goes to ``progress(event_dict)``; ``cancel`` (a threading.Event or a callable returning
 True) stops the run between patches with :class:`~lkm_core.errors.Cancelled`.
 """
@@ -49,6 +52,8 @@ class Result:
     network_shape: tuple = ()
     network_spacing: tuple = ()
     scores: "NetworkScores | None" = None   # with Predictor(keep_scores=True)
+    confidence: dict | None = None          # {"case_score", "structures"}: confidence=True
+    confidence_map: sitk.Image | None = None  # uint8 0-100 on the input grid: confidence_map=True
 
 
 @dataclass
@@ -106,7 +111,8 @@ class Predictor:
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
-                 shrink_patch: bool = False, keep_scores: bool = False):
+                 shrink_patch: bool = False, keep_scores: bool = False,
+                 confidence: bool = True, confidence_map: bool = False):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
@@ -118,6 +124,8 @@ class Predictor:
             log.warning("not shrinking the patch for an imported official model")
         self.shrink_patch = shrink_patch and not official
         self.keep_scores = keep_scores
+        self.confidence = confidence or confidence_map
+        self.confidence_map = confidence_map
         defaults = bundle.inference_defaults
         self.step = float(step if step is not None else defaults.get("step", 0.5))
         if not 0 < self.step <= 1:
@@ -216,17 +224,37 @@ class Predictor:
                 lut[v] = v
         label_image = to_input_grid(labels, prepared, image, lut=lut,
                                     scores=None if self.quick else scores)
+        confidence, confidence_map = None, None
+        if self.confidence:
+            confidence, confidence_map = self._assess(scores, labels, prepared, image)
         del labels
         if two_d_input:
             # JoinSeries put the 2D geometry in the top-left of the 3D one; slicing undoes it
             label_image = label_image[:, :, 0]
+            if confidence_map is not None:
+                confidence_map = confidence_map[:, :, 0]
         timings["postprocess"] = time.perf_counter() - t0
         self._emit(case, "postprocess", 1.0)
         return Result(case=case, labels=label_image, label_list=list(self.labels),
                       device=str(used), timings=timings,
                       network_shape=network_shape,
                       network_spacing=prepared.network_spacing_xyz,
-                      scores=NetworkScores(scores, prepared) if self.keep_scores else None)
+                      scores=NetworkScores(scores, prepared) if self.keep_scores else None,
+                      confidence=confidence, confidence_map=confidence_map)
+
+    def _assess(self, scores, labels, prepared, image):
+        """Per-structure confidence on the network grid; the voxel map on the input grid."""
+        from .confidence import assess_case
+
+        confidence, voxel_map = assess_case(
+            scores, labels, self.labels, prepared.network_spacing_xyz,
+            self.bundle.meta.get("volume_range_ml"))
+        if not self.confidence_map:
+            return confidence, None
+        # to_input_grid fills what lies outside the network's crop with 0: carry the
+        # uncertainty (100 - confidence) so that the background there reads as sure
+        unsure = to_input_grid(np.subtract(100, voxel_map, dtype=np.uint8), prepared, image)
+        return confidence, sitk.Cast(100 - unsure, sitk.sitkUInt8)
 
     def _divisors(self, n_axes: int) -> tuple:
         """Per-axis downsampling factor of the network (product of its strides); inputs must
