@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ssm import Mamba
-from ..ssm.mamba import bidirectional_time_major
+from ..ssm import backend as scan_backend
+from ..ssm.mamba import bidirectional_fused_cpu, bidirectional_time_major
 
 PARTITIONS = ("window", "strided")
 # Inference runs BiM on groups of sequences of at most this many (token x d_inner) elements,
@@ -112,19 +113,44 @@ class BiMamba(nn.Module):
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """(N, L, C) -> (N, L, C), fp32 throughout."""
         with torch.autocast(device_type=seqs.device.type, enabled=False):
+            kernels = self._fused_cpu_kernels(seqs)
+            if kernels is not None:
+                return self._forward_fused(self.norm(seqs.float()), kernels)
             normed = self.norm(seqs.float().transpose(0, 1))      # time-major (L, N, C)
             if torch.is_grad_enabled():
                 return self._mix(normed).transpose(0, 1)
             # inference: a bounded number of sequences at a time bounds the layer's memory
             L, N, C = normed.shape
-            directions = 2 if self.mamba_bwd is not None else 1
-            group = max(1, _GROUP_ELEMENTS // (L * self.mamba_fwd.d_inner * directions))
+            group = self._group(L)
             if group >= N:
                 return self._mix(normed).transpose(0, 1)
             out = normed.new_empty(L, N, C)
             for start in range(0, N, group):
                 out[:, start:start + group] = self._mix(normed[:, start:start + group])
             return out.transpose(0, 1)
+
+    def _group(self, length):
+        directions = 2 if self.mamba_bwd is not None else 1
+        return max(1, _GROUP_ELEMENTS // (length * self.mamba_fwd.d_inner * directions))
+
+    def _fused_cpu_kernels(self, seqs):
+        """The numba kernels when this call can take the fused CPU path, else None."""
+        if (self.mamba_bwd is None or seqs.is_cuda or torch.is_grad_enabled()
+                or scan_backend.cpu_inference_backend() != "numba"):
+            return None
+        return scan_backend.numba_scan_module()
+
+    def _forward_fused(self, normed, kernels):
+        """Inference on the CPU with the fused kernels, batch-major, a group of sequences at a time."""
+        N, L, C = normed.shape
+        out_weight = self.out_proj.weight.repeat(1, 2)     # W (y_fwd + y_bwd) = [W, W] [y_fwd; y_bwd]
+        out = normed.new_empty(N, L, C)
+        group = self._group(L)
+        for start in range(0, N, group):
+            y = bidirectional_fused_cpu(self.mamba_fwd, self.mamba_bwd, normed[start:start + group], kernels)
+            torch.matmul(y, out_weight.t(), out=out[start:start + group])
+        scan_backend.note_used("numba")
+        return out
 
     def _mix(self, normed):
         if self.mamba_bwd is None:
