@@ -60,38 +60,53 @@ def partition(x: torch.Tensor, sizes: Sequence[int], mode: str = "window"):
         raise ValueError(f"window {sizes} does not match a {dims}D feature map")
     spatial = tuple(x.shape[2:])
     x, padded = _pad_to_multiple(x, sizes)
-    B, C = x.shape[:2]
     counts = tuple(p // w for p, w in zip(padded, sizes))
+    layout = (spatial, padded, sizes, counts, mode)
+    seq_len = math.prod(counts if mode == "strided" else sizes)
+    return _sequence_view(x, layout).reshape(-1, seq_len, x.shape[1]), layout
+
+
+def _sequence_view(x: torch.Tensor, layout) -> torch.Tensor:
+    """A view of the padded map (B, C, *padded) with axes (B, *seq index, *token index, C).
+
+    Reshaped to (B * n_seq, seq_len, C) it is `partition`'s output; written through, it puts
+    sequences back in place without an intermediate full-size copy.
+    """
+    _, _, sizes, counts, mode = layout
+    dims = len(sizes)
+    B, C = x.shape[:2]
     split = [B, C]
     for n, w in zip(counts, sizes):
         split += [n, w]
-    x = x.reshape(split)  # (B, C, n0, w0, n1, w1, ...)
+    x = x.view(split) if x.is_contiguous() else x.reshape(split)  # (B, C, n0, w0, n1, w1, ...)
     count_axes = [2 + 2 * i for i in range(dims)]
     size_axes = [3 + 2 * i for i in range(dims)]
     if mode == "window":   # one sequence per window, tokens = positions inside the window
         seq_axes, tok_axes = count_axes, size_axes
     else:                  # one sequence per offset, tokens = the strided grid of that offset
         seq_axes, tok_axes = size_axes, count_axes
-    seqs = x.permute(0, *seq_axes, *tok_axes, 1)
-    seq_len = math.prod(seqs.shape[1 + dims:1 + 2 * dims])
-    seqs = seqs.reshape(-1, seq_len, C)
-    return seqs, (spatial, padded, sizes, counts, mode)
+    return x.permute(0, *seq_axes, *tok_axes, 1)
 
 
 def unpartition(seqs: torch.Tensor, batch: int, layout) -> torch.Tensor:
     """Inverse of `partition`: (B * n_seq, seq_len, C) -> (B, C, *S)."""
     spatial, padded, sizes, counts, mode = layout
-    dims = len(sizes)
     C = seqs.shape[-1]
-    seq_shape, tok_shape = (counts, sizes) if mode == "window" else (sizes, counts)
-    x = seqs.reshape(batch, *seq_shape, *tok_shape, C)
-    # axes now: 0 batch, 1..dims seq index, dims+1..2dims token index, last channel
-    order = [0, 2 * dims + 1]
-    for i in range(dims):
-        count_axis, size_axis = (1 + i, 1 + dims + i) if mode == "window" else (1 + dims + i, 1 + i)
-        order += [count_axis, size_axis]
-    x = x.permute(order).reshape(batch, C, *padded)
+    x = seqs.new_empty(batch, C, *padded)
+    view = _sequence_view(x, layout)
+    view.copy_(seqs.reshape(view.shape))
     return _crop(x, spatial)
+
+
+def add_unpartitioned(x: torch.Tensor, seqs: torch.Tensor, layout) -> torch.Tensor:
+    """x + unpartition(seqs) in fp32: one copy of x, the sequences added through a view."""
+    spatial, padded = layout[:2]
+    if tuple(padded) != tuple(spatial):
+        return x.float() + unpartition(seqs, x.shape[0], layout)
+    out = x.float().clone(memory_format=torch.contiguous_format)
+    view = _sequence_view(out, layout)
+    view.add_(seqs.reshape(view.shape))
+    return out
 
 
 class BiMamba(nn.Module):
@@ -172,8 +187,7 @@ class PixelMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seqs, layout = partition(x, self.window, self.partition_mode)
-        out = unpartition(self.bim(seqs), x.shape[0], layout)
-        return (x.float() + out).to(x.dtype)
+        return add_unpartitioned(x, self.bim(seqs), layout).to(x.dtype)
 
 
 class PatchMamba(nn.Module):

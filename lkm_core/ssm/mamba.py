@@ -156,7 +156,7 @@ def bidirectional_fused_cpu(forward: Mamba, backward: Mamba, hidden: torch.Tenso
     repeated twice ([W, W]) turns them into W (y_fwd + y_bwd) without a separate add. Nothing
     is flipped and nothing concatenated: one in_proj GEMM serves both directions, the
     backward direction's conv and scan walk the sequence backwards by index (numba kernels),
-    softplus, D and the SiLU gate happen inside the scan, and each sequence's rows are
+    dt_proj, softplus, D and the SiLU gate happen inside the scan, and each sequence's rows are
     contiguous in memory (batch-major), so the kernels stream through them.
     """
     N, L, _ = hidden.shape
@@ -173,14 +173,13 @@ def bidirectional_fused_cpu(forward: Mamba, backward: Mamba, hidden: torch.Tenso
                              time_major(u), reverse_second=True)
     rows = u.view(N * L, 2, d)
     x_dbl = hidden.new_empty(2, N * L, r + 2 * n)
-    delta = hidden.new_empty(2, N * L, d)
     for i, m in enumerate(pair):
         torch.mm(rows[:, i], m.x_proj.weight.t(), out=x_dbl[i])
-        torch.mm(x_dbl[i, :, :r], m.dt_proj.weight.t(), out=delta[i])
     per_direction = lambda t: t.view(2, N, L, t.shape[-1]).permute(2, 1, 0, 3)   # (L, N, 2, c)
     y = hidden.new_empty(N, L, 2, d)
-    kernels.run(time_major(u), per_direction(delta), stack(lambda m: -torch.exp(m.A_log.float())),
+    # dt_proj happens inside the scan (from x_dbl's first r columns): no (N, L, 2, d) delta
+    kernels.run(time_major(u), per_direction(x_dbl[:, :, :r]), stack(lambda m: -torch.exp(m.A_log.float())),
                 per_direction(x_dbl[:, :, r:r + n]), per_direction(x_dbl[:, :, r + n:]),
                 stack(lambda m: m.D), time_major(xz[:, :, :, 1]), stack(lambda m: m.dt_proj.bias),
-                True, time_major(y), reverse_second=True)
+                True, time_major(y), reverse_second=True, dt_weight=stack(lambda m: m.dt_proj.weight))
     return y.view(N, L, 2 * d)

@@ -105,7 +105,7 @@ def _silu(x):
 
 
 @njit(parallel=True, **_JIT)
-def scan_kernel(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias, p_s,
+def scan_kernel(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias, p_s, Wdt,
                 length, n_seq, n_dir, reverse_second, has_z, softplus):
     """The scan for n_seq sequences times n_dir directions, results into y.
 
@@ -114,18 +114,21 @@ def scan_kernel(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bia
     over channels (over states for B and C). At: (n_dir, nb, n, d) the transposed A; Dp, bias:
     (n_dir, nb, d) (zeros when absent); p_s: 1 when nb is the number of sequences, 0 when one
     set is shared.
-    Direction 1 walks t backwards when reverse_second. Indices are unsigned so that no
+    Wdt: (n_dir, R, d), dt_proj's weight transposed, when delta holds Mamba's low-rank
+    (R-wide) step input, delta_t = Wdt^T dt_low_t (the (l, b, d) delta is never stored); with
+    R = 0 delta is the (l, b, d) step size itself. Direction 1 walks t backwards when
+    reverse_second. Indices are unsigned so that no
     negative-index wraparound stands between LLVM and contiguous vector loads.
     """
     for job in prange(n_seq * n_dir):
         s = job // n_dir
         r = job - s * n_dir
-        _scan_one(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias, p_s,
+        _scan_one(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias, p_s, Wdt,
                   length, s, r, reverse_second and r == 1, has_z, softplus)
 
 
 @njit(**_JIT)
-def _scan_one(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias, p_s,
+def _scan_one(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias, p_s, Wdt,
               length, s, r, backwards, has_z, softplus):
     """One sequence s in direction r (a separate function: LLVM vectorises it as a whole)."""
     n = At.shape[2]
@@ -133,7 +136,10 @@ def _scan_one(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias,
     a = At[r, s * p_s].ravel()
     dp = Dp[r, s * p_s]
     bs = bias[r, s * p_s]
+    rank = Wdt.shape[1]
+    wdt = Wdt[r].ravel()
     h = np.zeros(n * d, dtype=np.float32)
+    raw = np.empty(d, dtype=np.float32)
     dt = np.empty(d, dtype=np.float32)
     dtu = np.empty(d, dtype=np.float32)
     acc = np.empty(d, dtype=np.float32)
@@ -143,16 +149,27 @@ def _scan_one(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias,
         do = np.uint64(t * dt_s[0] + s * dt_s[1] + r * dt_s[2])
         bo = t * b_s[0] + s * b_s[1] + r * b_s[2]
         co = t * c_s[0] + s * c_s[1] + r * c_s[2]
+        if rank == 0:
+            for j in range(d):
+                raw[j] = delta[do + j] + bs[j]
+        else:                              # dt_proj folded in: raw = bias + Wdt^T dt_low
+            for j in range(d):
+                raw[j] = bs[j]
+            for q in range(rank):
+                c = delta[do + np.uint64(q)]
+                wo = np.uint64(q) * d
+                for j in range(d):
+                    raw[j] += c * wdt[wo + j]
         # D*u starts the sum over the states; the branch stays outside the vector loops
         if softplus:
             for j in range(d):
-                x = _softplus(delta[do + j] + bs[j])
+                x = _softplus(raw[j])
                 dt[j] = x
                 dtu[j] = x * u[uo + j]
                 acc[j] = dp[j] * u[uo + j]
         else:
             for j in range(d):
-                x = delta[do + j] + bs[j]
+                x = raw[j]
                 dt[j] = x
                 dtu[j] = x * u[uo + j]
                 acc[j] = dp[j] * u[uo + j]
@@ -192,6 +209,7 @@ def _conv_one(x, x_s, w, bias, out, o_s, length, s, r, backwards):
     K = w.shape[1]
     d = np.uint64(w.shape[2])
     b = bias[r]
+    taps = w[r].ravel()                    # (K * d,): slices taken once, not per step
     acc = np.empty(d, dtype=np.float32)
     for t in range(length):
         for j in range(d):
@@ -200,9 +218,9 @@ def _conv_one(x, x_s, w, bias, out, o_s, length, s, r, backwards):
             tt = t + K - 1 - k if backwards else t - K + 1 + k
             if 0 <= tt < length:
                 xo = np.uint64(tt * x_s[0] + s * x_s[1] + r * x_s[2])
-                wk = w[r, k]
+                wo = np.uint64(k) * d
                 for j in range(d):
-                    acc[j] += wk[j] * x[xo + j]
+                    acc[j] += taps[wo + j] * x[xo + j]
         oo = np.uint64(t * o_s[0] + s * o_s[1] + r * o_s[2])
         for j in range(d):
             out[oo + j] = _silu(acc[j])
@@ -253,11 +271,12 @@ def causal_conv_silu(x, weight, bias, out, reverse_second=False):
     return out
 
 
-def run(u, delta, A, B, C, D, z, delta_bias, softplus, y, reverse_second=False):
+def run(u, delta, A, B, C, D, z, delta_bias, softplus, y, reverse_second=False, dt_weight=None):
     """Scan into y (no autograd). Time-major views, with an optional direction axis:
 
     u, delta, z, y: (l, b, c) or (l, b, n_dir, c); B, C: (l, b, n) or (l, b, n_dir, n), any
-    strides with a unit last one. A: (d, n), (b, d, n) or (n_dir, b, d, n); D and delta_bias
+    strides with a unit last one. With dt_weight ((n_dir, c, R): dt_proj's weight per
+    direction), delta is the R-wide input of dt_proj instead, (l, b, [n_dir,] R). A: (d, n), (b, d, n) or (n_dir, b, d, n); D and delta_bias
     (d,), (b, d) or (n_dir, b, d): one per direction and optionally per sequence.
     """
     import torch
@@ -278,6 +297,8 @@ def run(u, delta, A, B, C, D, z, delta_bias, softplus, y, reverse_second=False):
     zeros = torch.zeros(n_dir, 1, d)
     Dp = params(D if D is not None else zeros, d)
     bias = params(delta_bias if delta_bias is not None else zeros, d)
+    Wdt = (np.ascontiguousarray(dt_weight.detach().float().reshape(n_dir, d, -1).transpose(1, 2).numpy())
+           if dt_weight is not None else np.zeros((n_dir, 0, d), dtype=np.float32))
     fu, su = _flat(u)
     fdt, sdt = _flat(delta)
     fz, sz = _flat(z) if z is not None else (fu, su)
@@ -285,7 +306,7 @@ def run(u, delta, A, B, C, D, z, delta_bias, softplus, y, reverse_second=False):
     fC, sC = _flat(C)
     fy, sy = _output(y)
     _cap_threads()
-    scan_kernel(fu, su, fdt, sdt, fz, sz, fB, sB, fC, sC, fy, sy, At, Dp, bias, int(per_seq),
+    scan_kernel(fu, su, fdt, sdt, fz, sz, fB, sB, fC, sC, fy, sy, At, Dp, bias, int(per_seq), Wdt,
                 int(l), int(b), int(n_dir), bool(reverse_second), z is not None, bool(softplus))
     return y
 
