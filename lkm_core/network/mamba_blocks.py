@@ -98,14 +98,19 @@ def unpartition(seqs: torch.Tensor, batch: int, layout) -> torch.Tensor:
     return _crop(x, spatial)
 
 
-def add_unpartitioned(x: torch.Tensor, seqs: torch.Tensor, layout) -> torch.Tensor:
-    """x + unpartition(seqs) in fp32: one copy of x, the sequences added through a view."""
+def add_unpartitioned(x: torch.Tensor, seqs_cf: torch.Tensor, layout) -> torch.Tensor:
+    """x + unpartition(seqs) in fp32 for channels-first seqs_cf (C, B * n_seq, seq_len).
+
+    One copy of x, then the sequences are added through a strided view of it: with the channels
+    first, both sides run contiguously along the last window axis.
+    """
     spatial, padded = layout[:2]
     if tuple(padded) != tuple(spatial):
-        return x.float() + unpartition(seqs, x.shape[0], layout)
+        return x.float() + unpartition(seqs_cf.permute(1, 2, 0), x.shape[0], layout)
     out = x.float().clone(memory_format=torch.contiguous_format)
     view = _sequence_view(out, layout)
-    view.add_(seqs.reshape(view.shape))
+    view = view.permute(view.dim() - 1, *range(view.dim() - 1))     # (C, B, *seq index, *token index)
+    view.add_(seqs_cf.reshape(view.shape))
     return out
 
 
@@ -155,15 +160,31 @@ class BiMamba(nn.Module):
             return None
         return scan_backend.numba_scan_module()
 
-    def _forward_fused(self, normed, kernels):
-        """Inference on the CPU with the fused kernels, batch-major, a group of sequences at a time."""
+    def forward_channels_first(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(N, L, C) -> (C, N, L): the same result, channels first (PiM adds it back that way)."""
+        with torch.autocast(device_type=seqs.device.type, enabled=False):
+            kernels = self._fused_cpu_kernels(seqs)
+            if kernels is not None:
+                return self._forward_fused(self.norm(seqs.float()), kernels, channels_first=True)
+            return self.forward(seqs).permute(2, 0, 1)
+
+    def _forward_fused(self, normed, kernels, channels_first=False):
+        """Inference on the CPU with the fused kernels, batch-major, a group of sequences at a time.
+
+        channels_first: out_proj writes (C, N, L), so that putting the sequences back into a
+        (B, C, *S) map moves runs along the last spatial axis instead of single values.
+        """
         N, L, C = normed.shape
         out_weight = self.out_proj.weight.repeat(1, 2)     # W (y_fwd + y_bwd) = [W, W] [y_fwd; y_bwd]
-        out = normed.new_empty(N, L, C)
+        out = normed.new_empty((C, N, L) if channels_first else (N, L, C))
         group = self._group(L)
         for start in range(0, N, group):
-            y = bidirectional_fused_cpu(self.mamba_fwd, self.mamba_bwd, normed[start:start + group], kernels)
-            torch.matmul(y, out_weight.t(), out=out[start:start + group])
+            stop = min(N, start + group)
+            y = bidirectional_fused_cpu(self.mamba_fwd, self.mamba_bwd, normed[start:stop], kernels)
+            if channels_first:
+                torch.mm(out_weight, y.view(-1, y.shape[-1]).t(), out=out[:, start:stop].view(C, -1))
+            else:
+                torch.matmul(y, out_weight.t(), out=out[start:stop])
         scan_backend.note_used("numba")
         return out
 
@@ -187,7 +208,7 @@ class PixelMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seqs, layout = partition(x, self.window, self.partition_mode)
-        return add_unpartitioned(x, self.bim(seqs), layout).to(x.dtype)
+        return add_unpartitioned(x, self.bim.forward_channels_first(seqs), layout).to(x.dtype)
 
 
 class PatchMamba(nn.Module):
