@@ -277,3 +277,31 @@ def test_per_sequence_parameters_pass_gradcheck():
     args = (r(l, b, d), r(l, b, d), (-torch.rand(b, d, n, generator=g, dtype=torch.float64)).requires_grad_(True),
             r(l, b, n), r(l, b, n), r(b, d), r(l, b, d), r(b, d))
     assert torch.autograd.gradcheck(lambda *a: selective_scan_time_major(*a, delta_softplus=True), args)
+
+
+CACHE_CHECK = """
+import torch
+from lkm_core.ssm import backend
+kernels = backend.numba_scan_module()
+assert kernels is not None
+stats = [kernels.scan_kernel.stats, kernels.conv_kernel.stats]
+print("HITS", sum(sum(s.cache_hits.values()) for s in stats), "MISSES", sum(sum(s.cache_misses.values()) for s in stats))
+"""
+
+
+@pytest.mark.slow
+def test_numba_kernels_are_cached_in_the_per_user_folder_and_reloaded(tmp_path):
+    """Each Segment click is a new process: the second one must load, not compile."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), LKM_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop(backend.ENV_VAR, None)
+    run = lambda: subprocess.run([sys.executable, "-c", CACHE_CHECK], env=env, capture_output=True, text=True,
+                                 timeout=600, encoding="utf-8")
+    first = run()
+    assert first.returncode == 0, first.stderr[-2000:]
+    cached = sorted(p.suffix for p in (tmp_path / "numba").rglob("*") if p.is_file())
+    assert ".nbi" in cached and ".nbc" in cached, cached
+    assert "HITS 0 MISSES 2" in first.stdout, first.stdout
+    second = run()
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "HITS 2 MISSES 0" in second.stdout, second.stdout

@@ -96,7 +96,7 @@ def machine_bound(kernels, threads, elements=2048, reps=20000):
     import numpy as np
     from numba import njit, prange
 
-    exp = kernels._exp_nonpositive
+    exp = kernels._exp2_nonpositive
     jit = dict(kernels._JIT, cache=False)      # closures are not cached
 
     @njit(parallel=True, **jit)
@@ -165,24 +165,33 @@ def main():
     print(f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats}; {platform.processor() or platform.machine()}")
     print(f"numba kernels: first call {cold:.1f} s compiling into an empty cache, {cached:.2f} s from the cache "
           f"(new process, numba import included)")
-    upd_bound, fma_rate = machine_bound(kernels, args.threads)
-    print(f"machine bound: {upd_bound:.2f} G updates/s (exp + 3 FMA per update, data in L1), "
-          f"{fma_rate:.1f} G FMA/s (fp32, vectorised)")
+    # the bound is measured again before every stage and the best kept: a burst of load on
+    # the shared machine must not make the kernel look closer to the limit than it is
+    bounds = [machine_bound(kernels, args.threads)]
     print(f"{'stage':>5} {'(L, seqs x 2 dirs, d, n)':>26} {'baseline':>9} {'torch':>7} {'numba':>7}  G updates/s"
           f"   numba/baseline  bound/numba  max|diff|/max|y|")
     for stage, d, L, windows, group in stage_shapes():
+        bounds.append(machine_bound(kernels, args.threads))
+        upd_bound = max(b[0] for b in bounds)
         x = mamba_like_inputs(L, group, d, n, seed=stage)
         st = stacked_time_major(x)
         updates = L * group * 2 * d * n
-        t_base, y_base = timed(lambda: baseline_torch_scan.scan_time_major(**st, delta_softplus=True), args.repeats)
-        with torch.no_grad():
-            t_torch, _ = timed(lambda: selective_scan_time_major(**st, delta_softplus=True, backend="torch"),
-                               args.repeats)
         y = torch.empty(group, L, 2, d)
         tm = lambda t: t.transpose(0, 1)
-        t_numba, _ = timed(lambda: kernels.run(tm(x["u"]), tm(x["delta"]), x["A"], tm(x["B"]), tm(x["C"]), x["D"],
-                                               tm(x["z"]), x["delta_bias"], True, tm(y), reverse_second=True),
-                           args.repeats)
+        runs = {
+            "baseline": lambda: baseline_torch_scan.scan_time_major(**st, delta_softplus=True),
+            "torch": lambda: selective_scan_time_major(**st, delta_softplus=True, backend="torch"),
+            "numba": lambda: kernels.run(tm(x["u"]), tm(x["delta"]), x["A"], tm(x["B"]), tm(x["C"]), x["D"],
+                                         tm(x["z"]), x["delta_bias"], True, tm(y), reverse_second=True),
+        }
+        best, outputs = {}, {}
+        with torch.no_grad():
+            for _ in range(args.repeats):        # interleaved, best of each: load bursts hit all
+                for name, fn in runs.items():
+                    seconds, outputs[name] = timed(fn, 1)
+                    best[name] = min(best.get(name, math.inf), seconds)
+        t_base, t_torch, t_numba = best["baseline"], best["torch"], best["numba"]
+        y_base = outputs["baseline"]
         # the same numbers in the baseline's layout: forward half as is, backward half flipped back
         y_ref = torch.stack([y_base[:, :group].transpose(0, 1), y_base[:, group:].flip(0).transpose(0, 1)], dim=2)
         err = ((y - y_ref).abs().max() / y_ref.abs().max()).item()
@@ -194,6 +203,11 @@ def main():
         rows.append(row)
         print(f"{stage:>5} {str((L, f'{group}x2', d, n)):>26} {g(t_base):9.2f} {g(t_torch):7.2f} {g(t_numba):7.2f}"
               f"              {t_base / t_numba:6.1f}x      {upd_bound / g(t_numba):5.2f}x      {err:.1e}")
+    upd_bound, fma_rate = max(b[0] for b in bounds), max(b[1] for b in bounds)
+    print(f"machine bound (best of {len(bounds)}): {upd_bound:.2f} G updates/s (exp + 3 FMA per update, data in L1), "
+          f"{fma_rate:.1f} G FMA/s (fp32, vectorised); bound/numba above uses the best bound measured so far")
+    for row in rows:
+        row["bound_vs_numba_final"] = upd_bound / row["numba_gups"]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(

@@ -65,25 +65,31 @@ def _int_bits_as_float(typingctx, bits):
 
 
 _LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)         # ln 2 split in two for an exact range reduction
-_LN2_LO = np.float32(-2.12194440e-4)
 _ROUND = np.float32(12582912.0)           # 1.5 * 2**23: adding it rounds to an integer
-# exp(r) = 1 + r + r^2 P(r) on |r| <= ln2/2: minimax coefficients (Cephes expf), ~1 ulp
-_P0, _P1, _P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3)
-_P3, _P4, _P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
+# 2**f = e**(f ln2) on |f| <= 1/2: Taylor to degree 6 (relative error <= 1.2e-7)
+_C1, _C2, _C3 = np.float32(0.6931471805599453), np.float32(0.2402265069591007), np.float32(0.055504108664821576)
+_C4, _C5, _C6 = np.float32(0.009618129107628477), np.float32(0.0013333558146428441), np.float32(0.00015403530393381606)
 _ONE = np.float32(1.0)
 
 
 @njit(**_INLINE)
-def _exp_nonpositive(x):
-    """exp(x) for fp32 x <= 0 (relative error ~2e-7); below -87 the result is ~1e-38."""
-    x = max(x, np.float32(-87.0))
-    k = (x * _LOG2E + _ROUND) - _ROUND
-    r = x - k * _LN2_HI - k * _LN2_LO
-    r2 = r * r
-    p = ((_P0 * r + _P1) * r2 + (_P2 * r + _P3)) * r2 + (_P4 * r + _P5)   # Estrin: short chain
-    p = p * r2 + r + _ONE
+def _exp2_nonpositive(x):
+    """2**x for fp32 x <= 0 (relative error ~2e-7); below -126 the result is ~1e-38.
+
+    The state decay is exp(delta A) = 2**(delta A log2 e): A comes pre-scaled by log2 e, so
+    the range reduction is one rounding and one subtraction (no Cody-Waite split of ln 2).
+    """
+    x = max(x, np.float32(-126.0))
+    k = (x + _ROUND) - _ROUND
+    f = x - k
+    p = ((((((_C6 * f + _C5) * f + _C4) * f + _C3) * f + _C2) * f + _C1) * f) + _ONE
     return p * _int_bits_as_float((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+@njit(**_INLINE)
+def _exp_nonpositive(x):
+    """exp(x) for fp32 x <= 0."""
+    return _exp2_nonpositive(x * _LOG2E)
 
 
 @njit(**_INLINE)
@@ -111,7 +117,8 @@ def scan_kernel(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bia
 
     u, delta, z, B, C, y: flat fp32 storage, each starting at its tensor's first element;
     *_s: (stride over t, over the sequence, over the direction) in elements, unit stride
-    over channels (over states for B and C). At: (n_dir, nb, n, d) the transposed A; Dp, bias:
+    over channels (over states for B and C). At: (n_dir, nb, n, d) the transposed A times
+    log2(e); Dp, bias:
     (n_dir, nb, d) (zeros when absent); p_s: 1 when nb is the number of sequences, 0 when one
     set is shared.
     Wdt: (n_dir, R, d), dt_proj's weight transposed, when delta holds Mamba's low-rank
@@ -178,7 +185,7 @@ def _scan_one(u, u_s, delta, dt_s, z, z_s, B, b_s, C, c_s, y, y_s, At, Dp, bias,
             ck = C[co + k]
             ho = np.uint64(k) * d
             for j in range(d):
-                hv = _exp_nonpositive(dt[j] * a[ho + j]) * h[ho + j] + dtu[j] * bk
+                hv = _exp2_nonpositive(dt[j] * a[ho + j]) * h[ho + j] + dtu[j] * bk
                 h[ho + j] = hv
                 acc[j] += hv * ck
         if has_z:
@@ -230,6 +237,9 @@ def _cap_threads():
     """numba's pool follows torch's thread count: the two pools must not fight for cores."""
     import torch
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+_LOG2E_EXACT = 1.4426950408889634
 
 
 def _flat(t):
@@ -293,7 +303,7 @@ def run(u, delta, A, B, C, D, z, delta_bias, softplus, y, reverse_second=False, 
         t = t.detach().float().reshape(n_dir, -1, *trailing)
         return np.ascontiguousarray(t.expand(n_dir, nb, *trailing).numpy())
 
-    At = np.ascontiguousarray(params(A, d, n).transpose(0, 1, 3, 2))
+    At = np.ascontiguousarray(params(A * _LOG2E_EXACT, d, n).transpose(0, 1, 3, 2))
     zeros = torch.zeros(n_dir, 1, d)
     Dp = params(D if D is not None else zeros, d)
     bias = params(delta_bias if delta_bias is not None else zeros, d)
