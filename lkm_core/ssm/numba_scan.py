@@ -234,9 +234,15 @@ def _conv_one(x, x_s, w, bias, out, o_s, length, s, r, backwards):
 
 
 def _cap_threads():
-    """numba's pool follows torch's thread count: the two pools must not fight for cores."""
+    """numba's pool follows torch's thread count: the two pools must not fight for cores.
+
+    Jobs (one sequence and direction each) are handed out one at a time rather than split in
+    equal halves up front: on a shared machine a thread that loses its core for a while then
+    leaves its jobs to the others instead of holding everyone up at the end.
+    """
     import torch
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_parallel_chunksize(1)
 
 
 _LOG2E_EXACT = 1.4426950408889634
