@@ -147,3 +147,24 @@ def test_training_mode_still_uses_autograd_through_bim():
     bim(x).square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert bim.mamba_bwd.A_log.grad.abs().sum() > 0 and bim.mamba_fwd.dt_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 8, 12, 10), (2, 6, 7, 11, 10)])   # window divides / needs padding
+@pytest.mark.parametrize("mode", ["window", "strided"])
+def test_pim_inference_path_equals_the_torch_path(shape, mode, monkeypatch):
+    """PiM on the CPU: channels-first out_proj, residual added through a view (or, padded, put back)."""
+    from lkm_core.network.mamba_blocks import PixelMamba
+    from lkm_core.ssm import backend
+
+    torch.manual_seed(2)
+    pim = PixelMamba(6, (4, 4, 5), mode).eval()
+    with torch.no_grad():
+        for p in pim.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        x = torch.randn(*shape)
+        monkeypatch.setenv(backend.ENV_VAR, "torch")
+        expected = pim(x)
+        monkeypatch.setenv(backend.ENV_VAR, "auto")
+        got = pim(x)
+    assert got.shape == x.shape
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()

@@ -90,23 +90,35 @@ def _sequence_view(x: torch.Tensor, layout) -> torch.Tensor:
 
 def unpartition(seqs: torch.Tensor, batch: int, layout) -> torch.Tensor:
     """Inverse of `partition`: (B * n_seq, seq_len, C) -> (B, C, *S)."""
-    spatial, padded, sizes, counts, mode = layout
     C = seqs.shape[-1]
-    x = seqs.new_empty(batch, C, *padded)
-    view = _sequence_view(x, layout)
-    view.copy_(seqs.reshape(view.shape))
-    return _crop(x, spatial)
+    return _unpartition_channels_first(seqs.permute(2, 0, 1), batch, layout, C)
+
+
+def _unpartition_channels_first(seqs_cf, batch, layout, C):
+    """(C, B * n_seq, seq_len) -> (B, C, *S), written contiguously (the source moves along
+    the last window axis when it is channels first)."""
+    spatial, padded, sizes, counts, mode = layout
+    dims = len(sizes)
+    seq_shape, tok_shape = (counts, sizes) if mode == "window" else (sizes, counts)
+    x = seqs_cf.reshape(C, batch, *seq_shape, *tok_shape)
+    # axes now: 0 channel, 1 batch, 2..dims+1 seq index, dims+2..2dims+1 token index
+    order = [1, 0]
+    for i in range(dims):
+        count_axis, size_axis = (2 + i, 2 + dims + i) if mode == "window" else (2 + dims + i, 2 + i)
+        order += [count_axis, size_axis]
+    return _crop(x.permute(order).reshape(batch, C, *padded), spatial)
 
 
 def add_unpartitioned(x: torch.Tensor, seqs_cf: torch.Tensor, layout) -> torch.Tensor:
     """x + unpartition(seqs) in fp32 for channels-first seqs_cf (C, B * n_seq, seq_len).
 
-    One copy of x, then the sequences are added through a strided view of it: with the channels
-    first, both sides run contiguously along the last window axis.
+    Without padding: one copy of x, then the sequences are added through a strided view of
+    it (with the channels first, both sides run along the last window axis). With padding:
+    the sequences are put back contiguously, cropped and added.
     """
     spatial, padded = layout[:2]
     if tuple(padded) != tuple(spatial):
-        return x.float() + unpartition(seqs_cf.permute(1, 2, 0), x.shape[0], layout)
+        return x.float() + _unpartition_channels_first(seqs_cf, x.shape[0], layout, seqs_cf.shape[0])
     out = x.float().clone(memory_format=torch.contiguous_format)
     view = _sequence_view(out, layout)
     view = view.permute(view.dim() - 1, *range(view.dim() - 1))     # (C, B, *seq index, *token index)
@@ -133,7 +145,7 @@ class BiMamba(nn.Module):
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """(N, L, C) -> (N, L, C), fp32 throughout."""
         with torch.autocast(device_type=seqs.device.type, enabled=False):
-            kernels = self._fused_cpu_kernels(seqs)
+            kernels = self.fused_cpu_kernels(seqs)
             if kernels is not None:
                 return self._forward_fused(self.norm(seqs.float()), kernels)
             normed = self.norm(seqs.float().transpose(0, 1))      # time-major (L, N, C)
@@ -153,7 +165,7 @@ class BiMamba(nn.Module):
         directions = 2 if self.mamba_bwd is not None else 1
         return max(1, _GROUP_ELEMENTS // (length * self.mamba_fwd.d_inner * directions))
 
-    def _fused_cpu_kernels(self, seqs):
+    def fused_cpu_kernels(self, seqs):
         """The numba kernels when this call can take the fused CPU path, else None."""
         if (self.mamba_bwd is None or seqs.is_cuda or torch.is_grad_enabled()
                 or scan_backend.cpu_inference_backend() != "numba"):
@@ -163,7 +175,7 @@ class BiMamba(nn.Module):
     def forward_channels_first(self, seqs: torch.Tensor) -> torch.Tensor:
         """(N, L, C) -> (C, N, L): the same result, channels first (PiM adds it back that way)."""
         with torch.autocast(device_type=seqs.device.type, enabled=False):
-            kernels = self._fused_cpu_kernels(seqs)
+            kernels = self.fused_cpu_kernels(seqs)
             if kernels is not None:
                 return self._forward_fused(self.norm(seqs.float()), kernels, channels_first=True)
             return self.forward(seqs).permute(2, 0, 1)
@@ -208,7 +220,10 @@ class PixelMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seqs, layout = partition(x, self.window, self.partition_mode)
-        return add_unpartitioned(x, self.bim.forward_channels_first(seqs), layout).to(x.dtype)
+        if self.bim.fused_cpu_kernels(seqs) is not None:     # CPU inference: channels-first output
+            return add_unpartitioned(x, self.bim.forward_channels_first(seqs), layout).to(x.dtype)
+        out = unpartition(self.bim(seqs), x.shape[0], layout)
+        return (x.float() + out).to(x.dtype)
 
 
 class PatchMamba(nn.Module):
