@@ -1,14 +1,15 @@
 """Fused CPU selective scan compiled by numba: one pass over the sequence, states in cache.
 
-Today's torch scan writes exp(delta*A), delta*u*B and the states out for every chunk and reads
-them back; it is memory-bound. This kernel reads only u, delta, z, B and C and writes y. It
+The torch scan (scan.py) writes exp(delta*A), delta*u*B and the states out for every chunk and
+reads them back; it is memory-bound. This kernel reads only u, dt_proj's input (or delta), z,
+B and C and writes y. It
 vectorises across the channels (the inner dimension of every time-major row, so loads
 are contiguous and the contraction with C is a vertical add), and exp, softplus and SiLU are
 written as polynomials with range reduction so that they vectorise too: LLVM turns a call to
 libm's exp into a scalar call on every platform but x86 with Intel's SVML, and then the exp
 alone is the bound.
 
-Every tensor is handed over as a flat view of its storage plus element offsets and strides, so
+Every tensor is handed over as a flat view of its storage plus its strides, so
 views (the gate z inside in_proj's output, B and C inside x_proj's) are read in place. One job
 is one (sequence, direction); a direction may be scanned backwards by index (no flipped copy).
 
@@ -44,11 +45,11 @@ from numba.extending import intrinsic  # noqa: E402
 
 try:
     os.makedirs(CACHE_DIR, exist_ok=True)
-    numba.config.CACHE_DIR = CACHE_DIR   # read when a cached function is first dispatched
+    numba.config.CACHE_DIR = CACHE_DIR   # read by the cache=True decorators below
 except OSError as exc:                   # unwritable: numba compiles in memory (and warns)
     log.info("numba kernels will not be cached (%s: %s)", CACHE_DIR, exc)
 
-# No reassociation: the magic-number rounding in _exp must not be folded away. error_model
+# No reassociation: the magic-number rounding in _exp2_nonpositive must not be folded away. error_model
 # "numpy": a float division must not check for zero (that check stops vectorisation).
 _JIT = dict(fastmath={"nnan", "ninf", "nsz", "contract", "arcp"}, error_model="numpy", cache=True)
 _INLINE = dict(_JIT, inline="always")
