@@ -70,7 +70,9 @@ def test_done_event_lists_absolute_outputs_and_the_summary(first_run, sample_ct)
     assert summary["device"] == "cpu"
     assert set(summary["timings"]) >= {"read", "preprocess", "network", "postprocess", "write"}
     assert summary["model"] == {"name": "untrained-3d_small", "version": "0.0.0",
-                                "trained": False}
+                                "trained": False, "modality": "CT"}
+    assert summary["scan_backend"] == "numba"  # the fused CPU scan ran, and the summary says so
+    assert set(summary["confidence"]["structures"]) == {"liver", "spleen", "kidney_right", "kidney_left"}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 

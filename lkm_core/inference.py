@@ -31,6 +31,7 @@ import SimpleITK as sitk
 import torch
 
 from .bundle import Bundle
+from .ssm.backend import backend_report, reset_backends_used
 from .errors import InputError, ResourceError
 from . import io as lkm_io
 from .preprocessing import Prepared, prepare, to_input_grid
@@ -54,6 +55,7 @@ class Result:
     scores: "NetworkScores | None" = None   # with Predictor(keep_scores=True)
     confidence: dict | None = None          # {"case_score", "structures"}: confidence=True
     confidence_map: sitk.Image | None = None  # uint8 0-100 on the input grid: confidence_map=True
+    scan_backend: str = ""                  # which selective scan ran ("numba", "torch", ...)
 
 
 @dataclass
@@ -205,6 +207,7 @@ class Predictor:
 
         t0 = time.perf_counter()
         self._emit(case, "network", 0.0)
+        reset_backends_used()
         scores, used = self._run_network(prepared.array, case)
         network_shape = tuple(prepared.array.shape[1:])
         prepared.array = None  # the network input is no longer needed: free it before the way back
@@ -240,7 +243,8 @@ class Predictor:
                       network_shape=network_shape,
                       network_spacing=prepared.network_spacing_xyz,
                       scores=NetworkScores(scores, prepared) if self.keep_scores else None,
-                      confidence=confidence, confidence_map=confidence_map)
+                      confidence=confidence, confidence_map=confidence_map,
+                      scan_backend=backend_report())
 
     def _assess(self, scores, labels, prepared, image):
         """Per-structure confidence on the network grid; the voxel map on the input grid."""
