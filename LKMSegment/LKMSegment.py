@@ -539,7 +539,7 @@ class LKMSegmentTest(ScriptedLoadableModuleTest):
         tmp = tempfile.mkdtemp(prefix="LKMSegmentTest-")
         model = self._model(logic, tmp)
 
-        run = logic.core.start([volume], PredictOptions(model=str(model.path), quick=True))
+        run = logic.core.start([volume], PredictOptions(model=str(model.path), quick=True, uncertainty=True))
         while run.pump():
             slicer.app.processEvents()
             qt.QThread.msleep(100)
@@ -550,6 +550,10 @@ class LKMSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(sorted(names), sorted(model.label_names))
         self.assertEqual(node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()), volume.GetID())
         self.delayDisplay("Segmented: " + ", ".join(names))
+        # the model's confidence: a score on every segment, the map as an overlay
+        self.assertTrue(all(c.score is not None for c in node_confidences(node)))
+        self.assertIsNotNone(confidence_map_of(node))
+        show_confidence_map(node)
 
         dataset = os.path.join(tmp, "Dataset999_LKMSelfTest")
         report = logic.core.export_case(volume, node, dataset, model.path)

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from slicer_fixtures import add_volume, new_scene, oblique_flipped_ijk_to_ras
+from slicer_fixtures import add_volume, bundle, ct_crop, new_scene, oblique_flipped_ijk_to_ras  # noqa: F401
 
 import slicer  # noqa: E402
 import vtk  # noqa: E402
@@ -270,3 +270,36 @@ def test_the_module_asks_for_the_map_and_finds_it_among_the_engines_outputs(tmp_
     finally:
         job.cleanup()
     assert json.dumps(PredictOptions(model="m").__dict__)  # plain data, as the panel passes it
+
+
+@pytest.mark.slow
+def test_a_real_run_brings_tags_the_map_and_a_ranking(bundle, ct_crop, tmp_path):  # noqa: F811
+    """The engine itself (untrained 3d_small bundle, a crop of the sample CT, oblique and
+    flipped): every segment scored and tagged, the map on the input's grid, cases ranked."""
+    from LKMSegmentLib import LKMSegmentCore
+
+    array, spacing = ct_crop
+    scene = new_scene()
+    volumes = [add_volume(scene, name, a, oblique_flipped_ijk_to_ras(spacing, array.shape))
+               for name, a in (("CT one", array), ("CT two", array[:, ::-1].copy()))]
+    logic = LKMSegmentCore(scene, temp_root=str(tmp_path))
+    run = logic.segment_batch(volumes, PredictOptions(model=str(bundle), device="cpu", threads=1,
+                                                      uncertainty=True), timeout_s=240)
+    assert run.succeeded, run.message()
+    for volume in volumes:
+        report = next(r for r in run.reports.values() if r.node.GetNodeReferenceID(
+            r.node.GetReferenceImageGeometryReferenceRole()) == volume.GetID())
+        scored = conf.node_confidences(report.node)
+        assert len(scored) == 3 and all(s.score is not None and 0 <= s.score <= 1 for s in scored)
+        summary = run.job.summaries[next(i.case for i in run.items if i.volume.GetID() == volume.GetID())]
+        for s in scored:
+            assert abs(s.score - summary["confidence"]["structures"][s.name]["score"]) < 1e-4
+            assert s.flagged == bool(summary["confidence"]["structures"][s.name]["flagged"])
+        overlay = report.confidence_map
+        assert overlay is not None and conf.confidence_map_of(report.node) is overlay
+        values = slicer.util.arrayFromVolume(overlay)
+        assert values.shape == slicer.util.arrayFromVolume(volume).shape and values.max() <= 100
+    ranked = run.ranked()
+    assert [c.key for c in ranked] and {c.key for c in ranked} == {v.GetID() for v in volumes}
+    scores = [c.score for c in ranked]
+    assert scores == sorted(scores)

@@ -111,6 +111,9 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     assert ui["outputSegmentationSelector"].currentNode() is first_result
     assert ui["exportSegmentationSelector"].currentNode() is first_result
     assert "patient A" in ui["statusLabel"].text()
+    # the model's confidence in each segment (the map was asked for by default)
+    assert ui["confidenceList"].count() == ui["structuresList"].count()
+    assert ui["showConfidenceMapButton"].isEnabled()
     first_before = snapshot(first_result)
 
     # -- a second volume: a new node for it, the first one's work untouched ----------------------
