@@ -195,8 +195,7 @@ def load_confidence_map(scene, volume, path, segmentation=None, name: str | None
     storage.SetFileName(str(path))
     if not storage.ReadData(loaded) or loaded.GetImageData() is None:
         raise ConfidenceMapError(f"The confidence map {path} could not be read.")
-    voxels = on_volume_grid(loaded, volume)
-    del scratch
+    voxels = on_volume_grid(loaded, volume)  # may be a view of ``loaded``'s voxels
     if voxels is None:
         raise ConfidenceMapError(f"The confidence map {path} is not on the grid of the volume "
                                  f"'{volume.GetName()}'; it was left out (run Segment again).")
@@ -207,6 +206,7 @@ def load_confidence_map(scene, volume, path, segmentation=None, name: str | None
     volume.GetIJKToRASMatrix(matrix)
     node.SetIJKToRASMatrix(matrix)  # exactly the input's grid, voxel for voxel
     slicer.util.updateVolumeFromArray(node, voxels)
+    del voxels, loaded, scratch
     node.SetAttribute(MAP_ROLE, volume.GetID())
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
