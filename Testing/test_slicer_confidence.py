@@ -27,7 +27,7 @@ from LKMSegmentLib import confidence as conf  # noqa: E402
 from LKMSegmentLib.engine import EngineJob, PredictOptions  # noqa: E402
 from LKMSegmentLib.models import LabelInfo  # noqa: E402
 from LKMSegmentLib.panel import PanelState  # noqa: E402
-from LKMSegmentLib.scene import find_segment_by_name, import_result, write_volume  # noqa: E402
+from LKMSegmentLib.scene import import_result, write_volume  # noqa: E402
 from LKMSegmentLib.triage import ReviewPair, order_for_export, rank_cases  # noqa: E402
 
 SCORES = {"liver": (0.9312, False), "spleen": (0.4101, True), "kidney_right": (0.0, True)}

@@ -14,15 +14,11 @@ MRML only (slicer-core and the application alike; no Qt, no ``slicer.app``): the
 
 from __future__ import annotations
 
-import logging
-
 import slicer
 import vtk
 
 from .enginecontract import contract
 from .triage import ReviewPair, StructureConfidence, least_confident_first, parse_flag, parse_score
-
-log = logging.getLogger(__name__)
 
 MAP_ROLE = "LKMSegment.ConfidenceMap"        # segmentation node -> its confidence map volume
 COLOR_TABLE_NAME = "LKMSegment confidence"
