@@ -109,7 +109,8 @@ def test_2d_model_puts_a_structure_back_on_its_voxels_through_in_plane_resamplin
     size = geometry["size"]
     centre = np.array(grid.TransformContinuousIndexToPhysicalPoint(
         [0.53 * (n - 1) for n in size]))
-    image, mask = sphere_image(**geometry, centre_mm=centre, radius_mm=10)
+    # a nonzero background: nnU-Net's preprocessing crops a zero one away (fewer slices)
+    image, mask = sphere_image(**geometry, centre_mm=centre, radius_mm=10, background=-1.0)
     path = tmp_path / "sphere.nii.gz"
     sitk.WriteImage(image, str(path))
     bundle = make_bundle(tmp_path / "b", dimension="2d", spacing=(1.2, 1.2), patch=(16, 16),

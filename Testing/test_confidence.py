@@ -18,35 +18,39 @@ class Lab:
 LABELS = [Lab(1, "liver"), Lab(2, "spleen")]
 
 
-def _probabilities(sharpness: float, spleen_pieces: int = 1, with_spleen: bool = True):
-    """Three classes on a 30^3 grid: a liver ball and (one or two) spleen boxes; ``sharpness``
-    sets how steeply the probabilities change at the outlines (large = sure)."""
+def _class_scores(sharpness: float, spleen_pieces: int = 1, with_spleen: bool = True):
+    """Class scores (logits) of three classes on a 30^3 grid: a liver ball and (one or two)
+    spleen boxes; ``sharpness`` sets how steeply they change at the outlines (large = sure)."""
     z, y, x = np.mgrid[:30, :30, :30].astype(np.float32)
     liver_sd = 8.0 - np.sqrt((z - 15) ** 2 + (y - 10) ** 2 + (x - 10) ** 2)  # >0 inside
     spleen_sd = np.minimum.reduce([4 - abs(z - 15), 3 - abs(y - 22), 3 - abs(x - 22)])
     if spleen_pieces == 2:
         second = np.minimum.reduce([1.5 - abs(z - 4), 1.5 - abs(y - 22), 1.5 - abs(x - 5)])
         spleen_sd = np.maximum(spleen_sd, second)
-    logits = np.stack([np.zeros_like(z), sharpness * liver_sd,
-                       sharpness * spleen_sd if with_spleen else np.full_like(z, -50.0)])
+    return np.stack([np.zeros_like(z), sharpness * liver_sd,
+                     sharpness * spleen_sd if with_spleen else np.full_like(z, -50.0)])
+
+
+def _softmax(logits):
     e = np.exp(logits - logits.max(0))
-    return (e / e.sum(0)).astype(np.float32)
+    return e / e.sum(0)
 
 
-def _scores(p, **kw):
-    return structure_scores(p, np.argmax(p, 0), LABELS, (2.0, 2.0, 2.0), **kw)
+def _scores(logits, **kw):
+    return structure_scores(logits, np.argmax(logits, 0), LABELS, (2.0, 2.0, 2.0), **kw)
 
 
 def test_voxel_confidence_is_top_probability_in_percent():
-    p = _probabilities(4.0)
-    conf = voxel_confidence(p)
+    logits = _class_scores(4.0)
+    p = _softmax(logits)
+    conf = voxel_confidence(logits)
     assert conf.dtype == np.uint8 and conf.shape == p.shape[1:]
     assert conf.min() >= 33 and conf.max() == 100
     assert abs(int(conf[15, 10, 10]) - round(100 * float(p[:, 15, 10, 10].max()))) <= 1
 
 
 def test_a_sharp_model_scores_higher_than_a_blurred_one():
-    sharp, blurred = _scores(_probabilities(6.0)), _scores(_probabilities(0.6))
+    sharp, blurred = _scores(_class_scores(6.0)), _scores(_class_scores(0.6))
     for name in ("liver", "spleen"):
         assert sharp[name]["found"] and blurred[name]["found"]
         assert sharp[name]["score"] > blurred[name]["score"] + 0.1, name
@@ -57,20 +61,20 @@ def test_a_sharp_model_scores_higher_than_a_blurred_one():
 
 
 def test_stray_pieces_lower_the_score_and_are_counted():
-    one, two = _scores(_probabilities(6.0)), _scores(_probabilities(6.0, spleen_pieces=2))
+    one, two = _scores(_class_scores(6.0)), _scores(_class_scores(6.0, spleen_pieces=2))
     assert one["spleen"]["components"] == 1 and two["spleen"]["components"] == 2
     assert two["spleen"]["score"] < one["spleen"]["score"]
     assert abs(two["liver"]["score"] - one["liver"]["score"]) < 1e-6
 
 
 def test_missing_structure_scores_zero_and_is_flagged():
-    scores = _scores(_probabilities(6.0, with_spleen=False))
+    scores = _scores(_class_scores(6.0, with_spleen=False))
     assert scores["spleen"]["found"] is False and scores["spleen"]["score"] == 0.0
     assert scores["spleen"]["flagged"] and case_score(scores) == 0.0
 
 
 def test_volume_outside_the_training_range_halves_the_score():
-    p = _probabilities(6.0)
+    p = _class_scores(6.0)
     base = _scores(p)
     liver_ml = base["liver"]["volume_ml"]
     ranged = _scores(p, volume_ranges={"liver": [liver_ml * 3, liver_ml * 5],

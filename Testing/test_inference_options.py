@@ -22,7 +22,7 @@ def test_cuda_out_of_memory_falls_back_to_results_on_cpu_then_to_the_cpu(tmp_pat
                                                                           caplog):
     image, mask = sphere_image(size=(12, 12, 12), radius_mm=4)
     bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
-    real = inference.predict_sliding_window
+    real = inference.sliding_window_scores
     seen = []
 
     def fake(networks, array, patch, n, *, device, results_device, **kwargs):
@@ -34,7 +34,7 @@ def test_cuda_out_of_memory_falls_back_to_results_on_cpu_then_to_the_cpu(tmp_pat
         return real(networks, array, patch, n, device=device, results_device=results_device,
                     **kwargs)
 
-    monkeypatch.setattr(inference, "predict_sliding_window", fake)
+    monkeypatch.setattr(inference, "sliding_window_scores", fake)
     predictor = Predictor(bundle, device="cpu", networks=[ThresholdNet()])
     predictor.device = torch.device("cuda")       # pretend a GPU was chosen
     monkeypatch.setattr(predictor, "networks", lambda device: [ThresholdNet()])

@@ -12,9 +12,8 @@ import torch
 
 from lkm_core.ssm import Mamba
 
-transformers = pytest.importorskip("transformers")  # a dev dependency: always present in CI
-from transformers import MambaConfig  # noqa: E402
-from transformers.models.mamba.modeling_mamba import MambaMixer  # noqa: E402
+from transformers import MambaConfig  # a dev dependency: always present in CI
+from transformers.models.mamba.modeling_mamba import MambaMixer
 
 
 def mamba_ssm_shapes(d_model, d_state=16, d_conv=4, expand=2):
@@ -97,3 +96,75 @@ def test_bidirectional_single_scan_equals_two_separate_directions():
     assert torch.allclose(got, expected, atol=1e-5)
     got.square().sum().backward()                           # gradients reach both directions
     assert fwd.A_log.grad.abs().sum() > 0 and bwd.A_log.grad.abs().sum() > 0
+
+
+def perturbed_bim(channels, seed=0):
+    """A BiMamba whose weights are moved off their initial values (D=1, one A per channel...)."""
+    from lkm_core.network.mamba_blocks import BiMamba
+
+    torch.manual_seed(seed)
+    bim = BiMamba(channels).eval()
+    with torch.no_grad():
+        for p in bim.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return bim
+
+
+def test_fused_cpu_bidirectional_path_equals_the_torch_path(monkeypatch):
+    """The inference path (one in_proj, reverse walk by index, numba conv + scan) vs the torch one."""
+    from lkm_core.ssm import backend
+
+    bim = perturbed_bim(12)
+    x = torch.randn(5, 301, 12)
+    with torch.no_grad():
+        monkeypatch.setenv(backend.ENV_VAR, "torch")
+        backend.reset_backends_used()
+        expected = bim(x)
+        assert backend.backends_used() == ("torch",)
+        monkeypatch.setenv(backend.ENV_VAR, "auto")
+        backend.reset_backends_used()
+        got = bim(x)
+        assert backend.backends_used() == ("numba",)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_fused_path_groups_sequences_without_changing_the_result(monkeypatch):
+    import lkm_core.network.mamba_blocks as blocks
+
+    bim = perturbed_bim(8, seed=1)
+    x = torch.randn(7, 40, 8)
+    with torch.no_grad():
+        whole = bim(x)
+        monkeypatch.setattr(blocks, "_GROUP_ELEMENTS", 40 * 16 * 2 * 3)   # 3 sequences a group
+        assert bim._group(40) == 3
+        grouped = bim(x)
+    assert torch.allclose(whole, grouped, atol=1e-6)
+
+
+def test_training_mode_still_uses_autograd_through_bim():
+    bim = perturbed_bim(8).train()
+    x = torch.randn(2, 30, 8, requires_grad=True)
+    bim(x).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert bim.mamba_bwd.A_log.grad.abs().sum() > 0 and bim.mamba_fwd.dt_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 8, 12, 10), (2, 6, 7, 11, 10)])   # window divides / needs padding
+@pytest.mark.parametrize("mode", ["window", "strided"])
+def test_pim_inference_path_equals_the_torch_path(shape, mode, monkeypatch):
+    """PiM on the CPU: channels-first out_proj, residual added through a view (or, padded, put back)."""
+    from lkm_core.network.mamba_blocks import PixelMamba
+    from lkm_core.ssm import backend
+
+    torch.manual_seed(2)
+    pim = PixelMamba(6, (4, 4, 5), mode).eval()
+    with torch.no_grad():
+        for p in pim.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        x = torch.randn(*shape)
+        monkeypatch.setenv(backend.ENV_VAR, "torch")
+        expected = pim(x)
+        monkeypatch.setenv(backend.ENV_VAR, "auto")
+        got = pim(x)
+    assert got.shape == x.shape
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()

@@ -1,10 +1,15 @@
-"""The selective scan: fast inference path and autograd path against a plain fp64 loop."""
+"""The selective scan: every backend (fused numba, chunked torch, autograd) against a plain fp64 loop."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import lkm_core.ssm.scan as scan_module
-from lkm_core.ssm import selective_scan, selective_scan_reference
+from lkm_core.ssm import backend, selective_scan, selective_scan_reference
 
 
 def plain_fp64_scan(u, delta, A, B, C, D, z, delta_bias, softplus):
@@ -40,8 +45,23 @@ OPTIONS = [  # (use D, use z, use delta_bias, softplus)
     (True, True, True, True), (False, False, False, False), (True, False, True, False), (False, True, False, True)]
 
 
+def within_tolerance(got, expected):
+    """The accuracy every backend must reach: max |error| <= 1e-5 * max |y| against fp64."""
+    return (got.double() - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
+def run_path(path, x, kwargs):
+    """path: "numba" / "torch" (inference backends, no grad) or "autograd" (the training path)."""
+    if path == "autograd":
+        got = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], **kwargs)
+        assert got.requires_grad
+        return got
+    with torch.no_grad():
+        return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], **kwargs, backend=path)
+
+
 @pytest.mark.parametrize("use_D,use_z,use_bias,softplus", OPTIONS)
-@pytest.mark.parametrize("path", ["no_grad", "autograd"])
+@pytest.mark.parametrize("path", ["numba", "torch", "autograd"])
 def test_scan_matches_fp64_loop_within_1e_minus_5(path, use_D, use_z, use_bias, softplus, monkeypatch):
     # a small chunk length so that sequences span several chunks
     monkeypatch.setattr(scan_module, "_CHUNK_ELEMENTS", 2 * 3 * 8 * 5)
@@ -53,14 +73,96 @@ def test_scan_matches_fp64_loop_within_1e_minus_5(path, use_D, use_z, use_bias, 
                   delta_bias=x["delta_bias"] if use_bias else None, delta_softplus=softplus)
     expected = plain_fp64_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], kwargs["D"], kwargs["z"],
                                kwargs["delta_bias"], softplus)
-    if path == "no_grad":
-        with torch.no_grad():
-            got = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], **kwargs)
-    else:
-        got = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], **kwargs)
-        assert got.requires_grad
+    got = run_path(path, x, kwargs)
     assert got.dtype == torch.float32 and got.shape == (2, 3, 37)
-    assert (got.double() - expected).abs().max().item() <= 1e-5
+    assert within_tolerance(got, expected)
+
+
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_a_10000_step_sequence_stays_within_1e_minus_5(path):
+    """Long sequences accumulate rounding: 12,000 steps (a stage-0 window is 13,440).
+
+    The fp64 reference here is the chunked torch scan run in float64 (a Python loop of
+    12,000 steps is too slow for a unit test); the short tests tie it to the plain loop.
+    """
+    x = make_inputs(1, 24, 16, 12000, seed=5)
+    x["delta"] = x["delta"] - 2.0          # Mamba-like small steps: long memory, the hard case
+    with torch.no_grad():
+        expected = selective_scan(**{k: v.double() for k, v in x.items()}, delta_softplus=True, backend="torch")
+    got = run_path(path, x, dict(D=x["D"], z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True))
+    assert within_tolerance(got, expected)
+
+
+def test_numba_handles_extreme_step_sizes_and_gates():
+    """The polynomial exp, softplus and SiLU at the ends of fp32's range: finite and accurate."""
+    x = make_inputs(2, 5, 4, 30, seed=7)
+    x["delta"] = x["delta"] * 80           # softplus of -40 .. +40: tiny and huge steps
+    x["z"] = x["z"] * 60                   # SiLU far into both tails
+    expected = plain_fp64_scan(*x.values(), True)
+    got = run_path("numba", x, dict(D=x["D"], z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True))
+    assert torch.isfinite(got).all() and within_tolerance(got, expected)
+
+
+def test_inference_picks_numba_automatically_and_the_switch_forces_torch(monkeypatch):
+    x = make_inputs(2, 8, 4, 20)
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    backend.reset_backends_used()
+    with torch.no_grad():
+        auto = selective_scan(**x, delta_softplus=True)
+    assert backend.backends_used() == ("numba",) and backend.backend_report() == "numba"
+    monkeypatch.setenv(backend.ENV_VAR, "torch")
+    backend.reset_backends_used()
+    with torch.no_grad():
+        forced = selective_scan(**x, delta_softplus=True)
+    assert backend.backends_used() == ("torch",)
+    assert torch.allclose(auto, forced, atol=1e-5)
+    monkeypatch.setenv(backend.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="LKM_SCAN_BACKEND='fastest' is not one of auto, numba, torch"):
+        selective_scan(**x, delta_softplus=True)
+
+
+def test_autograd_never_takes_the_numba_kernel():
+    x = make_inputs(1, 4, 4, 10, requires_grad=True)
+    backend.reset_backends_used()
+    selective_scan(**x, delta_softplus=True).sum().backward()
+    assert backend.backends_used() == ("torch",) and x["A"].grad is not None
+    with pytest.raises(ValueError, match="no backward"):
+        selective_scan(**x, delta_softplus=True, backend="numba")
+
+
+NUMBA_MISSING = """
+import sys, logging, torch
+sys.modules["numba"] = None          # what a Python without numba sees: ImportError on import
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from lkm_core.ssm import backend_report
+from lkm_core.ssm.scan import selective_scan_time_major
+from lkm_core.network import build_network, presets
+net = build_network(presets.preset_config("3d_small", 1, 2)).eval()
+with torch.no_grad():
+    out = net(torch.randn(1, 1, 16, 32, 32))
+    selective_scan_time_major(torch.randn(5, 1, 4), torch.randn(5, 1, 4), -torch.rand(4, 2),
+                              torch.randn(5, 1, 2), torch.randn(5, 1, 2), delta_softplus=True)
+assert torch.isfinite(out).all()
+print("REPORT", backend_report())
+"""
+
+
+def test_without_numba_the_engine_falls_back_to_torch_and_says_so_once():
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop(backend.ENV_VAR, None)
+    result = subprocess.run([sys.executable, "-c", NUMBA_MISSING], env=env, capture_output=True,
+                            text=True, timeout=300, encoding="utf-8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "REPORT torch (numba unavailable: ModuleNotFoundError" in result.stdout
+    assert result.stderr.count("fused numba scan unavailable") == 1, result.stderr[-2000:]
+
+
+def test_fp64_torch_scan_equals_the_plain_loop_over_2000_steps():
+    """What makes the fp64 torch scan a valid reference for the 12,000-step test."""
+    x = make_inputs(1, 6, 16, 2000, dtype=torch.float64, seed=5)
+    with torch.no_grad():
+        got = selective_scan(**x, delta_softplus=True, backend="torch")
+    assert (got - plain_fp64_scan(*x.values(), True)).abs().max().item() < 1e-12
 
 
 def test_autograd_gradients_pass_gradcheck_in_fp64(monkeypatch):
@@ -101,7 +203,7 @@ def test_no_grad_path_never_allocates_a_b_d_l_n_tensor(monkeypatch):
     b, d, n, l = 2, 16, 16, 40000
     x = make_inputs(b, d, n, l)
     with torch.no_grad():
-        selective_scan(**x, delta_softplus=True)
+        selective_scan(**x, delta_softplus=True, backend="torch")
     assert sizes and max(sizes) < b * d * n * l / 10
 
 
@@ -142,13 +244,14 @@ def test_triton_kernel_logic_matches_the_torch_path_in_the_interpreter():
     import subprocess
     import sys
 
-    pytest.importorskip("triton")   # comes with the torch build CI installs
+    import triton  # noqa: F401  (comes with the torch build CI installs)
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
-def test_per_sequence_parameters_equal_separate_scans():
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_per_sequence_parameters_equal_separate_scans(path):
     """Time-major callers may stack sequences with their own A, D, delta_bias (bidirectional)."""
     from lkm_core.ssm.scan import selective_scan_time_major
 
@@ -159,9 +262,10 @@ def test_per_sequence_parameters_equal_separate_scans():
         torch.cat([x1["A"].expand(2, 3, 4), x2["A"].expand(2, 3, 4)]),
         torch.cat([tm(x1["B"]), tm(x2["B"])], 1), torch.cat([tm(x1["C"]), tm(x2["C"])], 1),
         torch.cat([x1["D"].expand(2, 3), x2["D"].expand(2, 3)]), torch.cat([tm(x1["z"]), tm(x2["z"])], 1),
-        torch.cat([x1["delta_bias"].expand(2, 3), x2["delta_bias"].expand(2, 3)]), True)
+        torch.cat([x1["delta_bias"].expand(2, 3), x2["delta_bias"].expand(2, 3)]), True, backend=path)
     for half, x in ((stacked[:, :2], x1), (stacked[:, 2:], x2)):
-        assert torch.allclose(half.permute(1, 2, 0), selective_scan(**x, delta_softplus=True), atol=1e-6)
+        alone = selective_scan(**x, delta_softplus=True, backend=path)
+        assert torch.allclose(half.permute(1, 2, 0), alone, atol=1e-6)
 
 
 def test_per_sequence_parameters_pass_gradcheck():
@@ -173,3 +277,31 @@ def test_per_sequence_parameters_pass_gradcheck():
     args = (r(l, b, d), r(l, b, d), (-torch.rand(b, d, n, generator=g, dtype=torch.float64)).requires_grad_(True),
             r(l, b, n), r(l, b, n), r(b, d), r(l, b, d), r(b, d))
     assert torch.autograd.gradcheck(lambda *a: selective_scan_time_major(*a, delta_softplus=True), args)
+
+
+CACHE_CHECK = """
+import torch
+from lkm_core.ssm import backend
+kernels = backend.numba_scan_module()
+assert kernels is not None
+stats = [kernels.scan_kernel.stats, kernels.conv_kernel.stats]
+print("HITS", sum(sum(s.cache_hits.values()) for s in stats), "MISSES", sum(sum(s.cache_misses.values()) for s in stats))
+"""
+
+
+@pytest.mark.slow
+def test_numba_kernels_are_cached_in_the_per_user_folder_and_reloaded(tmp_path):
+    """Each Segment click is a new process: the second one must load, not compile."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), LKM_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop(backend.ENV_VAR, None)
+    run = lambda: subprocess.run([sys.executable, "-c", CACHE_CHECK], env=env, capture_output=True, text=True,
+                                 timeout=600, encoding="utf-8")
+    first = run()
+    assert first.returncode == 0, first.stderr[-2000:]
+    cached = sorted(p.suffix for p in (tmp_path / "numba").rglob("*") if p.is_file())
+    assert ".nbi" in cached and ".nbc" in cached, cached
+    assert "HITS 0 MISSES 2" in first.stdout, first.stdout
+    second = run()
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "HITS 2 MISSES 0" in second.stdout, second.stdout

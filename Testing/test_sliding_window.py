@@ -70,3 +70,28 @@ def test_progress_rises_to_one_and_cancel_stops_between_patches():
     with pytest.raises(Cancelled):
         predict_sliding_window([ThresholdNet()], array, (8, 8, 8), 2, step=0.5,
                                progress=progress, should_stop=stop.is_set)
+
+
+def test_scores_are_the_weighted_mean_of_the_logits_over_patches_mirrors_and_folds():
+    """Divided by the summed weights, as nnU-Net does: a network whose logits are the same
+    everywhere gives exactly them back, however many patches overlap a voxel."""
+    from lkm_core.sliding_window import sliding_window_scores
+
+    class Constant(torch.nn.Module):
+        def __init__(self, values):
+            super().__init__()
+            self.values = torch.tensor(values).view(1, -1, 1, 1, 1)
+
+        def forward(self, x):
+            return self.values.expand(x.shape[0], -1, *x.shape[2:]).clone()
+
+    array = np.zeros((1, 21, 18, 30), np.float32)
+    scores = sliding_window_scores([Constant([1.0, -2.0, 3.0]), Constant([3.0, 0.0, 1.0])], array,
+                                   (8, 8, 8), 3, step=0.5, mirror_axes=(0, 2))
+    assert scores.shape == (3, 21, 18, 30)
+    torch.testing.assert_close(scores, torch.tensor([2.0, -1.0, 2.0]).view(3, 1, 1, 1).expand(
+        3, 21, 18, 30), rtol=1e-6, atol=1e-6)
+    # padded to the patch and cropped back: still the mean
+    small = sliding_window_scores([Constant([1.0, 5.0])], np.zeros((1, 3, 4, 5), np.float32),
+                                  (8, 8, 8), 2)
+    assert small.shape == (2, 3, 4, 5) and torch.allclose(small[1], torch.tensor(5.0))

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, sample_ct):
-    return smoke.build(tmp_path_factory.mktemp("nnunet"), epochs=2, iterations=10, threads=1)
+def trained(trained_smoke):
+    return trained_smoke  # trained once per session (conftest.py)
 
 
 def test_nnunet_trains_the_lkm_configuration_and_the_result_exports_to_a_bundle(trained):

@@ -40,7 +40,8 @@ Optional keys::
     description, licence, modality ("CT" / "MR"),
     orientation       null (default: use the array as stored, like nnU-Net) or a DICOM-style
                       3-letter code ("LPS", "RAS", ...): inputs are reoriented to it (axis
-                      permutation and flips only, exact) before preprocessing, and back after
+                      permutation and flips only, exact) before preprocessing, and back after;
+                      ``bundle export`` records the training images' (their storage order)
     quick_spacing     spacing (mm, scalar or list like ``spacing``) for quick mode; default 3.0
     inference         {"step": 0.5, "mirror_axes": [0, 1, 2]} defaults for the predictor
     provenance        {"trained": bool, "data": ..., "trainer": ..., "date": ..., "note": ...}

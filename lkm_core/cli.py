@@ -3,12 +3,13 @@
     lkm-segment predict INPUT... -o OUTDIR --model BUNDLE [--device auto|cpu|cuda] [--quick]
         [--tta] [--step 0.5] [--subset NAME[,NAME...]] [--threads N] [--overwrite]
         [--format seg.nrrd|nii.gz|nrrd|dicom-seg] [--progress json|bar|none]
-        [--num-parts N --part-id K] [--report] [--cancel-file PATH]
+        [--num-parts N --part-id K] [--report] [--uncertainty] [--cancel-file PATH]
     lkm-segment info BUNDLE [--json]
     lkm-segment bundle init --preset NAME --labels liver,spleen,... -o DIR [--seed N]
     lkm-segment bundle verify BUNDLE
     lkm-segment demo [-o OUTDIR] [--device ...] [--threads N]   (sample CT, default model, Dice)
     lkm-segment report merge REPORT_OR_FOLDER... -o MERGED.csv   (the parts' batch reports)
+    lkm-segment review OUTDIR [--csv F] [--png F] [--worst N]   (least confident cases first)
 
 Exit codes: 0 every case succeeded (or was already done), 1 a case failed (or the run was
 cancelled, or the model could not be loaded), 2 usage errors (bad options, unknown --subset).
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
                     help="write the batch report OUTDIR/batch_report[_part-K-of-N].csv "
                     "(default: only when the batch is split into parts)")
+    pr.add_argument("--uncertainty", action="store_true",
+                    help="also write CASE.confidence.nrrd: the model's confidence per voxel "
+                    "(0-100, on the input's grid); per-structure scores are in CASE.json always")
     pr.add_argument("--cancel-file", default=None, metavar="PATH",
                     help="stop (writing nothing more) as soon as this file exists")
     pr.add_argument("-v", "--verbose", action="store_true")
@@ -111,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     register_bundle_cli(bsub)
     from .demo import register_cli as register_demo_cli
     register_demo_cli(sub)
+    from .review import register_cli as register_review_cli
+    register_review_cli(sub)
     return p
 
 
@@ -220,7 +226,7 @@ def _predict(args, cancel) -> int:
             predictor = Predictor(bundle, device=_device(args), threads=args.threads,
                                   quick=args.quick, tta=args.tta, step=args.step,
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
-                                  cancel=cancel)
+                                  cancel=cancel, confidence_map=args.uncertainty)
         except InputError as exc:  # unknown --subset names, bad step: a usage error
             raise UsageError(str(exc)) from exc
         found = discover_inputs(args.inputs, bundle.modality or None)
@@ -239,7 +245,8 @@ def _predict(args, cancel) -> int:
     from .batch_report import volumes_from_summary
     from .dicom_seg import check_source as check_dicom_seg_source
     from .io import describe_input
-    from .outputs import output_paths, summarize, write_json, write_labels
+    from .outputs import (output_paths, summarize, write_confidence_map, write_json,
+                          write_labels)
     out_dir = Path(args.output).absolute()
     failed = 0
     log.info("model %s %s (%s), %d case(s), device %s", bundle.name, bundle.version,
@@ -248,8 +255,8 @@ def _predict(args, cancel) -> int:
     for case, path in cases:
         if cancel():
             return fail(case, Cancelled("Stopped by the user before this case."), EXIT_FAILED)
-        paths = output_paths(out_dir, case, args.format)
-        outputs = [str(paths["labels"]), str(paths["summary"])]
+        paths = output_paths(out_dir, case, args.format, args.uncertainty)
+        outputs = [str(p) for p in paths.values()]
         if not args.overwrite and all(p.exists() for p in paths.values()):
             try:
                 summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
@@ -270,14 +277,19 @@ def _predict(args, cancel) -> int:
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 0.0})
             t0 = time.perf_counter()
             write_labels(result.labels, result.label_list, paths["labels"], args.format,
-                         source=path, bundle=bundle)
+                         source=path, bundle=bundle, confidence=result.confidence)
             try:
-                result.timings["write"] = time.perf_counter() - t0
                 summary = summarize(result, bundle, {**describe_input(path),
                                                      "quick": args.quick, "tta": args.tta})
+                if "confidence_map" in paths:
+                    write_confidence_map(result.confidence_map, paths["confidence_map"])
+                    summary["confidence"]["map"] = paths["confidence_map"].name
+                result.timings["write"] = time.perf_counter() - t0
+                summary["timings"]["write"] = round(result.timings["write"], 3)
                 write_json(summary, paths["summary"])
-            except BaseException:  # a case is its two files, or nothing
-                paths["labels"].unlink(missing_ok=True)
+            except BaseException:  # a case is all its files, or nothing
+                for p in paths.values():
+                    p.unlink(missing_ok=True)
                 raise
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 1.0})
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary})
@@ -372,6 +384,9 @@ def cmd_info(args) -> int:
              f"  spacing {info['spacing']} mm, patch {info['patch_size']}, "
              f"transpose {info['transpose']}",
              f"  licence {bundle.licence or 'not stated'}",
+             f"  orientation {bundle.orientation}: inputs are reoriented to it" if bundle.orientation
+             else "  WARNING: no orientation recorded: the model sees each input in its storage "
+                  "order, so its results (left/right!) depend on how the input is stored",
              "  labels:"]
     lines += [f"    {lab.value:3d}  {lab.name}" for lab in bundle.labels]
     print("\n".join(line for line in lines if line is not None))

@@ -27,10 +27,39 @@ from .contract import FLAG_BELOW  # structures scoring below this are flagged fo
 UNSURE_LOW, UNSURE_HIGH = 0.2, 0.8
 
 
-def voxel_confidence(probabilities: np.ndarray) -> np.ndarray:
-    """uint8 0-100 map (spatial shape) from class probabilities (C, *spatial)."""
-    top = np.max(probabilities, axis=0)
-    return np.clip(np.rint(top * 100.0), 0, 100).astype(np.uint8)
+SLAB_VOXELS = 1 << 22  # softmax in slabs of about this many voxels per class: bounded memory
+
+
+def _slabs(n_rows: int, row_voxels: int):
+    rows = max(1, SLAB_VOXELS // max(1, row_voxels))
+    return [slice(i, min(n_rows, i + rows)) for i in range(0, n_rows, rows)]
+
+
+def voxel_confidence(scores) -> np.ndarray:
+    """uint8 0-100 map (spatial shape): the top class probability of the softmax of ``scores``
+    (classes, *spatial), the sliding window's normalised class scores (torch or numpy)."""
+    import torch
+
+    scores = torch.as_tensor(scores)
+    spatial = tuple(scores.shape[1:])
+    out = np.empty(spatial, np.uint8)
+    for rows in _slabs(spatial[0], int(np.prod(spatial[1:]))):
+        top = torch.softmax(scores[:, rows].float(), 0).amax(0)
+        out[rows] = torch.clamp(torch.round(top * 100.0), 0, 100).to(torch.uint8).cpu().numpy()
+    return out
+
+
+def class_probability(scores, value: int, box: tuple) -> np.ndarray:
+    """Softmax probability of class ``value`` inside ``box`` (slices of the spatial axes)."""
+    import torch
+
+    scores = torch.as_tensor(scores)
+    part = scores[(slice(None), *box)]
+    out = np.empty(tuple(part.shape[1:]), np.float32)
+    for rows in _slabs(out.shape[0], int(np.prod(out.shape[1:]))):
+        logits = part[:, rows].float()
+        out[rows] = torch.exp(logits[value] - torch.logsumexp(logits, 0)).cpu().numpy()
+    return out
 
 
 def _bbox(mask: np.ndarray, margin: int) -> tuple:
@@ -71,14 +100,15 @@ def structure_score(mean_conf: float, boundary_conf: float, uncertain: float, pi
     return float(np.clip(score, 0.0, 1.0))
 
 
-def structure_scores(probabilities: np.ndarray, labels: np.ndarray, label_list,
-                     spacing_zyx: Sequence[float], volume_ranges: dict | None = None,
+def structure_scores(scores, labels: np.ndarray, label_list, spacing: Sequence[float],
+                     volume_ranges: dict | None = None,
                      confidence: np.ndarray | None = None) -> dict:
-    """{structure name: scores} on the network grid (``probabilities`` (C, *spatial),
-    ``labels`` spatial, ``spacing_zyx`` in mm in array order). ``volume_ranges``:
+    """{structure name: scores} on the network grid: ``scores`` (classes, *spatial), the
+    sliding window's normalised class scores; ``labels`` (spatial) their argmax; ``spacing`` of
+    the grid in mm (any axis order: only the voxel volume is used). ``volume_ranges``:
     {name: [min_ml, max_ml]} seen in training (the bundle's optional field)."""
-    conf = voxel_confidence(probabilities) if confidence is None else confidence
-    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    conf = voxel_confidence(scores) if confidence is None else confidence
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     out = {}
     for lab in label_list:
         mask = labels == lab.value
@@ -95,7 +125,7 @@ def structure_scores(probabilities: np.ndarray, labels: np.ndarray, label_list,
             continue
         box = _bbox(mask, 2)
         m = mask[box]
-        p = probabilities[(lab.value, *box)]
+        p = class_probability(scores, lab.value, box)
         c = conf[box].astype(np.float32) / 100.0
         grown, shrunk = _binary(m, "dilate"), _binary(m, "erode")
         band = grown & ~shrunk
@@ -124,3 +154,19 @@ def case_score(scores: dict) -> float | None:
     """A case is as sure as its least sure structure (None: no structure scored)."""
     values = [s["score"] for s in scores.values() if s.get("score") is not None]
     return min(values) if values else None
+
+
+def mean_score(scores: dict) -> float | None:
+    """The mean structure score: orders cases whose least sure structure ties."""
+    values = [s["score"] for s in scores.values() if s.get("score") is not None]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def assess_case(scores, labels: np.ndarray, label_list, spacing: Sequence[float],
+                volume_ranges: dict | None = None) -> tuple[dict, np.ndarray]:
+    """({"case_score", "structures"}, voxel map uint8 0-100 on the network grid)."""
+    voxel_map = voxel_confidence(scores)
+    structures = structure_scores(scores, labels, label_list, spacing, volume_ranges,
+                                  confidence=voxel_map)
+    return ({"case_score": case_score(structures), "mean_score": mean_score(structures),
+             "structures": structures}, voxel_map)

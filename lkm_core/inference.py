@@ -6,8 +6,15 @@
 Device "auto" takes CUDA when torch sees a GPU, else the CPU. On the GPU convolutions run under
 autocast (the network keeps its Mamba layers in fp32); on CUDA out-of-memory the predictor halves
 the batch, then keeps the results on the CPU, then runs on the CPU, and logs a warning each time.
-Quick mode runs at the bundle's ``quick_spacing`` (3 mm by default). A subset of structures keeps
-only those labels (the network still sees every class, so boundaries match a full run).
+Quick mode runs at the bundle's ``quick_spacing`` (3 mm by default) and takes the nearest
+network voxel's label; a full run brings the class scores back where labels meet, as nnU-Net's
+linear resampling of the scores would (see :mod:`lkm_core.preprocessing`). A subset of
+structures keeps only those labels (the network still sees every class, so boundaries match a
+full run). ``keep_scores=True`` keeps the normalised class scores on the network grid in
+``Result.scores`` (``NetworkScores.probabilities()`` gives the softmax). How sure the model is
+comes from the same scores, with no second pass (:mod:`lkm_core.confidence`): per structure in
+``Result.confidence`` (``confidence=True``, the default), and as a voxel map on the input grid in
+``Result.confidence_map`` (``confidence_map=True``).
 Progress goes to ``progress(event_dict)``; ``cancel`` (a threading.Event or a callable returning
 True) stops the run between patches with :class:`~lkm_core.errors.Cancelled`.
 """
@@ -26,8 +33,9 @@ import torch
 from .bundle import Bundle
 from .errors import InputError, ResourceError
 from . import io as lkm_io
-from .preprocessing import labels_to_input, prepare
-from .sliding_window import DeviceOutOfMemory, fit_patch, predict_sliding_window
+from .preprocessing import Prepared, prepare, to_input_grid
+from .sliding_window import (DeviceOutOfMemory, fit_patch, scores_to_labels,
+                             sliding_window_scores)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,20 @@ class Result:
     timings: dict = field(default_factory=dict)
     network_shape: tuple = ()
     network_spacing: tuple = ()
+    scores: "NetworkScores | None" = None   # with Predictor(keep_scores=True)
+    confidence: dict | None = None          # {"case_score", "structures"}: confidence=True
+    confidence_map: sitk.Image | None = None  # uint8 0-100 on the input grid: confidence_map=True
+
+
+@dataclass
+class NetworkScores:
+    """Normalised class scores (classes, *network shape; transposed axes) and the geometry that
+    places them: ``prepared.grid`` (untransposed network grid) and ``prepared.transpose``."""
+    scores: torch.Tensor
+    prepared: Prepared
+
+    def probabilities(self) -> torch.Tensor:
+        return torch.softmax(self.scores, 0)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -89,12 +111,21 @@ class Predictor:
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
-                 shrink_patch: bool = True):
+                 shrink_patch: bool = False, keep_scores: bool = False,
+                 confidence: bool = True, confidence_map: bool = False):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
         self.quick = quick
-        self.shrink_patch = shrink_patch
+        # nnU-Net pads small volumes to the patch; shrinking is opt-in, never for official models
+        # (their strided windows must divide the feature maps of the trained patch)
+        official = "official" in str(bundle.provenance.get("trainer", "")).lower()
+        if shrink_patch and official:
+            log.warning("not shrinking the patch for an imported official model")
+        self.shrink_patch = shrink_patch and not official
+        self.keep_scores = keep_scores
+        self.confidence = confidence or confidence_map
+        self.confidence_map = confidence_map
         defaults = bundle.inference_defaults
         self.step = float(step if step is not None else defaults.get("step", 0.5))
         if not 0 < self.step <= 1:
@@ -163,7 +194,9 @@ class Predictor:
         t0 = time.perf_counter()
         prepared = prepare(image, spacing=self.spacing, transpose=b.transpose,
                            dimension=b.dimension, normalization=b.normalization,
-                           orientation=b.orientation, timings=timings)
+                           orientation=b.orientation, timings=timings,
+                           num_classes=b.num_classes, patch_size=b.patch_size,
+                           source=f"The image {case}")
         timings["preprocess"] = time.perf_counter() - t0
         self._emit(case, "preprocess", 1.0)
         if self._should_stop():
@@ -172,7 +205,9 @@ class Predictor:
 
         t0 = time.perf_counter()
         self._emit(case, "network", 0.0)
-        labels, used = self._run_network(prepared.array, case)
+        scores, used = self._run_network(prepared.array, case)
+        network_shape = tuple(prepared.array.shape[1:])
+        prepared.array = None  # the network input is no longer needed: free it before the way back
         timings["network"] = time.perf_counter() - t0
         if self._should_stop():  # a cancel request that came during the last patch
             from .errors import Cancelled
@@ -180,23 +215,46 @@ class Predictor:
 
         t0 = time.perf_counter()
         self._emit(case, "postprocess", 0.0)
+        labels = scores_to_labels(scores)
         keep = {lab.value for lab in self.labels}
+        lut = None
         if len(keep) < len(b.labels):
-            lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=labels.dtype)
+            lut = np.zeros(b.num_classes, dtype=labels.dtype)
             for v in keep:
-                if v < len(lut):
-                    lut[v] = v
-            labels = lut[labels]
-        label_image = labels_to_input(labels, prepared, image)
+                lut[v] = v
+        label_image = to_input_grid(labels, prepared, image, lut=lut,
+                                    scores=None if self.quick else scores)
+        confidence, confidence_map = None, None
+        if self.confidence:
+            confidence, confidence_map = self._assess(scores, labels, prepared, image)
+        del labels
         if two_d_input:
             # JoinSeries put the 2D geometry in the top-left of the 3D one; slicing undoes it
             label_image = label_image[:, :, 0]
+            if confidence_map is not None:
+                confidence_map = confidence_map[:, :, 0]
         timings["postprocess"] = time.perf_counter() - t0
         self._emit(case, "postprocess", 1.0)
         return Result(case=case, labels=label_image, label_list=list(self.labels),
                       device=str(used), timings=timings,
-                      network_shape=tuple(prepared.array.shape[1:]),
-                      network_spacing=tuple(prepared.grid.GetSpacing()))
+                      network_shape=network_shape,
+                      network_spacing=prepared.network_spacing_xyz,
+                      scores=NetworkScores(scores, prepared) if self.keep_scores else None,
+                      confidence=confidence, confidence_map=confidence_map)
+
+    def _assess(self, scores, labels, prepared, image):
+        """Per-structure confidence on the network grid; the voxel map on the input grid."""
+        from .confidence import assess_case
+
+        confidence, voxel_map = assess_case(
+            scores, labels, self.labels, prepared.network_spacing_xyz,
+            self.bundle.meta.get("volume_range_ml"))
+        if not self.confidence_map:
+            return confidence, None
+        # to_input_grid fills what lies outside the network's crop with 0: carry the
+        # uncertainty (100 - confidence) so that the background there reads as sure
+        unsure = to_input_grid(np.subtract(100, voxel_map, dtype=np.uint8), prepared, image)
+        return confidence, sitk.Cast(100 - unsure, sitk.sitkUInt8)
 
     def _divisors(self, n_axes: int) -> tuple:
         """Per-axis downsampling factor of the network (product of its strides); inputs must
@@ -225,14 +283,14 @@ class Predictor:
             attempts += [(device, torch.device("cpu")), (torch.device("cpu"), torch.device("cpu"))]
         for n, (dev, results_dev) in enumerate(attempts):
             try:
-                labels = predict_sliding_window(
+                scores = sliding_window_scores(
                     self.networks(dev), array, patch, b.num_classes, step=self.step,
                     mirror_axes=mirror, batch_size=self.batch_size if dev.type == "cuda" else 1,
                     device=dev, results_device=results_dev,
                     autocast_dtype=torch.float16 if dev.type == "cuda" else None,
                     progress=lambda f: self._emit(case, "network", f),
                     should_stop=self._should_stop)
-                return labels, dev
+                return scores, dev
             except RuntimeError as exc:
                 if not isinstance(exc, (DeviceOutOfMemory, torch.cuda.OutOfMemoryError)):
                     if dev.type == "cpu" and "can't allocate memory" in str(exc):

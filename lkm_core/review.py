@@ -19,7 +19,7 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ["case_rank", "case", "case_score", "structure", "score", "flagged", "found",
+CSV_COLUMNS = ["case_rank", "case", "case_score", "case_mean_score", "structure", "score", "flagged", "found",
                "mean_confidence", "boundary_confidence", "uncertain_fraction", "components",
                "volume_ml", "volume_in_training_range"]
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd")
@@ -76,17 +76,23 @@ def collect(out_dir) -> tuple[list[ReviewedCase], list[str]]:
                                   structures))
     if not cases and not unscored:
         raise InputError(f"{out_dir} holds no case summaries (CASE.json) of lkm-segment predict.")
-    cases.sort(key=lambda c: (c.score is None, c.score if c.score is not None else 0.0, c.case))
+    def order(c):
+        mean = c.summary["confidence"].get("mean_score")
+        return (c.score is None, c.score or 0.0, mean if mean is not None else 0.0, c.case)
+
+    cases.sort(key=order)
     return cases, unscored
 
 
 def table(cases: list[ReviewedCase], structures_shown: int = 3) -> str:
-    lines = [f"{'rank':>4}  {'case':<28} {'score':>6}  least sure structures"]
+    lines = [f"{'rank':>4}  {'case':<28} {'score':>6} {'mean':>6}  least sure structures"]
     for rank, c in enumerate(cases, 1):
         worst = ", ".join(f"{name} {s['score']:.2f}{' !' if s.get('flagged') else ''}"
                           for name, s in c.structures[:structures_shown])
         score = "-" if c.score is None else f"{c.score:.2f}"
-        lines.append(f"{rank:>4}  {c.case:<28} {score:>6}  {worst}")
+        mean = c.summary["confidence"].get("mean_score")
+        mean = "-" if mean is None else f"{mean:.2f}"
+        lines.append(f"{rank:>4}  {c.case:<28} {score:>6} {mean:>6}  {worst}")
     lines.append("(score 0-1 from the model's own probabilities; '!' = flagged for review)")
     return "\n".join(lines)
 
@@ -102,8 +108,9 @@ def write_csv(cases: list[ReviewedCase], path) -> Path:
             for rank, c in enumerate(cases, 1):
                 for name, s in c.structures:
                     writer.writerow({"case_rank": rank, "case": c.case, "case_score": c.score,
+                                     "case_mean_score": c.summary["confidence"].get("mean_score"),
                                      "structure": name,
-                                     **{k: s.get(k) for k in CSV_COLUMNS[4:]}})
+                                     **{k: s.get(k) for k in CSV_COLUMNS[5:]}})
     return path
 
 
@@ -134,7 +141,9 @@ def case_picture(c: ReviewedCase):
         color = structure.color if structure else (0.5, 0.5, 0.5)
         colors[value] = color
         legend.append(LegendEntry(name, color))
-    worst_name, worst = c.structures[0]
+    # slices through the least sure structure the model found (a missing one has no voxels)
+    worst_name, worst = next(((n, s) for n, s in c.structures if s.get("found")),
+                             c.structures[0])
     focus = [v for v, n in names.items() if n == worst_name]
     title = f"{c.case}: score {c.score:.2f}; least sure {worst_name} {worst['score']:.2f}"
     rows = [Row(title, labels, colors)]
@@ -144,7 +153,7 @@ def case_picture(c: ReviewedCase):
         rows.append(Row("confidence map (tinted where the model is unsure)", labels, colors,
                         confidence=confidence))
         legend += confidence_legend()
-    modality = str(c.summary.get("modality", "CT"))
+    modality = str(c.summary.get("model", {}).get("modality") or "CT")
     return labelled_views_picture(image, rows, legend, modality=modality, focus_values=focus)
 
 

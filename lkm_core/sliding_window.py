@@ -1,9 +1,13 @@
 """Sliding-window prediction: overlapping patches, Gaussian weighting, mirroring, padding.
 
-Works on a network-ready array (C, D, H, W) and returns the label map (D, H, W) (argmax over
-classes of the Gaussian-weighted sum of logits over patches, mirrors and folds). The weighted sum
-is not divided by the summed weights: that division is a positive per-voxel factor and does not
-change the argmax, so one accumulator of (classes, D, H, W) is all the memory needed.
+Works on a network-ready array (C, D, H, W). :func:`sliding_window_scores` returns the class
+scores (classes, D, H, W): the Gaussian-weighted mean of the logits over patches, mirrors and
+folds, divided by the summed weights as nnU-Net's predictor does, so that they can be resampled or
+turned into probabilities (softmax). :func:`predict_sliding_window` returns their argmax. Memory:
+one float32 accumulator of (classes, D, H, W) and one (D, H, W) of summed weights.
+
+Volumes smaller than the patch are padded to it with zeros (after normalisation), as nnU-Net
+pads them, so that the network sees the context and statistics it was trained with.
 
 A 2D network runs through the same code with a patch of depth 1: each patch is a slice window,
 squeezed to (B, C, H, W) for the network.
@@ -61,9 +65,10 @@ def tile_starts(size: int, patch: int, step: float) -> list:
 
 def fit_patch(patch: Sequence[int], shape: Sequence[int], divisors: Sequence[int]) -> tuple:
     """Shrink the patch along axes where the whole volume is smaller than it, to the volume's
-    size rounded up to a multiple of the network's downsampling factor. A fully convolutional
-    network gives the same kind of output on the smaller patch, and the padding it saves is
-    pure waste (quick mode: a 3 mm abdomen is ~100 voxels across, the paper patch 224)."""
+    size rounded up to a multiple of the network's downsampling factor. Opt-in only
+    (``Predictor(shrink_patch=True)``): it saves the padding's compute, but PiM/PaM windows and
+    InstanceNorm then see other contexts and statistics than in training, so labels can differ
+    from nnU-Net's, which pads to the patch."""
     out = []
     for p, n, d in zip(patch, shape, divisors):
         d = max(1, int(d))
@@ -97,7 +102,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def predict_sliding_window(
+def sliding_window_scores(
     networks: Sequence[Callable],
     array: np.ndarray,
     patch_size: Sequence[int],
@@ -111,8 +116,10 @@ def predict_sliding_window(
     autocast_dtype: torch.dtype | None = None,
     progress: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> np.ndarray:
-    """Label map (D, H, W) of ``array`` (C, D, H, W).
+) -> torch.Tensor:
+    """Normalised class scores (num_classes, D, H, W), float32 on ``results_device``, of
+    ``array`` (C, D, H, W): sum over patches, mirrors and folds of Gaussian-weighted logits,
+    divided by the summed weights (times mirrors and folds): a weighted mean of logits.
 
     ``patch_size`` has 3 entries (a 2D network: (1, h, w)). ``networks`` are callables taking
     (B, C, *patch) [2D: (B, C, h, w)] and returning logits (B, num_classes, same spatial).
@@ -130,6 +137,10 @@ def predict_sliding_window(
     tiles = list(itertools.product(*starts))
     mirrors = mirror_sets(mirror_axes)
     accumulator = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=results_device)
+    weight_sum = torch.zeros(spatial, dtype=torch.float32, device=results_device)
+    for t in tiles:
+        weight_sum[tuple(slice(s, s + p) for s, p in zip(t, patch_size))] += weights
+    weight_sum *= len(mirrors) * len(networks)
     total = len(tiles) * len(mirrors) * len(networks)
     done = 0
     log.info("sliding window: %d patches of %s, %d mirror(s), %d fold(s) on %s",
@@ -190,7 +201,22 @@ def predict_sliding_window(
                 done += len(chunk) * len(mirrors)
                 if progress is not None:
                     progress(done / total)
-        labels = accumulator[(slice(None), *crops)].argmax(0)
-    del accumulator
-    labels = labels.to(torch.uint8 if num_classes <= 256 else torch.int16)
-    return labels.cpu().numpy()
+        accumulator /= weight_sum
+    del weight_sum
+    if any(c.start != 0 or c.stop != n for c, n in zip(crops, spatial)):
+        accumulator = accumulator[(slice(None), *crops)].clone()  # the padding freed
+    return accumulator
+
+
+def scores_to_labels(scores: torch.Tensor) -> np.ndarray:
+    """Argmax over classes -> uint8 (uint16 beyond 256 classes) numpy label map."""
+    if scores.shape[0] <= 256:
+        return scores.argmax(0).to(torch.uint8).cpu().numpy()
+    return scores.argmax(0).to(torch.int16).cpu().numpy().astype(np.uint16)
+
+
+def predict_sliding_window(networks: Sequence[Callable], array: np.ndarray,
+                           patch_size: Sequence[int], num_classes: int, **kwargs) -> np.ndarray:
+    """Label map (D, H, W) of ``array``: the argmax of :func:`sliding_window_scores`."""
+    return scores_to_labels(sliding_window_scores(networks, array, patch_size, num_classes,
+                                                  **kwargs))

@@ -6,13 +6,17 @@ rounds (best of each), and prints the ratio full/conv-only measured in the same 
 ratio estimated inside the full network's own process (less sensitive to load), plus where the full network's time goes (stem+convs, PiM, PaM,
 decoder) from forward hooks.
 
-    python Testing/benchmarks/network.py [--preset 3d_paper] [--threads 2] [--repeats 1]
+    python Testing/benchmarks/network.py [--preset 3d_paper] [--threads 2] [--repeats 1] [--json FILE]
+
+The scan backend is the engine's choice (LKM_SCAN_BACKEND, see lkm_core/ssm/backend.py); each
+child reports which ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -22,6 +26,7 @@ from collections import defaultdict
 import torch
 
 from lkm_core.network import build_network, count_parameters, presets
+from lkm_core.ssm import backend_report
 
 
 def run_variant(preset, use_mamba, threads, repeats):
@@ -56,7 +61,7 @@ def run_variant(preset, use_mamba, threads, repeats):
             times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": min(times), "peak_rss_mb": peak_mb, "parameters": count_parameters(net),
-            "parts": {k: v / repeats for k, v in spent.items()}}
+            "parts": {k: v / repeats for k, v in spent.items()}, "scan_backend": backend_report()}
 
 
 def main():
@@ -67,6 +72,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternate the two variants this many times and keep each one's best, "
                              "so a burst of load on the machine does not land on one variant only")
+    parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--child", choices=["full", "conv"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -82,7 +88,8 @@ def main():
             if variant not in results or run["seconds"] < results[variant]["seconds"]:
                 results[variant] = run
     patch = "x".join(map(str, presets.preset_patch_size(args.preset)))
-    print(f"{args.preset}, patch {patch}, torch {torch.__version__}, {args.threads} threads")
+    print(f"{args.preset}, patch {patch}, torch {torch.__version__}, {args.threads} threads, "
+          f"scan backend: {results['full']['scan_backend']}")
     for variant, label in (("full", "LKM-UNet (PiM + PaM)"), ("conv", "same without PiM/PaM")):
         r = results[variant]
         print(f"  {label:24} {r['seconds']:7.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
@@ -96,6 +103,12 @@ def main():
     print("  where the full forward's time goes:")
     for part, seconds in results["full"]["parts"].items():
         print(f"    {part:14} {seconds:7.2f} s  ({seconds / results['full']['seconds']:.0%})")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"preset": args.preset, "patch": patch, "threads": args.threads, "torch": torch.__version__,
+                       "load_average": os.getloadavg(), "rounds": args.rounds, **results,
+                       "ratio_full_vs_conv": results["full"]["seconds"] / results["conv"]["seconds"],
+                       "ratio_in_process": total / (total - mamba)}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ its summary, its total wall time (with start-up and model loading) and its peak 
     python Testing/benchmarks/predict.py --preset 2d_paper    # the paper's 2D model (issue 7)
     python Testing/benchmarks/predict.py --preset 3d_paper,2d_paper   # both, one after the other
     python Testing/benchmarks/predict.py --preset 3d_small --crop 0.5   # a small variant
+    python Testing/benchmarks/predict.py --baseline 80b17ed   # also today's engine at that commit,
+                                                              # alternating, and the ratio
 
 A 2D preset (2d_paper: 7 stages, 320x320, 1.5 mm in-plane; quick mode 3 mm in-plane) runs the
 same CT slice by slice along its first array axis (z, 1.5 mm, never resampled).
@@ -77,7 +79,18 @@ def make_bundle(work: Path, preset: str, labels: str) -> Path:
     return folder
 
 
-def run_mode(ct: Path, bundle: Path, out: Path, mode: str, args) -> dict:
+def export_commit(work: Path, commit: str) -> Path:
+    """lkm_core as it was at a commit, exported into work/ (the baseline engine)."""
+    folder = work / f"engine_{commit}"
+    if not (folder / "lkm_core").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "lkm_core"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def run_mode(ct: Path, bundle: Path, out: Path, mode: str, args, engine: Path = REPO) -> dict:
     cmd = [sys.executable, "-m", "lkm_core", "predict", str(ct), "-o", str(out), "--model",
            str(bundle), "--device", args.device, "--threads", str(args.threads), "--overwrite",
            "--progress", "json", "--format", args.format]
@@ -85,7 +98,7 @@ def run_mode(ct: Path, bundle: Path, out: Path, mode: str, args) -> dict:
         cmd.append("--quick")
     if args.step:
         cmd += ["--step", str(args.step)]
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (str(engine), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=path)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -124,6 +137,8 @@ def main() -> None:
     p.add_argument("--format", default="seg.nrrd")
     p.add_argument("--work", default=None, help="folder for the CT, bundle and outputs")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--baseline", default=None, metavar="COMMIT",
+                   help="also run the engine of this git commit, alternating with ours; print the ratio")
     args = p.parse_args()
 
     work = Path(args.work or Path(tempfile.gettempdir()) / "lkm_benchmark")
@@ -137,7 +152,14 @@ def main() -> None:
               f"{args.threads} thread(s) on {args.device}", flush=True)
         results = []
         for mode in args.modes.split(","):
+            if args.baseline:
+                base = run_mode(ct, bundle, work / f"out_{preset}_{mode}_base", mode, args,
+                                export_commit(work, args.baseline))
             r = run_mode(ct, bundle, work / f"out_{preset}_{mode}", mode, args)
+            if args.baseline:
+                r["baseline"] = {"commit": args.baseline, **base}
+                r["wall_ratio_vs_baseline"] = round(r["wall_s"] / base["wall_s"], 3)
+                r["network_ratio_vs_baseline"] = round(r["phases_s"]["network"] / base["phases_s"]["network"], 3)
             results.append(r)
             print(f"\n{preset} {mode}: network grid {r['network_grid']['shape']} at "
                   f"{r['network_grid']['spacing']} mm, device {r['device']}")
@@ -146,10 +168,15 @@ def main() -> None:
             print(f"  {'total wall':<20} {r['wall_s']:9.2f} s")
             print(f"  non-network share of the pipeline: {100 * r['non_network_share']:.1f} %")
             print(f"  peak RSS: {r['peak_rss_gb']:.2f} GB", flush=True)
+            if args.baseline:
+                b = r["baseline"]
+                print(f"  baseline engine ({args.baseline}): wall {b['wall_s']:.2f} s, network "
+                      f"{b['phases_s']['network']:.2f} s, peak RSS {b['peak_rss_gb']:.2f} GB; ratio ours/baseline: "
+                      f"wall {r['wall_ratio_vs_baseline']:.2f}, network {r['network_ratio_vs_baseline']:.2f}", flush=True)
         runs.append({"preset": preset, "threads": args.threads, "ct": str(ct), "results": results})
     if args.json:
         # one preset: the same object as before; several: a list of them
-        Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=2))
+        Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

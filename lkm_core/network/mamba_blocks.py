@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ssm import Mamba
-from ..ssm.mamba import bidirectional_time_major
+from ..ssm import backend as scan_backend
+from ..ssm.mamba import bidirectional_fused_cpu, bidirectional_time_major
 
 PARTITIONS = ("window", "strided")
 # Inference runs BiM on groups of sequences of at most this many (token x d_inner) elements,
@@ -59,38 +60,70 @@ def partition(x: torch.Tensor, sizes: Sequence[int], mode: str = "window"):
         raise ValueError(f"window {sizes} does not match a {dims}D feature map")
     spatial = tuple(x.shape[2:])
     x, padded = _pad_to_multiple(x, sizes)
-    B, C = x.shape[:2]
     counts = tuple(p // w for p, w in zip(padded, sizes))
+    layout = (spatial, padded, sizes, counts, mode)
+    seq_len = math.prod(counts if mode == "strided" else sizes)
+    return _sequence_view(x, layout).reshape(-1, seq_len, x.shape[1]), layout
+
+
+def _sequence_view(x: torch.Tensor, layout) -> torch.Tensor:
+    """A view of the padded map (B, C, *padded) with axes (B, *seq index, *token index, C).
+
+    Reshaped to (B * n_seq, seq_len, C) it is `partition`'s output; written through, it puts
+    sequences back in place without an intermediate full-size copy.
+    """
+    _, _, sizes, counts, mode = layout
+    dims = len(sizes)
+    B, C = x.shape[:2]
     split = [B, C]
     for n, w in zip(counts, sizes):
         split += [n, w]
-    x = x.reshape(split)  # (B, C, n0, w0, n1, w1, ...)
+    x = x.view(split) if x.is_contiguous() else x.reshape(split)  # (B, C, n0, w0, n1, w1, ...)
     count_axes = [2 + 2 * i for i in range(dims)]
     size_axes = [3 + 2 * i for i in range(dims)]
     if mode == "window":   # one sequence per window, tokens = positions inside the window
         seq_axes, tok_axes = count_axes, size_axes
     else:                  # one sequence per offset, tokens = the strided grid of that offset
         seq_axes, tok_axes = size_axes, count_axes
-    seqs = x.permute(0, *seq_axes, *tok_axes, 1)
-    seq_len = math.prod(seqs.shape[1 + dims:1 + 2 * dims])
-    seqs = seqs.reshape(-1, seq_len, C)
-    return seqs, (spatial, padded, sizes, counts, mode)
+    return x.permute(0, *seq_axes, *tok_axes, 1)
 
 
 def unpartition(seqs: torch.Tensor, batch: int, layout) -> torch.Tensor:
     """Inverse of `partition`: (B * n_seq, seq_len, C) -> (B, C, *S)."""
+    C = seqs.shape[-1]
+    return _unpartition_channels_first(seqs.permute(2, 0, 1), batch, layout, C)
+
+
+def _unpartition_channels_first(seqs_cf, batch, layout, C):
+    """(C, B * n_seq, seq_len) -> (B, C, *S), written contiguously (the source moves along
+    the last window axis when it is channels first)."""
     spatial, padded, sizes, counts, mode = layout
     dims = len(sizes)
-    C = seqs.shape[-1]
     seq_shape, tok_shape = (counts, sizes) if mode == "window" else (sizes, counts)
-    x = seqs.reshape(batch, *seq_shape, *tok_shape, C)
-    # axes now: 0 batch, 1..dims seq index, dims+1..2dims token index, last channel
-    order = [0, 2 * dims + 1]
+    x = seqs_cf.reshape(C, batch, *seq_shape, *tok_shape)
+    # axes now: 0 channel, 1 batch, 2..dims+1 seq index, dims+2..2dims+1 token index
+    order = [1, 0]
     for i in range(dims):
-        count_axis, size_axis = (1 + i, 1 + dims + i) if mode == "window" else (1 + dims + i, 1 + i)
+        count_axis, size_axis = (2 + i, 2 + dims + i) if mode == "window" else (2 + dims + i, 2 + i)
         order += [count_axis, size_axis]
-    x = x.permute(order).reshape(batch, C, *padded)
-    return _crop(x, spatial)
+    return _crop(x.permute(order).reshape(batch, C, *padded), spatial)
+
+
+def add_unpartitioned(x: torch.Tensor, seqs_cf: torch.Tensor, layout) -> torch.Tensor:
+    """x + unpartition(seqs) in fp32 for channels-first seqs_cf (C, B * n_seq, seq_len).
+
+    Without padding: one copy of x, then the sequences are added through a strided view of
+    it (with the channels first, both sides run along the last window axis). With padding:
+    the sequences are put back contiguously, cropped and added.
+    """
+    spatial, padded = layout[:2]
+    if tuple(padded) != tuple(spatial):
+        return x.float() + _unpartition_channels_first(seqs_cf, x.shape[0], layout, seqs_cf.shape[0])
+    out = x.float().clone(memory_format=torch.contiguous_format)
+    view = _sequence_view(out, layout)
+    view = view.permute(view.dim() - 1, *range(view.dim() - 1))     # (C, B, *seq index, *token index)
+    view.add_(seqs_cf.reshape(view.shape))
+    return out
 
 
 class BiMamba(nn.Module):
@@ -112,19 +145,60 @@ class BiMamba(nn.Module):
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """(N, L, C) -> (N, L, C), fp32 throughout."""
         with torch.autocast(device_type=seqs.device.type, enabled=False):
+            kernels = self.fused_cpu_kernels(seqs)
+            if kernels is not None:
+                return self._forward_fused(self.norm(seqs.float()), kernels)
             normed = self.norm(seqs.float().transpose(0, 1))      # time-major (L, N, C)
             if torch.is_grad_enabled():
                 return self._mix(normed).transpose(0, 1)
             # inference: a bounded number of sequences at a time bounds the layer's memory
             L, N, C = normed.shape
-            directions = 2 if self.mamba_bwd is not None else 1
-            group = max(1, _GROUP_ELEMENTS // (L * self.mamba_fwd.d_inner * directions))
+            group = self._group(L)
             if group >= N:
                 return self._mix(normed).transpose(0, 1)
             out = normed.new_empty(L, N, C)
             for start in range(0, N, group):
                 out[:, start:start + group] = self._mix(normed[:, start:start + group])
             return out.transpose(0, 1)
+
+    def _group(self, length):
+        directions = 2 if self.mamba_bwd is not None else 1
+        return max(1, _GROUP_ELEMENTS // (length * self.mamba_fwd.d_inner * directions))
+
+    def fused_cpu_kernels(self, seqs):
+        """The numba kernels when this call can take the fused CPU path, else None."""
+        if (self.mamba_bwd is None or seqs.is_cuda or torch.is_grad_enabled()
+                or scan_backend.cpu_inference_backend() != "numba"):
+            return None
+        return scan_backend.numba_scan_module()
+
+    def forward_channels_first(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(N, L, C) -> (C, N, L): the same result, channels first (PiM adds it back that way)."""
+        with torch.autocast(device_type=seqs.device.type, enabled=False):
+            kernels = self.fused_cpu_kernels(seqs)
+            if kernels is not None:
+                return self._forward_fused(self.norm(seqs.float()), kernels, channels_first=True)
+            return self.forward(seqs).permute(2, 0, 1)
+
+    def _forward_fused(self, normed, kernels, channels_first=False):
+        """Inference on the CPU with the fused kernels, batch-major, a group of sequences at a time.
+
+        channels_first: out_proj writes (C, N, L), so that putting the sequences back into a
+        (B, C, *S) map moves runs along the last spatial axis instead of single values.
+        """
+        N, L, C = normed.shape
+        out_weight = self.out_proj.weight.repeat(1, 2)     # W (y_fwd + y_bwd) = [W, W] [y_fwd; y_bwd]
+        out = normed.new_empty((C, N, L) if channels_first else (N, L, C))
+        group = self._group(L)
+        for start in range(0, N, group):
+            stop = min(N, start + group)
+            y = bidirectional_fused_cpu(self.mamba_fwd, self.mamba_bwd, normed[start:stop], kernels)
+            if channels_first:
+                torch.mm(out_weight, y.view(-1, y.shape[-1]).t(), out=out[:, start:stop].view(C, -1))
+            else:
+                torch.matmul(y, out_weight.t(), out=out[start:stop])
+        scan_backend.note_used("numba")
+        return out
 
     def _mix(self, normed):
         if self.mamba_bwd is None:
@@ -146,6 +220,8 @@ class PixelMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seqs, layout = partition(x, self.window, self.partition_mode)
+        if self.bim.fused_cpu_kernels(seqs) is not None:     # CPU inference: channels-first output
+            return add_unpartitioned(x, self.bim.forward_channels_first(seqs), layout).to(x.dtype)
         out = unpartition(self.bim(seqs), x.shape[0], layout)
         return (x.float() + out).to(x.dtype)
 

@@ -147,3 +147,39 @@ def bidirectional_time_major(forward: Mamba, backward: Mamba, hidden: torch.Tens
                 stacked[key] = torch.cat([fwd[key], bwd[key]], dim=1)
         y = selective_scan_time_major(**stacked, delta_softplus=True)
         return forward.out_proj(y[:, :n_seq]) + backward.out_proj(y[:, n_seq:]).flip(0)
+
+
+def bidirectional_fused_cpu(forward: Mamba, backward: Mamba, hidden: torch.Tensor, kernels) -> torch.Tensor:
+    """forward(x) + flip(backward(flip(x))) for batch-major (N, L, d_model) fp32 CPU input, no grad.
+
+    Returns the two inner outputs side by side, (N, L, 2 * d_inner): a Linear with its weight
+    repeated twice ([W, W]) turns them into W (y_fwd + y_bwd) without a separate add. Nothing
+    is flipped and nothing concatenated: one in_proj GEMM serves both directions, the
+    backward direction's conv and scan walk the sequence backwards by index (numba kernels),
+    dt_proj, softplus, D and the SiLU gate happen inside the scan, and each sequence's rows are
+    contiguous in memory (batch-major), so the kernels stream through them.
+    """
+    N, L, _ = hidden.shape
+    d, n, r = forward.d_inner, forward.d_state, forward.dt_rank
+    pair = (forward, backward)
+    stack = lambda get: torch.stack([get(m).detach().float() for m in pair])
+    in_bias = (torch.cat([m.in_proj.bias for m in pair]) if forward.in_proj.bias is not None else None)
+    xz = F.linear(hidden, torch.cat([m.in_proj.weight for m in pair]), in_bias).view(N, L, 2, 2, d)
+    time_major = lambda t: t.transpose(0, 1)       # a view: (N, L, ...) -> (L, N, ...)
+    u = hidden.new_empty(N, L, 2, d)
+    conv_bias = (stack(lambda m: m.conv1d.bias) if forward.conv1d.bias is not None
+                 else hidden.new_zeros(2, d))
+    kernels.causal_conv_silu(time_major(xz[:, :, :, 0]), stack(lambda m: m.conv1d.weight[:, 0]), conv_bias,
+                             time_major(u), reverse_second=True)
+    rows = u.view(N * L, 2, d)
+    x_dbl = hidden.new_empty(2, N * L, r + 2 * n)
+    for i, m in enumerate(pair):
+        torch.mm(rows[:, i], m.x_proj.weight.t(), out=x_dbl[i])
+    per_direction = lambda t: t.view(2, N, L, t.shape[-1]).permute(2, 1, 0, 3)   # (L, N, 2, c)
+    y = hidden.new_empty(N, L, 2, d)
+    # dt_proj happens inside the scan (from x_dbl's first r columns): no (N, L, 2, d) delta
+    kernels.run(time_major(u), per_direction(x_dbl[:, :, :r]), stack(lambda m: -torch.exp(m.A_log.float())),
+                per_direction(x_dbl[:, :, r:r + n]), per_direction(x_dbl[:, :, r + n:]),
+                stack(lambda m: m.D), time_major(xz[:, :, :, 1]), stack(lambda m: m.dt_proj.bias),
+                True, time_major(y), reverse_second=True, dt_weight=stack(lambda m: m.dt_proj.weight))
+    return y.view(N, L, 2 * d)

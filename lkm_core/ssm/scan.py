@@ -11,11 +11,12 @@ Two entry points:
   returns (l, b, d). The recurrence walks l, so this is the layout every step reads
   contiguously; the Mamba layer produces it directly and avoids full-size transposes.
 
-Implementations, chosen automatically:
+Implementations, chosen automatically (backend.py holds the switch that overrides it):
 
 * mamba_ssm's CUDA kernel, when it imports and the tensors are on a GPU;
 * a Triton kernel (triton_scan.py) for GPU inference without mamba_ssm;
-* ``_scan_no_grad``: inference anywhere. Chunked: exp(delta*A) and delta*u*B are built for
+* the fused numba kernel (numba_scan.py) for fp32 CPU inference, when numba loads;
+* ``_scan_no_grad``: inference anywhere (the fallback). Chunked: exp(delta*A) and delta*u*B are built for
   T steps at a time into preallocated (T, b, d, n) buffers, then one fused multiply-add per
   step carries the state. Nothing of size (b, d, l, n) is ever allocated.
 * ``_SelectiveScan``: the same forward plus a hand-written backward (reverse scan) that keeps
@@ -31,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import backend as _backend
 from .kernels import mamba_selective_scan_fn
 from .triton_scan import selective_scan_triton, triton_available
 
@@ -54,12 +56,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Selective scan with mamba_ssm's ``selective_scan_fn`` signature and meaning.
 
     backend: None picks the best available ("mamba_ssm" on CUDA when it imports, else
-    "triton" on CUDA for inference, else "torch"); naming one forces it (for benchmarks).
+    "triton" on CUDA for inference, "numba" for fp32 CPU inference when it loads, else
+    "torch"); naming one forces it (for tests and benchmarks).
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, time_major=False)
     if backend is None and u.is_cuda and mamba_selective_scan_fn() is not None:
         backend = "mamba_ssm"
     if backend == "mamba_ssm":
+        _backend.note_used("mamba_ssm")
         return mamba_selective_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     tm = lambda t: t.permute(2, 0, 1) if t is not None else None
     y = selective_scan_time_major(tm(u), tm(delta), A, tm(B), tm(C), D, tm(z), delta_bias,
@@ -73,16 +77,46 @@ def selective_scan_time_major(u, delta, A, B, C, D=None, z=None, delta_bias=None
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, time_major=True)
     grad = _needs_grad(u, delta, A, B, C, D, z, delta_bias)
     if backend is None:
-        backend = "triton" if (u.is_cuda and not grad and triton_available(u.device)) else "torch"
+        if u.is_cuda:
+            backend = "triton" if (not grad and triton_available(u.device)) else "torch"
+        elif grad or u.dtype != torch.float32 or not _numba_can_take(A, delta, delta_softplus):
+            backend = "torch"
+        else:
+            backend = _backend.cpu_inference_backend()
     if backend == "triton":
+        _backend.note_used("triton")
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if backend == "numba":
+        return _scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus, grad)
     if backend != "torch":
         raise ValueError(f"unknown scan backend {backend!r}")
+    _backend.note_used("torch")
     with _step_threads(u.shape[1], u.shape[2], A.shape[-1], u.is_cuda):
         if grad:
             return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         with torch.no_grad():
             return _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def _numba_can_take(A, delta, delta_softplus) -> bool:
+    """The kernel's exp is written for exp(delta*A) <= 1: A <= 0 and delta >= 0 (as in Mamba)."""
+    return bool((A <= 0).all()) and (delta_softplus or bool((delta >= 0).all()))
+
+
+def _scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus, grad):
+    if grad:
+        raise ValueError("the numba scan has no backward: use backend='torch' (or None) for autograd")
+    if u.is_cuda:
+        raise ValueError("the numba scan runs on the CPU; these tensors are on a GPU")
+    if not _numba_can_take(A, delta, delta_softplus):
+        raise ValueError("the numba scan needs A <= 0 and, without softplus, delta >= 0 (Mamba's case)")
+    kernels = _backend.numba_scan_module()
+    if kernels is None:
+        raise RuntimeError(f"the numba scan cannot load: {_backend.backend_report()}")
+    y = torch.empty(u.shape, dtype=torch.float32)
+    kernels.run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y)
+    _backend.note_used("numba")
+    return y.to(u.dtype)
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias, time_major):

@@ -7,6 +7,10 @@ names lkm_core.network.LKMUNet), the preprocessing (spacing, patch size, transpo
 normalisation schemes with the dataset's intensity statistics), the labels (dataset.json; colours
 and SNOMED CT codes from lkm_core.terminology), and provenance (trainer, plans, epochs, date).
 The weights go to safetensors; nothing pickled ends up in the bundle.
+
+The orientation the model was trained in is recorded too (:func:`training_orientation`): nnU-Net
+uses each image's array in storage order, so a model learns left and right in the order its
+training images were stored; the predictor reorients every input to that order.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
+import pickle
 import re
+from collections import Counter
 from pathlib import Path
 
 from ..errors import InputError, ModelError
@@ -117,6 +124,98 @@ def normalization_from_plans(plans: dict, config: dict, fingerprint: dict | None
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+def training_orientation(plans: dict, dataset_json: dict | None = None, *, raw=None,
+                         preprocessed=None) -> tuple:
+    """(orientation code or None, how it was found) of the model's training images.
+
+    nnU-Net's NibabelIOWithReorient reorients every image to RAS. Other readers keep the storage
+    order, read here from the headers of ``imagesTr`` in nnUNet_raw or, where those are gone, from
+    the direction nnU-Net keeps per case in its preprocessed properties. A mixed dataset gives
+    the dominant orientation, with a warning: nnU-Net trained on several axis orders then, and
+    inputs will be brought to the most common one."""
+    reader = str(plans.get("image_reader_writer", ""))
+    if reader == "NibabelIOWithReorient":
+        return "RAS", "NibabelIOWithReorient (nnU-Net reorients every image to RAS)"
+    dataset = plans.get("dataset_name", "")
+    raw = raw if raw is not None else os.environ.get("nnUNet_raw")
+    preprocessed = preprocessed if preprocessed is not None else os.environ.get("nnUNet_preprocessed")
+    codes, where = [], None
+    if raw and (Path(raw) / dataset / "imagesTr").is_dir():
+        ending = (dataset_json or {}).get("file_ending", "")
+        codes = _header_orientations(Path(raw) / dataset / "imagesTr", ending)
+        where = f"the headers of {Path(raw) / dataset / 'imagesTr'}"
+    if not codes and preprocessed and (Path(preprocessed) / dataset).is_dir():
+        codes = _properties_orientations(Path(preprocessed) / dataset)
+        where = f"nnU-Net's preprocessed properties in {Path(preprocessed) / dataset}"
+    if not codes:
+        log.warning("The training images of %s were not found (set nnUNet_raw or "
+                    "nnUNet_preprocessed): the bundle records no orientation, so its results "
+                    "will depend on how each input is stored.", dataset or "this model")
+        return None, "unknown"
+    counts = Counter(codes)
+    dominant, n = counts.most_common(1)[0]
+    if len(counts) > 1:
+        log.warning("The training images are stored in several orientations (%s): nnU-Net "
+                    "trained on mixed axis orders; recording the dominant %s (%d of %d), to which "
+                    "every input will be reoriented.",
+                    ", ".join(f"{c} x{k}" for c, k in counts.most_common()), dominant, n, len(codes))
+    return dominant, f"{where} ({n} of {len(codes)} images)"
+
+
+def _header_orientations(folder: Path, ending: str) -> list:
+    import SimpleITK as sitk
+    from ..preprocessing import image_orientation
+
+    out = []
+    for path in sorted(folder.iterdir()):
+        first_channel = path.name.endswith(f"_0000{ending}") if ending else "_0000." in path.name
+        if not first_channel or not path.is_file():
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue  # a format SimpleITK does not read (nnU-Net's other readers)
+        if reader.GetDimension() == 3:
+            out.append(image_orientation(reader.GetDirection()))
+    return out
+
+
+class _PropertiesUnpickler(pickle.Unpickler):
+    """nnU-Net's per-case properties (.pkl) hold dicts, tuples, numbers and numpy arrays only;
+    anything else is refused, so no code from the file can run."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED or (module.startswith("numpy") and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a properties file")
+
+
+def _properties_orientations(folder: Path, limit: int = 500) -> list:
+    import numpy as np
+    from ..preprocessing import image_orientation
+
+    out = []
+    for path in sorted(folder.glob("*/*.pkl"))[:limit]:
+        try:
+            with open(path, "rb") as f:
+                props = _PropertiesUnpickler(f).load()
+        except Exception:  # noqa: BLE001 - not a properties file we can read safely
+            continue
+        if "sitk_stuff" in props and len(props["sitk_stuff"].get("direction", ())) == 9:
+            out.append(image_orientation(props["sitk_stuff"]["direction"]))
+        elif "nibabel_stuff" in props:
+            affine = np.asarray(props["nibabel_stuff"]["original_affine"], float)[:3, :3]
+            lps = affine * np.array([[-1.0], [-1.0], [1.0]])  # RAS world -> LPS world
+            out.append(image_orientation(lps / np.linalg.norm(lps, axis=0)))
+    return out
+
+
 def labels_from_dataset(dataset_json: dict) -> tuple[list, int]:
     """dataset.json labels -> ([{value, name}], number of network outputs)."""
     labels = dataset_json.get("labels")
@@ -169,8 +268,9 @@ def network_config(config: dict, input_channels: int, num_classes: int) -> dict:
 def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, configuration: str, *,
                 name: str | None = None, version: str = "1.0.0", description: str | None = None,
                 licence: str | None = None, provenance: dict | None = None,
-                mirror_axes=None) -> dict:
-    """model.json (without folds) for an LKM configuration of these plans."""
+                mirror_axes=None, orientation="auto") -> dict:
+    """model.json (without folds) for an LKM configuration of these plans. ``orientation``:
+    "auto" finds the training images' (:func:`training_orientation`), None records none."""
     config = resolve_configuration(plans, configuration)
     labels, num_classes = labels_from_dataset(dataset_json)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": "image"}
@@ -188,6 +288,7 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
         "spacing": [float(s) for s in config["spacing"]],
         "patch_size": patch,
         "transpose": [int(t) for t in plans.get("transpose_forward", [0, 1, 2])],
+        "orientation": None,
         "normalization": normalization_from_plans(plans, config, fingerprint),
         "network": network_config(config, len(channels), num_classes),
         "labels": labels,
@@ -196,6 +297,10 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
     }
     if mirror_axes is not None:
         meta["inference"]["mirror_axes"] = [int(a) for a in mirror_axes]
+    if orientation == "auto":
+        orientation, found = training_orientation(plans, dataset_json)
+        meta["provenance"]["orientation_from"] = found
+    meta["orientation"] = orientation
     return meta
 
 

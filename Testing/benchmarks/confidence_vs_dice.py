@@ -1,0 +1,260 @@
+"""Benchmark: is the model's confidence worth ranking by? And what does it cost?
+
+On every labelled CT this project can reach (the cases of ``default_model_dice.py``: the
+training CT, the PET/CT DICOM series and the aorta CT, all from the totalsegmentator 2.18.0
+source distribution; their references are TotalSegmentator's predictions, not manual labels):
+
+* structure level: Spearman's rank correlation between each structure's confidence score
+  (``CASE.json`` ``confidence.structures[*].score``) and its Dice against the reference, over all
+  (case, structure) pairs with a reference, with n and a bootstrap 95 % interval (pairs
+  resampled);
+* voxel level: the AUROC of the confidence map for finding wrong voxels (the predicted label
+  differs from the reference, on the reference's grid, for the structures both know), with a
+  95 % interval from a bootstrap over axial slices (neighbouring voxels are not independent);
+* cost (``--overhead``): wall time and peak RSS of a plain run (no confidence), the default run
+  (summary scores) and ``--uncertainty`` (voxel map too), each in its own process, same run.
+
+    python Testing/benchmarks/confidence_vs_dice.py [--model BUNDLE ...] [--smoke-model]
+        [--threads 2] [--overhead] [--json OUT]
+
+``--smoke-model`` also trains the small model of ``lkm_core.training.smoke`` (the nnU-Net
+training the test suite runs, a few minutes on a CPU) and measures it too. So few cases make
+a weak test: read the intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from default_model_dice import DICOM_FOLDER, fetch_reference_files  # noqa: E402
+from lkm_core.bundle import default_bundle_path, load_bundle  # noqa: E402
+from lkm_core.demo import dice  # noqa: E402
+from lkm_core.inference import Predictor  # noqa: E402
+from lkm_core import io as lkm_io  # noqa: E402
+from lkm_core.sample_data import REFERENCE_LABELS  # noqa: E402
+from lkm_core.terminology import lookup  # noqa: E402
+
+BOOTSTRAP = 2000
+RNG = np.random.default_rng(20261201)
+
+
+def _key(name: str) -> str:
+    structure = lookup(name)
+    return structure.name if structure else name
+
+
+def cases(folder: Path) -> list:
+    """(name, image path, {organ key: (reference image, value)})."""
+    out = []
+    ref = sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz"))
+    out.append(("training", folder / "example_ct.nii.gz",
+                {k: (ref, v) for k, v in REFERENCE_LABELS.items()}))
+    series = lkm_io.read_image(folder / DICOM_FOLDER)
+    ref = sitk.Resample(sitk.ReadImage(str(folder / "example_seg_dicom.nii.gz")), series,
+                        sitk.Transform(), sitk.sitkNearestNeighbor)
+    present = {int(v) for v in np.unique(sitk.GetArrayViewFromImage(ref))}
+    out.append(("pet_ct_dicom", folder / DICOM_FOLDER,
+                {k: (ref, v) for k, v in REFERENCE_LABELS.items() if v in present}))
+    ref = sitk.ReadImage(str(folder / "aorta_report/test_result/models/aorta.nii.gz"))
+    out.append(("aorta_ct", folder / "aorta_report/example_ct.nii.gz", {"aorta": (ref, 1)}))
+    return out
+
+
+def spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def bootstrap_spearman(x, y) -> tuple:
+    x, y = np.asarray(x), np.asarray(y)
+    values = []
+    for _ in range(BOOTSTRAP):
+        idx = RNG.integers(0, len(x), len(x))
+        r = spearman(x[idx], y[idx])
+        if not math.isnan(r):
+            values.append(r)
+    if not values:
+        return (float("nan"), float("nan"))
+    return tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
+
+
+def auroc_from_histograms(wrong: np.ndarray, right: np.ndarray) -> float:
+    """AUROC of 'low confidence means wrong' from counts per confidence level 0..100."""
+    n_wrong, n_right = wrong.sum(), right.sum()
+    if n_wrong == 0 or n_right == 0:
+        return float("nan")
+    # P(conf_wrong < conf_right) + 0.5 P(equal)
+    right_below = np.cumsum(right) - right  # right voxels with a lower confidence
+    right_above = n_right - right_below - right
+    return float((wrong * (right_above + 0.5 * right)).sum() / (n_wrong * n_right))
+
+
+def voxel_histograms(conf: np.ndarray, wrong: np.ndarray, region: np.ndarray) -> list:
+    """Per axial slice: (histogram of confidence on wrong voxels, on right voxels)."""
+    out = []
+    for z in range(conf.shape[0]):
+        m = region[z]
+        c, w = conf[z][m], wrong[z][m]
+        out.append((np.bincount(c[w], minlength=101), np.bincount(c[~w], minlength=101)))
+    return out
+
+
+def bootstrap_auroc(hists: list) -> tuple:
+    wrong = np.stack([h[0] for h in hists])
+    right = np.stack([h[1] for h in hists])
+    values = []
+    for _ in range(BOOTSTRAP):
+        idx = RNG.integers(0, len(hists), len(hists))
+        v = auroc_from_histograms(wrong[idx].sum(0), right[idx].sum(0))
+        if not math.isnan(v):
+            values.append(v)
+    return tuple(float(v) for v in np.percentile(values, [2.5, 97.5])) if values else (
+        float("nan"), float("nan"))
+
+
+def measure_model(bundle_path, case_list, threads: int) -> dict:
+    bundle = load_bundle(bundle_path)
+    predictor = Predictor(bundle, device="cpu", threads=threads, confidence_map=True)
+    pairs, hists = [], []
+    for name, image_path, references in case_list:
+        result = predictor.predict_file(image_path)
+        structures = result.confidence["structures"]
+        by_value = {lab.value: lab for lab in bundle.labels}
+        for lab in bundle.labels:
+            key = _key(lab.name)
+            if key not in references or lab.name not in structures:
+                continue
+            ref_img, ref_value = references[key]
+            pred = sitk.Resample(result.labels, ref_img, sitk.Transform(),
+                                 sitk.sitkNearestNeighbor, 0, result.labels.GetPixelID())
+            d = dice(sitk.GetArrayViewFromImage(pred) == lab.value,
+                     sitk.GetArrayViewFromImage(ref_img) == ref_value)
+            if not math.isnan(d):
+                pairs.append({"case": name, "structure": lab.name, "dice": round(d, 4),
+                              "score": structures[lab.name]["score"]})
+        # voxel level, on the reference's grid (of the first reference: one grid per case)
+        ref_img = next(iter(references.values()))[0]
+        pred = sitk.GetArrayFromImage(sitk.Resample(result.labels, ref_img, sitk.Transform(),
+                                                    sitk.sitkNearestNeighbor, 0,
+                                                    result.labels.GetPixelID()))
+        conf = sitk.GetArrayFromImage(sitk.Resample(result.confidence_map, ref_img,
+                                                    sitk.Transform(), sitk.sitkNearestNeighbor,
+                                                    100, sitk.sitkUInt8))
+        ref = sitk.GetArrayViewFromImage(ref_img)
+        truth = np.zeros(ref.shape, np.int32)   # the reference in the model's label values
+        for key, (img, value) in references.items():
+            lab = next((lab for lab in by_value.values() if _key(lab.name) == key), None)
+            if lab is not None and img is ref_img:
+                truth[ref == value] = lab.value
+        known = {lab.value for lab in by_value.values() if _key(lab.name) in references}
+        pred_known = np.where(np.isin(pred, list(known)), pred, 0)
+        region = (truth > 0) | (pred_known > 0)  # in or next to the structures being judged
+        hists += voxel_histograms(conf, pred_known != truth, region)
+    x = [p["score"] for p in pairs]
+    y = [p["dice"] for p in pairs]
+    wrong = np.stack([h[0] for h in hists]).sum(0)
+    right = np.stack([h[1] for h in hists]).sum(0)
+    return {"model": f"{bundle.name} {bundle.version}", "pairs": pairs, "n": len(pairs),
+            "spearman": spearman(x, y), "spearman_95": bootstrap_spearman(x, y),
+            "voxel_auroc": auroc_from_histograms(wrong, right),
+            "voxel_auroc_95": bootstrap_auroc(hists),
+            "voxels": int(wrong.sum() + right.sum()), "wrong_voxels": int(wrong.sum())}
+
+
+OVERHEAD_CHILD = """
+import json, resource, sys, time
+from lkm_core.bundle import load_bundle
+from lkm_core.inference import Predictor
+bundle, image, mode, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+p = Predictor(load_bundle(bundle), device="cpu", threads=threads,
+              confidence=mode != "plain", confidence_map=mode == "map")
+t0 = time.perf_counter()
+r = p.predict_file(image)
+print(json.dumps({"seconds": time.perf_counter() - t0, "postprocess": r.timings["postprocess"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def overhead(bundle_path, image, threads: int, rounds: int = 2) -> dict:
+    """Wall time and peak RSS per mode, each run in a fresh process, modes interleaved."""
+    runs = {"plain": [], "scores": [], "map": []}
+    for _ in range(rounds):
+        for mode in runs:
+            out = subprocess.run([sys.executable, "-c", OVERHEAD_CHILD, str(bundle_path),
+                                  str(image), mode, str(threads)], capture_output=True,
+                                 text=True, cwd=REPO, check=True)
+            runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = {m: {k: min(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
+    for mode in ("scores", "map"):
+        best[mode]["wall_ratio"] = best[mode]["seconds"] / best["plain"]["seconds"]
+        best[mode]["rss_ratio"] = best[mode]["peak_rss_mb"] / best["plain"]["peak_rss_mb"]
+    return best
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", default=None, help="bundle (repeatable; "
+                   "default: the installed default model)")
+    p.add_argument("--smoke-model", action="store_true",
+                   help="also train and measure the nnU-Net smoke model (a few minutes)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--overhead", action="store_true", help="also measure the cost")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    folder = fetch_reference_files()
+    case_list = cases(folder)
+    models = list(args.model or [default_bundle_path()])
+    if args.smoke_model:
+        work = Path(tempfile.mkdtemp(prefix="lkm_smoke_"))
+        subprocess.run([sys.executable, "-m", "lkm_core.training.smoke", str(work)], check=True,
+                       cwd=REPO)
+        models += sorted(str(m.parent) for m in work.rglob("model.json"))[:1]
+    report = {"cases": [c[0] for c in case_list], "models": []}
+    for model in models:
+        t0 = time.perf_counter()
+        r = measure_model(model, case_list, args.threads)
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        report["models"].append(r)
+        print(f"\n{r['model']}: {r['n']} (case, structure) pairs")
+        for pair in r["pairs"]:
+            print(f"  {pair['case']:<14} {pair['structure']:<20} score {pair['score']:.3f}"
+                  f"  Dice {pair['dice']:.3f}")
+        lo, hi = r["spearman_95"]
+        print(f"  Spearman(score, Dice) = {r['spearman']:.3f}  95 % [{lo:.3f}, {hi:.3f}]")
+        lo, hi = r["voxel_auroc_95"]
+        print(f"  voxel AUROC (low confidence -> wrong voxel) = {r['voxel_auroc']:.3f}  "
+              f"95 % [{lo:.3f}, {hi:.3f}]  ({r['wrong_voxels']} wrong of {r['voxels']} voxels)")
+    if args.overhead:
+        cost = overhead(models[0], case_list[0][1], args.threads)
+        report["overhead"] = cost
+        print(f"\ncost on {case_list[0][0]} ({Path(models[0]).name}), best of 2, fresh processes:")
+        for mode, v in cost.items():
+            ratios = (f"  x{v['wall_ratio']:.3f} wall, x{v['rss_ratio']:.3f} peak RSS"
+                      if "wall_ratio" in v else "")
+            print(f"  {mode:<7} {v['seconds']:.1f} s (postprocess {v['postprocess']:.2f} s), "
+                  f"peak RSS {v['peak_rss_mb']:.0f} MB{ratios}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
