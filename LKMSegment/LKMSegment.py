@@ -22,6 +22,8 @@ from slicer.util import VTKObservationMixin
 
 from LKMSegmentLib import LKMSegmentCore, ModelBundleError, ModelRegistry, PredictOptions
 from LKMSegmentLib import dependencies
+from LKMSegmentLib.confidence import (OVERLAY_OPACITY, ConfidenceMapError, confidence_map_of, node_confidences,
+                                      review_pairs, show_confidence_map)
 from LKMSegmentLib.engine import engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.export import ExportError
 from LKMSegmentLib.models import verify_bundle
@@ -59,6 +61,8 @@ class LKMSegmentParameterNode:
     tta: bool = False
     replaceExisting: bool = True
     show3D: bool = False
+    # asked for by default: the map comes from the same network pass (little extra time)
+    confidenceMap: bool = True
     datasetFolder: Path = Path()
 
 
@@ -109,7 +113,9 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._applyingChoices = False
+        self._confidenceLines = None  # what confidenceList shows, to refill it only on a change
         self.run = None
+        self.runIsBatch = False
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onTimer)
@@ -129,6 +135,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.refreshExportCases)
 
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
         addMenu = qt.QMenu(self.ui.addModelButton)
@@ -144,10 +151,14 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.batchRefreshButton.clicked.connect(self.refreshBatchList)
         self.ui.batchSegmentButton.clicked.connect(self.onBatchSegment)
         self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.showConfidenceMapButton.clicked.connect(self.onShowConfidenceMap)
+        self.ui.batchRankingList.itemClicked.connect(self.onRankedCaseClicked)
+        self.ui.exportCasesList.itemClicked.connect(self.onExportCaseClicked)
 
         self.refreshModels()
         self.refreshBatchList()
         self.initializeParameterNode()
+        self.refreshExportCases()
 
     def cleanup(self):
         if self.run is not None:
@@ -169,10 +180,12 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onStop()
         self.setParameterNode(None)
         self.panel.scene_closed()
+        self.ui.batchRankingList.clear()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self.refreshExportCases()
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
@@ -294,11 +307,12 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.batchSegmentButton.enabled = state.batch
         self.ui.stopButton.enabled = state.stop
         self.ui.exportButton.enabled = state.export
+        self.showConfidence(p.outputSegmentation if p else None)
 
     def options(self):
         p = self._parameterNode
         return PredictOptions(model=str(self.currentModel().path), device=p.device, quick=p.quick,
-                              tta=p.tta, subset=self.chosenStructures())
+                              tta=p.tta, subset=self.chosenStructures(), uncertainty=p.confidenceMap)
 
     def appendLog(self, text):
         self.ui.logTextEdit.appendPlainText(text)
@@ -310,7 +324,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.WaitCursor():
             self.ui.deviceInfoLabel.text = self.logic.detectDevices()
 
-    def start(self, volumes, targets):
+    def start(self, volumes, targets, batch=False):
         if not engine_available():
             slicer.util.errorDisplay(_("The engine (lkm_core) is missing from this installation; "
                                        "reinstall the LKMSegment extension."))
@@ -326,6 +340,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as e:
             slicer.util.errorDisplay(_("Could not start: ") + str(e))
             return
+        self.runIsBatch = batch
         self.appendLog(" ".join(self.run.job.command()))
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
@@ -375,10 +390,72 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p and p.inputVolume:
             volumeID = p.inputVolume.GetID()
             self._applyChoices(self.panel.output.chosen(volumeID), self.panel.export.chosen(volumeID))
+        if self.runIsBatch and run.reports:
+            self.showRanking(run.ranked())
+        self.refreshExportCases()
         if run.state not in ("done", "stopped"):
             self.ui.logCollapsibleButton.collapsed = False
             slicer.util.errorDisplay(_("Segmentation failed."), detailedText=message)
         self.updateGUI()
+
+    # -- review: the model's confidence --------------------------------------------------------
+    def showConfidence(self, segmentation):
+        """The output segmentation's segments with their confidence, least sure first."""
+        confidences = node_confidences(segmentation)
+        lines = [c.text() for c in confidences] if any(c.score is not None for c in confidences) else []
+        if lines != self._confidenceLines:
+            self._confidenceLines = lines
+            self.ui.confidenceList.clear()
+            for line in lines:
+                self.ui.confidenceList.addItem(line)
+        self.ui.showConfidenceMapButton.enabled = confidence_map_of(segmentation) is not None
+
+    def onShowConfidenceMap(self):
+        try:
+            volume, overlay = show_confidence_map(self._parameterNode.outputSegmentation)
+        except ConfidenceMapError as e:
+            slicer.util.errorDisplay(str(e))
+            return
+        # setSliceViewerLayers exists only in the application (it sets every slice view's layers)
+        slicer.util.setSliceViewerLayers(background=volume, foreground=overlay,
+                                         foregroundOpacity=OVERLAY_OPACITY)
+
+    def showRanking(self, ranked):
+        """The batch's cases, least confident first (LKMSegmentLib/triage.py)."""
+        self.ui.batchRankingList.clear()
+        for rank, case in enumerate(ranked, 1):
+            item = qt.QListWidgetItem(case.text(rank))
+            item.setData(qt.Qt.UserRole, case.key)
+            item.setToolTip("\n".join(s.text() for s in case.structures))
+            self.ui.batchRankingList.addItem(item)
+
+    def onRankedCaseClicked(self, item):
+        volume = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
+        if volume is not None:
+            self._parameterNode.inputVolume = volume
+
+    def refreshExportCases(self, *_args):
+        """The export list: (volume, segmentation) pairs, least confident first."""
+        self.ui.exportCasesList.clear()
+        for pair in self.panel.export_candidates(review_pairs(slicer.mrmlScene)):
+            exported = (pair.volume_id, pair.segmentation_id) in self.panel.exported
+            item = qt.QListWidgetItem(pair.text(exported))
+            item.setData(qt.Qt.UserRole, pair.volume_id)
+            item.setData(qt.Qt.UserRole + 1, pair.segmentation_id)
+            self.ui.exportCasesList.addItem(item)
+
+    def onExportCaseClicked(self, item):
+        volume = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
+        segmentation = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole + 1))
+        if volume is None or segmentation is None:
+            self.refreshExportCases()  # one of them has left the scene
+            return
+        p = self._parameterNode
+        self.panel.pick_for_export(volume.GetID(), segmentation.GetID())
+        if self._nodeID(p.inputVolume) == volume.GetID():
+            p.exportSegmentation = segmentation
+        else:
+            p.inputVolume = volume  # the selectors follow: this volume's export is the pick
 
     # -- batch -------------------------------------------------------------------------------
     def refreshBatchList(self):
@@ -402,7 +479,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not volumes:
             slicer.util.warningDisplay(_("No volume to segment."))
             return
-        self.start(volumes, [None] * len(volumes))
+        self.start(volumes, [None] * len(volumes), batch=True)
 
     # -- export ------------------------------------------------------------------------------
     def onExport(self):
@@ -415,6 +492,8 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(e), windowTitle=_("Export failed"))
             return
         self.ui.exportStatusLabel.text = report.text()
+        self.panel.record_export(p.inputVolume.GetID(), p.exportSegmentation.GetID())
+        self.refreshExportCases()
 
 
 class LKMSegmentTest(ScriptedLoadableModuleTest):
@@ -460,7 +539,7 @@ class LKMSegmentTest(ScriptedLoadableModuleTest):
         tmp = tempfile.mkdtemp(prefix="LKMSegmentTest-")
         model = self._model(logic, tmp)
 
-        run = logic.core.start([volume], PredictOptions(model=str(model.path), quick=True))
+        run = logic.core.start([volume], PredictOptions(model=str(model.path), quick=True, uncertainty=True))
         while run.pump():
             slicer.app.processEvents()
             qt.QThread.msleep(100)
@@ -471,6 +550,10 @@ class LKMSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(sorted(names), sorted(model.label_names))
         self.assertEqual(node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()), volume.GetID())
         self.delayDisplay("Segmented: " + ", ".join(names))
+        # the model's confidence: a score on every segment, the map as an overlay
+        self.assertTrue(all(c.score is not None for c in node_confidences(node)))
+        self.assertIsNotNone(confidence_map_of(node))
+        show_confidence_map(node)
 
         dataset = os.path.join(tmp, "Dataset999_LKMSelfTest")
         report = logic.core.export_case(volume, node, dataset, model.path)

@@ -86,7 +86,10 @@ def test_ui_file_parses_and_has_every_widget_the_code_looks_up():
     for needed in ("inputVolumeSelector", "modelSelector", "addModelButton", "structuresList",
                    "deviceComboBox", "quickCheckBox", "ttaCheckBox", "outputSegmentationSelector",
                    "segmentButton", "stopButton", "progressBar", "logTextEdit", "show3DCheckBox",
-                   "batchVolumesList", "batchSegmentButton", "datasetPathLineEdit", "exportButton"):
+                   "batchVolumesList", "batchSegmentButton", "datasetPathLineEdit", "exportButton",
+                   # review triage: confidence per segment, the map overlay, rankings
+                   "confidenceMapCheckBox", "confidenceList", "showConfidenceMapButton",
+                   "batchRankingList", "exportCasesList"):
         assert needed in widgets, needed
 
 
@@ -99,7 +102,7 @@ def test_ui_parameter_names_match_the_parameter_node():
     fields = parameter_fields()
     assert names, "no SlicerParameterName in the .ui"
     assert names <= fields, f"SlicerParameterName without a parameter: {sorted(names - fields)}"
-    assert {"inputVolume", "outputSegmentation", "device", "quick", "tta", "show3D"} <= names
+    assert {"inputVolume", "outputSegmentation", "device", "quick", "tta", "show3D", "confidenceMap"} <= names
 
 
 def _files_under(folder: Path) -> set[str]:

@@ -17,6 +17,7 @@ import importlib.util
 import os
 import time
 
+import numpy as np
 import pytest
 
 import slicer_app_standin as standin
@@ -110,6 +111,9 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     assert ui["outputSegmentationSelector"].currentNode() is first_result
     assert ui["exportSegmentationSelector"].currentNode() is first_result
     assert "patient A" in ui["statusLabel"].text()
+    # the model's confidence in each segment (the map was asked for by default)
+    assert ui["confidenceList"].count() == ui["structuresList"].count()
+    assert ui["showConfidenceMapButton"].isEnabled()
     first_before = snapshot(first_result)
 
     # -- a second volume: a new node for it, the first one's work untouched ----------------------
@@ -192,3 +196,103 @@ def test_the_panel_picture_renders(tmp_path, sample_ct):
     assert result.returncode == 0, result.stderr[-2000:]
     width, height = sitk.ReadImage(str(out)).GetSize()[:2]
     assert width >= 400 and height >= 600
+
+
+def test_review_controls_confidence_list_map_overlay_ranking_and_export_order(monkeypatch, tmp_path):
+    """The review controls on results the engine wrote (files as in test_slicer_confidence.py):
+    each segment's confidence in the panel, "Show confidence map", the batch ranking and the
+    export list, least confident first; clicks go through the PythonQt stand-in."""
+    import slicerio
+
+    from test_slicer_confidence import engine_outputs
+    from lkm_core.contract import CONFIDENCE_TAG, FLAGGED_TAG
+    from LKMSegmentLib.confidence import OVERLAY_OPACITY, confidence_map_of, load_confidence_map
+    from LKMSegmentLib.scene import import_result
+    from LKMSegmentLib.triage import rank_cases
+
+    scene = new_scene()
+    answers = standin.install(monkeypatch, scene, tmp_path / "settings")
+    app = standin.ensure_application()
+    layers = []
+    import slicer
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: layers.append(kw))
+    rng = np.random.default_rng(0)
+    shape = (12, 16, 14)
+    volumes, results, summaries = {}, {}, {}
+    for name, scores in (("patient A", {"spleen": 0.41, "kidney_right": 0.30}),
+                         ("patient B", {"spleen": 0.12, "kidney_right": 0.50})):
+        volume = add_volume(scene, name, rng.integers(-100, 200, shape).astype(np.int16),
+                            oblique_flipped_ijk_to_ras((1.5, 1.2, 2.5), shape))
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        seg_path, _, summary, map_path, _ = engine_outputs(volume, folder)
+        data = slicerio.read_segmentation(str(seg_path))
+        for segment in data["segments"]:  # patient B's spleen is the least sure of all
+            if segment["name"] in scores:
+                segment["tags"][CONFIDENCE_TAG] = f"{scores[segment['name']]:.4f}"
+                segment["tags"][FLAGGED_TAG] = "1"
+        slicerio.write_segmentation(str(seg_path), data)
+        for structure, score in scores.items():
+            summary["confidence"]["structures"][structure].update(score=score, found=True)
+        summary["confidence"]["case_score"] = min(scores.values())
+        node = import_result(scene, volume, seg_path, name=f"{name} segmentation").node
+        load_confidence_map(scene, volume, map_path, segmentation=node)
+        volumes[name], results[name], summaries[name] = volume, node, summary
+    module = import_module_file()
+    widget = module.LKMSegmentWidget()
+    widget.setup()
+    ui = {name: raw(w) for name, w in vars(widget.ui).items()}
+
+    # the map is asked for by default
+    assert ui["confidenceMapCheckBox"].isChecked() and widget.options().uncertainty
+    ui["confidenceMapCheckBox"].setChecked(False)
+    assert not widget.options().uncertainty
+    ui["confidenceMapCheckBox"].setChecked(True)
+
+    # no output chosen for the input yet: nothing to show
+    assert ui["inputVolumeSelector"].currentNode() is volumes["patient A"]
+    assert ui["confidenceList"].count() == 0 and not ui["showConfidenceMapButton"].isEnabled()
+    # the export list: least confident pair first
+    exports = [ui["exportCasesList"].item(i).text() for i in range(ui["exportCasesList"].count())]
+    assert exports == ["patient B — patient B segmentation: 0.12, 2 flagged",
+                       "patient A — patient A segmentation: 0.30, 2 flagged"]
+
+    # the user picks patient A's segmentation as output: its segments, least sure first
+    ui["outputSegmentationSelector"].setCurrentNode(results["patient A"])
+    lines = [ui["confidenceList"].item(i).text() for i in range(ui["confidenceList"].count())]
+    assert lines == ["kidney_right: 0.30  ⚑ check first", "spleen: 0.41  ⚑ check first", "liver: 0.93"]
+    assert ui["showConfidenceMapButton"].isEnabled()
+    ui["showConfidenceMapButton"].click()
+    assert layers == [{"background": volumes["patient A"], "foreground": confidence_map_of(results["patient A"]),
+                       "foregroundOpacity": OVERLAY_OPACITY}]
+
+    # the batch list, least confident first; a click makes that case the input
+    widget.showRanking(rank_cases((volumes[n].GetID(), n, summaries[n]) for n in volumes))
+    ranking = [ui["batchRankingList"].item(i).text() for i in range(ui["batchRankingList"].count())]
+    assert ranking == ["1. patient B: 0.12 (least sure: spleen 0.12 ⚑, kidney_right 0.50 ⚑)",
+                       "2. patient A: 0.30 (least sure: kidney_right 0.30 ⚑, spleen 0.41 ⚑)"]
+    ui["batchRankingList"].itemClicked.emit(ui["batchRankingList"].item(0))
+    assert widget._parameterNode.inputVolume is volumes["patient B"]
+    assert ui["outputSegmentationSelector"].currentNode() is None  # B's own choice: a new node
+    assert ui["confidenceList"].count() == 0 and not ui["showConfidenceMapButton"].isEnabled()
+
+    # the export list: a click chooses that pair (volume and its segmentation)
+    ui["exportCasesList"].itemClicked.emit(ui["exportCasesList"].item(1))
+    assert widget._parameterNode.inputVolume is volumes["patient A"]
+    assert ui["exportSegmentationSelector"].currentNode() is results["patient A"]
+    assert ui["outputSegmentationSelector"].currentNode() is results["patient A"]  # A's choice came back
+    ui["exportCasesList"].itemClicked.emit(ui["exportCasesList"].item(0))
+    assert widget._parameterNode.inputVolume is volumes["patient B"]
+    assert ui["exportSegmentationSelector"].currentNode() is results["patient B"]
+    ui["datasetPathLineEdit"].setCurrentPath(str(tmp_path / "Dataset902_Review"))
+    ui["modelSelector"].setCurrentIndex(0)
+    assert ui["exportButton"].isEnabled(), answers.shown
+    ui["exportButton"].click()
+    assert "Exported case" in ui["exportStatusLabel"].text(), answers.shown
+    exports = [ui["exportCasesList"].item(i).text() for i in range(ui["exportCasesList"].count())]
+    assert exports == ["patient A — patient A segmentation: 0.30, 2 flagged",
+                       "patient B — patient B segmentation: 0.12, 2 flagged  (exported)"]
+    app.processEvents()
+    widget.cleanup()
+    assert standin.handler_errors == [], "\n".join(standin.handler_errors)
+    assert standin.violations == [], standin.violations

@@ -45,6 +45,7 @@ class PredictOptions:
     subset: list[str] = field(default_factory=list)
     threads: int | None = None
     output_format: str = "seg.nrrd"
+    uncertainty: bool = False  # also write the confidence map (CASE.confidence.nrrd)
 
     def arguments(self, inputs: list[str], output_dir: str, cancel_file: str | None = None) -> list[str]:
         if self.device not in DEVICES:
@@ -63,6 +64,8 @@ class PredictOptions:
             args += ["--subset", ",".join(self.subset)]
         if self.threads:
             args += ["--threads", str(int(self.threads))]
+        if self.uncertainty:
+            args.append("--uncertainty")
         if cancel_file:
             args += ["--cancel-file", str(cancel_file)]
         return args
@@ -235,13 +238,26 @@ class EngineJob:
             parts.append("Engine log (last lines):\n" + "\n".join(tail))
         return "\n\n".join(parts)
 
+    def _case_files(self, case: str) -> list[Path]:
+        files = [Path(p) for p in self.outputs.get(case, [])]
+        return files or sorted(self.output_dir.glob(f"{case}.*"))
+
     def result_file(self, case: str) -> Path | None:
         """The segmentation file the engine wrote for a case (.seg.nrrd preferred)."""
-        files = [Path(p) for p in self.outputs.get(case, [])]
-        if not files:
-            files = sorted(self.output_dir.glob(f"{case}.*"))
-        images = [p for p in files if not p.name.endswith(".json")]
+        images = [p for p in self._case_files(case)
+                  if not p.name.endswith((".json", contract.CONFIDENCE_MAP_SUFFIX))]
         for p in images:
             if p.name.endswith(".seg.nrrd"):
                 return p
         return images[0] if images else None
+
+    def confidence_map_file(self, case: str) -> Path | None:
+        """The confidence map the engine wrote for a case (``--uncertainty``), or None.
+
+        The summary names it (``confidence.map``); otherwise the case's file with the contract's
+        suffix."""
+        name = ((self.summaries.get(case) or {}).get("confidence") or {}).get("map")
+        candidates = [self.output_dir / Path(name).name] if name else []
+        candidates += [p for p in self._case_files(case) if p.name == case + contract.CONFIDENCE_MAP_SUFFIX]
+        candidates.append(self.output_dir / f"{case}{contract.CONFIDENCE_MAP_SUFFIX}")
+        return next((p for p in candidates if p.is_file()), None)

@@ -13,11 +13,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .confidence import ConfidenceMapError, load_confidence_map, node_confidences
 from .engine import EngineJob, PredictOptions, safe_case_name
 from .export import NnUNetDatasetExporter
 from .models import ModelBundleError, read_model_info
 from .process import SubprocessRunner
 from .scene import ImportReport, ResultImportError, check_input_volume, import_result, write_volume
+from .triage import rank_cases
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class SegmentationRun:
     keep_outputs_dir: str | None = None
     reports: dict[str, ImportReport] = field(default_factory=dict)
     import_errors: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     finished: bool = False
 
     def pump(self) -> bool:
@@ -102,18 +105,42 @@ class SegmentationRun:
                 result = self.job.result_file(item.case)
                 if result is None or item.case in self.job.errors:
                     continue
+                confidence = (self.job.summaries.get(item.case) or {}).get("confidence") or {}
                 try:
                     self.reports[item.case] = import_result(
                         self.scene, item.volume, result, target=item.target, labels=self.labels,
                         replace_existing=self.replace_existing, name=item.name,
-                        show_3d=self.show_3d)
+                        show_3d=self.show_3d, confidence=confidence.get("structures"))
                 except (ResultImportError, OSError) as e:
                     self.import_errors[item.case] = str(e)
+                    continue
+                self._load_confidence_map(item)
         finally:
             self.job.cleanup()
 
+    def _load_confidence_map(self, item: RunItem):
+        """The case's confidence map into the scene (before the work folder goes); a map that
+        cannot be used is a note, never a failed run."""
+        path = self.job.confidence_map_file(item.case)
+        if path is None:
+            if self.job.options.uncertainty:
+                self.notes.append(f"{item.volume.GetName()}: the engine wrote no confidence map.")
+            return
+        report = self.reports[item.case]
+        try:
+            report.confidence_map = load_confidence_map(self.scene, item.volume, path,
+                                                        segmentation=report.node)
+        except ConfidenceMapError as e:
+            self.notes.append(str(e))
+
+    def ranked(self):
+        """The run's cases, least confident first (triage.RankedCase; key: the volume's ID)."""
+        return rank_cases((item.volume.GetID(), item.volume.GetName(),
+                           self.job.summaries.get(item.case) or {})
+                          for item in self.items if item.case in self.reports)
+
     def message(self) -> str:
-        """Summary for the user: what was imported, what failed and why."""
+        """Summary for the user: what was imported, what failed and why, what to check first."""
         parts = []
         for item in self.items:
             report = self.reports.get(item.case)
@@ -121,11 +148,15 @@ class SegmentationRun:
                 device = self.job.summaries.get(item.case, {}).get("device")
                 where = f" (computed on {device})" if device else ""
                 parts.append(f"{item.volume.GetName()} → {report.node.GetName()}: {report.text()}{where}")
+                flagged = [s for s in node_confidences(report.node) if s.flagged]
+                if flagged:
+                    parts.append("  least confident, check first: "
+                                 + ", ".join(f"{s.name} {s.score:.2f}" for s in flagged))
         for case, text in self.import_errors.items():
             parts.append(f"{case}: the result could not be imported: {text}")
         if self.job.state != "done":
             parts.append(self.job.failure_message())
-        for warning in self.job.warnings:
+        for warning in self.job.warnings + self.notes:
             parts.append(f"Note: {warning}")
         return "\n".join(parts)
 

@@ -8,7 +8,9 @@ headless:
 - the output (and the export) segmentation is remembered per input volume: a new input starts at
   "Create new segmentation" (export: none chosen), a node is used for an input only when the user
   chose it for that input or a run of that input produced it, never the previous input's node;
-- what is enabled follows from the volume, the model, the structures and whether a run is going.
+- what is enabled follows from the volume, the model, the structures and whether a run is going;
+- the export list offers the (volume, segmentation) pairs least confident first, those already
+  exported in this session last (:func:`~.triage.order_for_export`).
 
 Nodes are referred to by their MRML node ID (strings), so nothing here needs MRML either.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .models import ModelInfo
+from .triage import order_for_export
 
 
 class ModelList:
@@ -133,6 +136,7 @@ class PanelState:
         self.models = ModelList(registry)
         self.output = PerVolumeChoice()
         self.export = PerVolumeChoice()
+        self.exported: set[tuple[str, str]] = set()  # (volume ID, segmentation ID) this session
 
     def follow(self, volume_id, shown_output_id, shown_export_id) -> tuple[str | None, str | None]:
         """The (output, export) nodes the selectors must show for this input volume."""
@@ -150,10 +154,24 @@ class PanelState:
             self.output.set(volume_id, node_id)
             self.export.set(volume_id, node_id)
 
+    def export_candidates(self, pairs) -> list:
+        """``pairs`` (triage.ReviewPair) in the order the export list offers them."""
+        return order_for_export(pairs, self.exported)
+
+    def pick_for_export(self, volume_id: str, segmentation_id: str) -> None:
+        """The user picked a pair in the export list: that segmentation becomes the volume's
+        export choice (the selectors then follow the volume)."""
+        self.export.set(volume_id, segmentation_id)
+
+    def record_export(self, volume_id: str, segmentation_id: str) -> None:
+        self.exported.add((volume_id, segmentation_id))
+
     def node_removed(self, node_id: str) -> None:
         self.output.forget_node(node_id)
         self.export.forget_node(node_id)
+        self.exported = {pair for pair in self.exported if node_id not in pair}
 
     def scene_closed(self) -> None:
         self.output.forget_all()
         self.export.forget_all()
+        self.exported.clear()

@@ -12,7 +12,9 @@ Rules for importing a result:
 - the labelmap is resampled (nearest neighbour, exact for an aligned grid) into the input
   volume's geometry, which also becomes the node's reference geometry;
 - a new node is placed under the input volume's study in the subject hierarchy and under the
-  volume's parent transform.
+  volume's parent transform;
+- each segment of the model gets the engine's confidence in it as segment tags (from the
+  .seg.nrrd, or from the run's summary for a plain labelmap), which Slicer saves with it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .confidence import copy_confidence
 from .enginecontract import contract
 
 BINARY = "Binary labelmap"
@@ -212,6 +215,7 @@ class ImportReport:
     replaced: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
+    confidence_map: object = None  # the confidence map volume, when the run wrote one
 
     def text(self) -> str:
         parts = []
@@ -268,11 +272,13 @@ def collapse_layers_safely(segmentation, volume, reference=None) -> bool:
 
 
 def import_result(scene, volume, result_path, target=None, labels=None, replace_existing=True,
-                  name=None, show_3d=False) -> ImportReport:
+                  name=None, show_3d=False, confidence=None) -> ImportReport:
     """Bring one engine result into ``target`` (or a new node). See the module docstring.
 
     ``replace_existing``: True updates segments of the same name with the model's output;
     False keeps them exactly as they are (only missing structures are added).
+    ``confidence``: the ``structures`` of the summary's confidence section (name -> scores),
+    used where the result file carries no confidence tags.
     """
     scratch, source = read_result(result_path, labels)
     report = ImportReport()
@@ -307,6 +313,7 @@ def import_result(scene, volume, result_path, target=None, labels=None, replace_
             new.SetColor(*seg.GetColor())
             if seg.HasTerminology():
                 new.SetTerminology(seg.GetTerminology())
+            copy_confidence(seg, new, (confidence or {}).get(segment_name))
             new.AddRepresentation(BINARY, images[sid])
             new.SetLabelValue(1)
             scalars = images[sid].GetPointData().GetScalars()
