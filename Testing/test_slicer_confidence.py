@@ -171,7 +171,7 @@ def test_the_confidence_map_is_an_overlay_with_the_bands_and_a_legend_under_the_
         return lut.GetTableValue(lut.GetIndex(percent_value))
 
     from lkm_core.pictures import CONFIDENCE_BANDS
-    assert conf.CONFIDENCE_BANDS == CONFIDENCE_BANDS, "the module's bands differ from the engine's"
+    assert conf.CONFIDENCE_BANDS is CONFIDENCE_BANDS, "one table of bands, in the contract"
     red, orange, yellow = (tuple(c) for _, c, _ in CONFIDENCE_BANDS)
     for value, (color, alpha) in {0: (red, 1), 49: (red, 1), 50: (orange, 1), 79: (orange, 1),
                                   80: (yellow, 1), 94: (yellow, 1)}.items():

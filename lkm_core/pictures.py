@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .contract import CONFIDENCE_BANDS  # shared with the Slicer module's overlay
+
 # display window (abdomen soft tissue, HU) and label opacity
 CT_WINDOW = (-160.0, 240.0)
 ALPHA = 0.45
@@ -46,10 +48,6 @@ class Row:
     confidence: object = None
 
 
-# (upper bound in %, colour, legend text): voxels below 95 % confidence are tinted
-CONFIDENCE_BANDS = [(50, (0.85, 0.1, 0.1), "confidence < 50 %"),
-                    (80, (1.0, 0.55, 0.0), "confidence 50-80 %"),
-                    (95, (1.0, 0.9, 0.2), "confidence 80-95 %")]
 
 
 def confidence_legend() -> list:

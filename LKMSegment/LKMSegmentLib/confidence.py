@@ -22,11 +22,7 @@ from .triage import ReviewPair, StructureConfidence, least_confident_first, pars
 
 MAP_ROLE = "LKMSegment.ConfidenceMap"        # segmentation node -> its confidence map volume
 COLOR_TABLE_NAME = "LKMSegment confidence"
-# (upper bound in %, RGB, legend text), the bands of lkm_core.pictures.CONFIDENCE_BANDS (a test
-# checks they agree; the Slicer process imports nothing of the engine but its contract)
-CONFIDENCE_BANDS = [(50, (0.85, 0.1, 0.1), "confidence < 50 %"),
-                    (80, (1.0, 0.55, 0.0), "confidence 50-80 %"),
-                    (95, (1.0, 0.9, 0.2), "confidence 80-95 %")]
+CONFIDENCE_BANDS = contract.CONFIDENCE_BANDS  # the same bands as the engine's pictures
 CLEAR_TEXT = "confidence >= 95 % (clear)"
 STEP = 5            # colour table entries of 5 %: every band edge falls on an entry's edge
 OVERLAY_OPACITY = 0.6
