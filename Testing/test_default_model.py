@@ -98,10 +98,7 @@ def test_normalisation_is_the_training_recipe_on_the_sample(bundle, sample_ct):
 
 
 def test_package_data_ships_the_bundle():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        tomllib = pytest.importorskip("tomli")
+    import tomllib  # Python >= 3.11 (CI and Slicer)
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = config["tool"]["setuptools"]["package-data"]["lkm_core"]
     shipped = {p.relative_to(REPO / "lkm_core").as_posix()

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-dna = pytest.importorskip("dynamic_network_architectures")  # installed with the train extra
+import dynamic_network_architectures as dna  # noqa: E402  (installed with the train extra)
 from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks  # noqa: E402
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks  # noqa: E402
 

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from slicer_fixtures import (add_volume, bundle, ct_crop, new_scene, oblique_flipped_ijk_to_ras,  # noqa: F401
                              resample_itk_onto_volume)
 
-slicer = pytest.importorskip("slicer")
+import slicer  # noqa: E402  (slicer-core: CI installs it)
 
 from LKMSegmentLib import LKMSegmentCore, read_model_info  # noqa: E402
 from LKMSegmentLib.export import ExportError, NnUNetDatasetExporter  # noqa: E402

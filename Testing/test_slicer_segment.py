@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from slicer_fixtures import (LABELS, add_volume, bundle, ct_crop, ijk_to_ras, new_scene,  # noqa: F401
                              oblique_flipped_ijk_to_ras, resample_itk_onto_volume, scene_snapshot)
 
-slicer = pytest.importorskip("slicer")
+import slicer  # noqa: E402  (slicer-core: CI installs it)
 
 from LKMSegmentLib import LKMSegmentCore, PredictOptions, read_model_info  # noqa: E402
 from LKMSegmentLib.scene import find_segment_by_name, segment_array, set_segment_array  # noqa: E402

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pytest.importorskip("nnunetv2")  # the train extra
+import nnunetv2  # noqa: E402,F401  (the train extra: CI installs it, so this test always runs)
 
 from lkm_core.training import smoke  # noqa: E402
 
@@ -51,6 +51,15 @@ def test_nnunet_trains_the_lkm_configuration_and_the_result_exports_to_a_bundle(
     assert prov["trainer"] == "nnUNetTrainer" and prov["configuration"] == smoke.CONFIG
     assert prov["epochs"] == {"fold_0": 2}
     assert load_bundle(trained.bundle).network_config["kwargs"]["window_sizes"][0] == [4, 4, 4]
+    # the volumes seen in training, per structure, for the review's volume check
+    ranges = bundle.meta["volume_range_ml"]
+    liver_ml = []
+    for path in sorted((trained.raw / "labelsTr").glob("*.nii.gz")):
+        image = sitk.ReadImage(str(path))
+        n = int((sitk.GetArrayViewFromImage(image) == 1).sum())
+        if n:
+            liver_ml.append(n * float(np.prod(image.GetSpacing())) / 1000)
+    assert ranges["liver"] == pytest.approx([min(liver_ml), max(liver_ml)], abs=1e-3)
 
 
 @pytest.fixture(scope="module")

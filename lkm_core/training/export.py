@@ -163,6 +163,34 @@ def training_orientation(plans: dict, dataset_json: dict | None = None, *, raw=N
     return dominant, f"{where} ({n} of {len(codes)} images)"
 
 
+VOLUME_CASES_LIMIT = 500  # enough cases for a range; bounds the time export spends reading
+
+
+def training_volume_ranges(plans: dict, dataset_json: dict, labels: list, *, raw=None) -> dict:
+    """{label name: [min ml, max ml]} over the training labels (nnUNet_raw labelsTr) where the
+    structure is present, for the review's "volume against the range seen in training";
+    {} when the labels cannot be found."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    raw = raw if raw is not None else os.environ.get("nnUNet_raw")
+    folder = Path(raw) / plans.get("dataset_name", "") / "labelsTr" if raw else None
+    if folder is None or not folder.is_dir():
+        return {}
+    ending = dataset_json.get("file_ending", ".nii.gz")
+    names = {int(lab["value"]): lab["name"] for lab in labels if int(lab["value"]) > 0}
+    seen: dict = {}
+    for path in sorted(folder.glob(f"*{ending}"))[:VOLUME_CASES_LIMIT]:
+        image = sitk.ReadImage(str(path))
+        voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        counts = np.bincount(sitk.GetArrayViewFromImage(image).ravel().astype(np.int64),
+                             minlength=max(names, default=0) + 1)
+        for value, name in names.items():
+            if value < len(counts) and counts[value]:
+                seen.setdefault(name, []).append(float(counts[value]) * voxel_ml)
+    return {name: [round(min(v), 3), round(max(v), 3)] for name, v in seen.items()}
+
+
 def _header_orientations(folder: Path, ending: str) -> list:
     import SimpleITK as sitk
     from ..preprocessing import image_orientation
@@ -301,6 +329,9 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
         orientation, found = training_orientation(plans, dataset_json)
         meta["provenance"]["orientation_from"] = found
     meta["orientation"] = orientation
+    ranges = training_volume_ranges(plans, dataset_json, labels)
+    if ranges:  # optional: the review compares each structure's volume with it
+        meta["volume_range_ml"] = ranges
     return meta
 
 
