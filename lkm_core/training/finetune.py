@@ -58,6 +58,9 @@ def plans_from_bundle(target_plans: dict, bundle, name: str | None = None,
                          f"{len(base['normalization_schemes'])}.")
 
     kwargs = {k: v for k, v in meta["network"]["kwargs"].items() if k not in _NOT_ARCH_KWARGS}
+    for key in IMPORT_KEYS:  # nnU-Net imports these by dotted path; bundles may say "Conv3d"
+        if isinstance(kwargs.get(key), str) and "." not in kwargs[key]:
+            kwargs[key] = f"torch.nn.{kwargs[key]}"
     config = deepcopy(base)
     config.update({
         "data_identifier": f"{plans_name}_{name}",
