@@ -15,7 +15,7 @@ source distribution; their references are TotalSegmentator's predictions, not ma
   (summary scores) and ``--uncertainty`` (voxel map too), each in its own process, same run.
 
     python Testing/benchmarks/confidence_vs_dice.py [--model BUNDLE ...] [--smoke-model]
-        [--threads 2] [--overhead] [--json OUT]
+        [--threads 2] [--overhead | --overhead-only] [--rounds 2] [--json OUT]
 
 ``--smoke-model`` also trains the small model of ``lkm_core.training.smoke`` (the nnU-Net
 training the test suite runs, a few minutes on a CPU) and measures it too. So few cases make
@@ -216,6 +216,8 @@ def main(argv=None) -> int:
                    help="also train and measure the nnU-Net smoke model (a few minutes)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--overhead", action="store_true", help="also measure the cost")
+    p.add_argument("--overhead-only", action="store_true", help="only measure the cost")
+    p.add_argument("--rounds", type=int, default=2, help="repeats of each cost run (best kept)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
                        cwd=REPO)
         models += sorted(str(m.parent) for m in work.rglob("model.json"))[:1]
     report = {"cases": [c[0] for c in case_list], "models": []}
-    for model in models:
+    for model in ([] if args.overhead_only else models):
         t0 = time.perf_counter()
         r = measure_model(model, case_list, args.threads)
         r["seconds"] = round(time.perf_counter() - t0, 1)
@@ -242,10 +244,11 @@ def main(argv=None) -> int:
         lo, hi = r["voxel_auroc_95"]
         print(f"  voxel AUROC (low confidence -> wrong voxel) = {r['voxel_auroc']:.3f}  "
               f"95 % [{lo:.3f}, {hi:.3f}]  ({r['wrong_voxels']} wrong of {r['voxels']} voxels)")
-    if args.overhead:
-        cost = overhead(models[0], case_list[0][1], args.threads)
+    if args.overhead or args.overhead_only:
+        cost = overhead(models[0], case_list[0][1], args.threads, args.rounds)
         report["overhead"] = cost
-        print(f"\ncost on {case_list[0][0]} ({Path(models[0]).name}), best of 2, fresh processes:")
+        print(f"\ncost on {case_list[0][0]} ({Path(models[0]).name}), best of {args.rounds}, "
+              "fresh processes:")
         for mode, v in cost.items():
             ratios = (f"  x{v['wall_ratio']:.3f} wall, x{v['rss_ratio']:.3f} peak RSS"
                       if "wall_ratio" in v else "")
