@@ -131,7 +131,8 @@ def nnunet_results_for_bundle(bundle_path, target_plans_file, output) -> Path:
     target = json.loads(Path(target_plans_file).read_text(encoding="utf-8"))
     plans, config = plans_from_bundle(target, bundle, plans_name="nnUNetPlans")
     arch = plans["configurations"][config]["architecture"]
-    assert all("." in arch["arch_kwargs"][k] for k in arch["_kw_requires_import"])  # importable
+    imports = [arch["arch_kwargs"][k] for k in arch["_kw_requires_import"]]
+    assert all(v is None or "." in v for v in imports), imports  # dotted paths nnU-Net imports
     output = Path(output)
     (output / "fold_0").mkdir(parents=True, exist_ok=True)
     (output / "plans.json").write_text(json.dumps(plans, indent=2), encoding="utf-8")
