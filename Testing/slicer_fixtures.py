@@ -71,6 +71,19 @@ def add_volume(scene, name, array_kji, ijk_to_ras: np.ndarray):
     return volume
 
 
+def add_labelmap_like(scene, volume, array_kji):
+    """A labelmap node in ``scene`` holding ``array_kji`` on ``volume``'s own voxel grid."""
+    import slicer
+    import vtk
+
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    slicer.util.updateVolumeFromArray(labelmap, array_kji)
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    labelmap.SetIJKToRASMatrix(matrix)
+    return labelmap
+
+
 def new_scene():
     import slicer
 

@@ -13,9 +13,8 @@ import gc
 import numpy as np
 import psutil
 import pytest
-import vtk
 
-from slicer_fixtures import add_volume, new_scene
+from slicer_fixtures import add_labelmap_like, add_volume, new_scene
 
 import slicer  # noqa: E402
 
@@ -34,11 +33,7 @@ def _result_file(volume, path):
     for value in range(1, STRUCTURES + 1):
         labels[20 * value:20 * value + 15, 30:200, 40:220] = value
     scratch = slicer.vtkMRMLScene()
-    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    slicer.util.updateVolumeFromArray(labelmap, labels)
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
-    labelmap.SetIJKToRASMatrix(matrix)
+    labelmap = add_labelmap_like(scratch, volume, labels)
     node = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
     writer = slicer.vtkMRMLSegmentationStorageNode()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import vtk
 
-from slicer_fixtures import add_volume, new_scene
+from slicer_fixtures import add_labelmap_like, add_volume, new_scene
 
 import slicer  # noqa: E402
 
@@ -32,11 +32,7 @@ def test_result_of_a_transformed_volume_is_on_the_volume_grid(tmp_path):
     labels = np.zeros(shape, np.uint8)
     labels[2:5, 3:7, 4:9] = 1
     scratch = slicer.vtkMRMLScene()
-    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    slicer.util.updateVolumeFromArray(labelmap, labels)
-    ijk_to_ras = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(ijk_to_ras)
-    labelmap.SetIJKToRASMatrix(ijk_to_ras)
+    labelmap = add_labelmap_like(scratch, volume, labels)
     writer = slicer.vtkMRMLVolumeArchetypeStorageNode()
     writer.SetFileName(str(tmp_path / "CT.nrrd"))
     assert writer.WriteData(labelmap)
@@ -48,5 +44,7 @@ def test_result_of_a_transformed_volume_is_on_the_volume_grid(tmp_path):
     stored = node.GetSegmentation().GetSegment(segment_id).GetRepresentation("Binary labelmap")
     matrix = vtk.vtkMatrix4x4()
     stored.GetImageToWorldMatrix(matrix)
-    assert [matrix.GetElement(r, 3) for r in range(3)] == [ijk_to_ras.GetElement(r, 3) for r in range(3)]
+    own = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(own)  # the volume's own grid, not the world one
+    assert [matrix.GetElement(r, 3) for r in range(3)] == [own.GetElement(r, 3) for r in range(3)]
     np.testing.assert_array_equal(segment_array(node, segment_id, volume), labels)
