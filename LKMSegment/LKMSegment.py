@@ -22,8 +22,9 @@ from slicer.util import VTKObservationMixin
 
 from LKMSegmentLib import LKMSegmentCore, ModelBundleError, ModelRegistry, PredictOptions
 from LKMSegmentLib import dependencies
-from LKMSegmentLib.confidence import (OVERLAY_OPACITY, ConfidenceMapError, confidence_map_of, node_confidences,
-                                      review_pairs, show_confidence_map)
+from LKMSegmentLib.confidence import node_confidences, review_pairs
+from LKMSegmentLib.confidencemap import (OVERLAY_OPACITY, ConfidenceMapError, confidence_map_of,
+                                         show_confidence_map)
 from LKMSegmentLib.engine import engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.export import ExportError
 from LKMSegmentLib.models import verify_bundle
@@ -509,7 +510,7 @@ class LKMSegmentTest(ScriptedLoadableModuleTest):
     def _sampleCT(self):
         import subprocess
 
-        code = "from lkm_core.sample_data import fetch_sample_ct; print(fetch_sample_ct().image)"
+        code = "from lkm_core.inputs.sample_data import fetch_sample_ct; print(fetch_sample_ct().image)"
         out = subprocess.run([python_executable(), "-c", code], capture_output=True, text=True,
                              env=engine_environment(), check=True)
         return out.stdout.strip().splitlines()[-1]

@@ -85,7 +85,7 @@ MIRROR_AXES = (0, 2)  # mirroring on: z and x (4 passes), for both predictors
 def run_lkm(bundle_path, image: sitk.Image, mirror: bool, threads: int = 1) -> tuple:
     """(label image, seconds) with lkm_core's Predictor."""
     from lkm_core.bundle import load_bundle
-    from lkm_core.inference import Predictor
+    from lkm_core.inference.predictor import Predictor
 
     t0 = time.perf_counter()
     bundle = load_bundle(bundle_path)
@@ -105,7 +105,7 @@ def run_nnunet(results, path: Path, mirror: bool, threads: int = 1) -> tuple:
 
 def compare(ours: sitk.Image, theirs: sitk.Image) -> dict:
     """Per-label Dice in physical space: ours is brought to theirs' storage order (exact)."""
-    from lkm_core.preprocessing import image_orientation
+    from lkm_core.inference.preprocessing import image_orientation
     from lkm_core.training.smoke import dice_per_label
 
     ours = sitk.DICOMOrient(ours, image_orientation(theirs))

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import SimpleITK as sitk
 
     import slicer_app_standin as standin
-    from lkm_core.sample_data import fetch_sample_ct
+    from lkm_core.inputs.sample_data import fetch_sample_ct
     from slicer_fixtures import add_volume, new_scene
     from test_slicer_widget import import_module_file
 

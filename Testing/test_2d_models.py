@@ -18,9 +18,9 @@ import SimpleITK as sitk
 from engine_helpers import (ThresholdNet, centroid_mm, make_bundle, run_cli, same_geometry,
                             sphere_image)
 from lkm_core.bundle import load_bundle
-from lkm_core.cli import main as cli_main
+from lkm_core.cli.root import main as cli_main
 from lkm_core.errors import InputError
-from lkm_core.inference import Predictor
+from lkm_core.inference.predictor import Predictor
 
 FLIPPED = np.diag([-1.0, -1.0, 1.0])
 
@@ -131,7 +131,7 @@ def test_2d_model_puts_a_structure_back_on_its_voxels_through_in_plane_resamplin
 
 
 def test_2d_model_batches_slices_when_asked(tmp_path):
-    from lkm_core.sliding_window import predict_sliding_window
+    from lkm_core.inference.sliding_window import predict_sliding_window
 
     image, mask = sphere_image(size=(16, 16, 7), radius_mm=5)
     array = sitk.GetArrayFromImage(image)[None]

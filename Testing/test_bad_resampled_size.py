@@ -6,10 +6,10 @@ import pytest
 import SimpleITK as sitk
 
 from engine_helpers import ThresholdNet, make_bundle, sphere_image
-from lkm_core import preprocessing
-from lkm_core.cli import main
+from lkm_core.inference import preprocessing
+from lkm_core.cli.root import main
 from lkm_core.errors import InputError, ResourceError
-from lkm_core.inference import Predictor
+from lkm_core.inference.predictor import Predictor
 
 
 def image_with(size, spacing):

@@ -10,9 +10,9 @@ import torch
 from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
 from engine_helpers import same_geometry
-from lkm_core import preprocessing
-from lkm_core.preprocessing import prepare, to_input_grid
-from lkm_core.sliding_window import scores_to_labels
+from lkm_core.inference import preprocessing
+from lkm_core.inference.preprocessing import prepare, to_input_grid
+from lkm_core.inference.sliding_window import scores_to_labels
 
 
 def smooth_scores(shape, n_classes, seed):

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from engine_helpers import sphere_image
-from lkm_core.cli import main
+from lkm_core.cli.root import main
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lkm_core.confidence import FLAG_BELOW, case_score, structure_scores, voxel_confidence
+from lkm_core.inference.confidence import FLAG_BELOW, case_score, structure_scores, voxel_confidence
 
 
 @dataclass

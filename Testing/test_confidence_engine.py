@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from engine_helpers import (ThresholdNet, make_bundle, oblique_direction, run_cli,
                             same_geometry, sphere_image)
 from lkm_core.contract import CONFIDENCE_TAG, FLAGGED_TAG
-from lkm_core.inference import Predictor
+from lkm_core.inference.predictor import Predictor
 
 ORIENTATIONS = {"flipped": np.diag([-1.0, -1.0, 1.0]), "oblique": oblique_direction(25),
                 "permuted": np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=float)}

@@ -15,9 +15,9 @@ import SimpleITK as sitk
 
 from dicom_helpers import restore_uids, write_series
 from engine_helpers import make_bundle
-from lkm_core.dicom_series import DicomSeries, read_series, scan_folder, series_case_name
+from lkm_core.inputs.dicom_series import DicomSeries, read_series, scan_folder, series_case_name
 from lkm_core.errors import InputError
-from lkm_core.io import discover_inputs, read_image
+from lkm_core.inputs.images import discover_inputs, read_image
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_mixed_folder_two_series_and_non_image_objects(dicom_sources, tmp_path):
     """CT + MR + a DICOM SEG + a localiser + a non-DICOM file, all in one folder."""
     import shutil
 
-    from lkm_core.dicom_seg import write_dicom_seg
+    from lkm_core.outputs.dicom_seg import write_dicom_seg
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -182,15 +182,14 @@ def test_cli_reports_a_refused_series_and_goes_on(dicom_sources, tmp_path, capsy
     reason, the batch report says "refused", and no output is written for it."""
     import csv
 
-    from lkm_core import cli
-
+    from lkm_core import cli, contract
     study = tmp_path / "study"
     study.mkdir()
     edited_copy(dicom_sources["ct"], study / "gappy", lambda k, ds: False if k in (5, 6) else None)
     write_series(sitk.ReadImage(str(dicom_sources["mr_image"])), study / "mr")
     out = tmp_path / "out"
     code = cli.main(["predict", str(study), "-o", str(out), "--progress", "none", "--report"])
-    assert code == cli.EXIT_FAILED
+    assert code == contract.EXIT_FAILED
     assert "2 slice(s) are missing" in capsys.readouterr().err
     with open(out / "batch_report.csv", newline="", encoding="utf-8") as f:
         rows = {r["status"]: r for r in csv.DictReader(f)}

@@ -17,11 +17,11 @@ import SimpleITK as sitk
 
 from dicom_helpers import dciodvfy, masks_by_source_instance, restore_uids, write_series
 from engine_helpers import run_cli
-from lkm_core import cli
+from lkm_core import cli, contract
 from lkm_core.bundle import default_bundle_path, load_bundle
-from lkm_core.dicom_seg import write_dicom_seg
-from lkm_core.dicom_series import scan_folder
-from lkm_core.inference import Predictor
+from lkm_core.outputs.dicom_seg import write_dicom_seg
+from lkm_core.inputs.dicom_series import scan_folder
+from lkm_core.inference.predictor import Predictor
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +183,7 @@ def test_seg_of_an_empty_result_and_of_labels_off_the_grid(sample_ct, tmp_path):
 def test_dicom_seg_needs_dicom_input_and_says_so(sample_ct, capsys):
     code = cli.main(["predict", str(sample_ct.image), "-o", "/nonexistent/out", "--format",
                      "dicom-seg", "--progress", "none"])
-    assert code == cli.EXIT_USAGE
+    assert code == contract.EXIT_USAGE
     err = capsys.readouterr().err
     assert "not a DICOM series" in err and "--format seg.nrrd" in err
 
@@ -192,7 +192,7 @@ def test_dicom_seg_without_highdicom_says_how_to_install(sample_ct, tmp_path, mo
     monkeypatch.setitem(sys.modules, "highdicom", None)   # what an environment without it does
     code = cli.main(["predict", str(sample_ct.dicom_folder), "-o", str(tmp_path), "--format",
                      "dicom-seg", "--progress", "none"])
-    assert code == cli.EXIT_FAILED
+    assert code == contract.EXIT_FAILED
     assert 'pip install "lkm_core[dicom]"' in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -201,7 +201,7 @@ def test_dicom_seg_of_a_series_whose_uids_were_blanked_is_refused(sample_ct, tmp
     # the sample as published: its anonymiser blanked the Study and Series Instance UIDs
     code = cli.main(["predict", str(sample_ct.dicom_folder), "-o", str(tmp_path), "--format",
                      "dicom-seg", "--progress", "none", "--report"])
-    assert code == cli.EXIT_FAILED
+    assert code == contract.EXIT_FAILED
     err = capsys.readouterr().err
     assert "has no Study Instance UID and no Series Instance UID" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch_report.csv"]

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from engine_helpers import (ThresholdNet, centroid_mm, make_bundle, oblique_direction,
                             same_geometry, sphere_image)
-from lkm_core.inference import Predictor
+from lkm_core.inference.predictor import Predictor
 
 FLIPPED = np.diag([-1.0, -1.0, 1.0])              # how most CT is stored in NIfTI (RAS-ish)
 PERMUTED = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=float)  # axes swapped

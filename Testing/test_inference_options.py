@@ -9,13 +9,15 @@ import SimpleITK as sitk
 import torch
 
 from engine_helpers import ThresholdNet, make_bundle, same_geometry, sphere_image
-from lkm_core import inference
-from lkm_core.cli import UsageError, _parser, _shard
+from lkm_core.inference import predictor as inference
+from lkm_core.cli.common import UsageError
+from lkm_core.cli.predict import _shard
+from lkm_core.cli.root import _parser
 from lkm_core.errors import InputError, ResourceError
-from lkm_core.inference import Predictor, resolve_device
-from lkm_core.dicom_series import series_case_name
-from lkm_core.io import expand_inputs, read_image
-from lkm_core.sliding_window import DeviceOutOfMemory
+from lkm_core.inference.predictor import Predictor, resolve_device
+from lkm_core.inputs.dicom_series import series_case_name
+from lkm_core.inputs.images import expand_inputs, read_image
+from lkm_core.inference.sliding_window import DeviceOutOfMemory
 
 
 def test_cuda_out_of_memory_falls_back_to_results_on_cpu_then_to_the_cpu(tmp_path, monkeypatch,

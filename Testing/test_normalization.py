@@ -20,7 +20,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from lkm_core.bundle import _normalization_list
-from lkm_core.preprocessing import normalize, prepare
+from lkm_core.inference.preprocessing import normalize, prepare
 
 CT_STATS = {"mean": 40.0, "std": 60.0, "percentile_00_5": -150.0, "percentile_99_5": 250.0,
             "median": 40.0, "min": -1000.0, "max": 1500.0}

@@ -17,11 +17,11 @@ import torch
 
 from engine_helpers import make_bundle, physical_points
 from lkm_core.bundle import default_bundle_path, load_bundle
-from lkm_core.cli import main
-from lkm_core.inference import Predictor
-from lkm_core.preprocessing import image_orientation
-from lkm_core.sample_data import REFERENCE_LABELS
-from lkm_core.training.export import training_orientation
+from lkm_core.cli.root import main
+from lkm_core.inference.predictor import Predictor
+from lkm_core.inference.preprocessing import image_orientation
+from lkm_core.inputs.sample_data import REFERENCE_LABELS
+from lkm_core.training.bundle_export import training_orientation
 
 # RAS and LPS flip two axes, LAS one; SAR permutes the axes (slices become columns)
 ORIENTATIONS = ("RAS", "LPS", "LAS", "SAR")

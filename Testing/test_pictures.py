@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from lkm_core.pictures import LegendEntry, Row, labelled_views_picture, legend_image, write_png
+from lkm_core.outputs.pictures import LegendEntry, Row, labelled_views_picture, legend_image, write_png
 
 LIVER = (0.8667, 0.5098, 0.3961)
 SPLEEN = (0.6157, 0.4235, 0.6353)

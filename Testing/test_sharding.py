@@ -3,6 +3,7 @@ array), the per-part batch reports, and merging them."""
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import sys
 import pytest
 
 from engine_helpers import run_cli, sphere_image
-from lkm_core import cli
-from lkm_core.batch_report import merge_reports
-from lkm_core.cli import UsageError, _parser, _shard
-from lkm_core.sharding import ShardError, resolve_shard
+from lkm_core import cli, contract
+from lkm_core.batch.report import merge_reports
+from lkm_core.cli.common import UsageError
+from lkm_core.cli.predict import _shard
+from lkm_core.cli.root import _parser
+from lkm_core.batch.sharding import ShardError, resolve_shard
 
 SLURM = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
          "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE")
@@ -84,7 +87,7 @@ def test_cli_shard_says_which_source_it_used(monkeypatch, caplog):
         monkeypatch.setenv(name, value)
     cases = [(f"c{i}", None) for i in range(7)]
     args = _parser().parse_args(["predict", "x", "-o", "o"])
-    monkeypatch.setattr(cli.log, "propagate", True)   # a CLI run before may have turned it off
+    monkeypatch.setattr(logging.getLogger("lkm_core"), "propagate", True)   # a CLI run before may have turned it off
     with caplog.at_level("INFO", logger="lkm_core"):
         assert [c for c, _ in _shard(cases, args)] == ["c1", "c4"]
     assert "part 1 of 3 (2 of 7 case(s)), from SLURM_ARRAY_TASK_ID=2 (array 1-3" in caplog.text
@@ -146,7 +149,7 @@ def test_merge_refuses_a_file_that_is_not_a_report(tmp_path, capsys):
 
 
 def test_merge_unites_structure_columns_and_lists_skipped_objects_once(tmp_path):
-    from lkm_core.batch_report import BatchReport
+    from lkm_core.batch.report import BatchReport
     a = BatchReport(tmp_path / "batch_report_part-0-of-2.csv")
     a.add("MR_s1_x", "1.2.3", "skipped", message="a localiser")
     a.add("b", "b.nii.gz", "done", seconds=1.5, device="cpu", volumes={"liver_ml": 2.0})

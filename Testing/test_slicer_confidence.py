@@ -3,7 +3,7 @@ confidence as segment tags that survive saving, the confidence map as a coloured
 legend, cases ranked least confident first, and the export list's order.
 
 The engine's outputs are real files written here the way the engine writes them: a .seg.nrrd by
-lkm_core.outputs.write_seg_nrrd with the confidence tags added through slicerio, a summary in the
+lkm_core.outputs.labels.write_seg_nrrd with the confidence tags added through slicerio, a summary in the
 engine's form and a uint8 map on the input's grid written with SimpleITK.
 """
 
@@ -22,10 +22,11 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 
 from lkm_core.contract import CONFIDENCE_MAP_SUFFIX, CONFIDENCE_TAG, FLAG_BELOW, FLAGGED_TAG, label_records  # noqa: E402
-from lkm_core.outputs import write_seg_nrrd  # noqa: E402
+from lkm_core.outputs.labels import write_seg_nrrd  # noqa: E402
 from LKMSegmentLib import confidence as conf  # noqa: E402
+from LKMSegmentLib import confidencemap  # noqa: E402
 from LKMSegmentLib.engine import EngineJob, PredictOptions  # noqa: E402
-from LKMSegmentLib.models import LabelInfo  # noqa: E402
+from lkm_core.contract import LabelRecord  # noqa: E402
 from LKMSegmentLib.panel import PanelState  # noqa: E402
 from LKMSegmentLib.scene import import_result, write_volume  # noqa: E402
 from LKMSegmentLib.triage import ReviewPair, order_for_export, rank_cases  # noqa: E402
@@ -103,7 +104,7 @@ def test_segment_tags_come_from_the_result_and_survive_saving_the_segmentation(t
     report = import_result(scene, volume, seg_path)
     assert tags_of(report.node) == EXPECTED_TAGS
     # a plain labelmap carries no tags: they come from the run's summary (names from the model)
-    labels = [LabelInfo(1, "liver", (1, 0, 0)), LabelInfo(2, "spleen", (0, 1, 0))]
+    labels = [LabelRecord(1, "liver", (1, 0, 0)), LabelRecord(2, "spleen", (0, 1, 0))]
     plain = import_result(scene, volume, labelmap_path, labels=labels, name="plain",
                           confidence=summary["confidence"]["structures"])
     assert tags_of(plain.node) == {"liver": ("0.9312", "0"), "spleen": ("0.4101", "1")}
@@ -154,8 +155,8 @@ def test_the_confidence_map_is_an_overlay_with_the_bands_and_a_legend_under_the_
     seg_path, _, _, map_path, percent = engine_outputs(volume, tmp_path)
     node = import_result(scene, volume, seg_path).node
 
-    overlay = conf.load_confidence_map(scene, volume, map_path, segmentation=node)
-    assert conf.confidence_map_of(node) is overlay
+    overlay = confidencemap.load_confidence_map(scene, volume, map_path, segmentation=node)
+    assert confidencemap.confidence_map_of(node) is overlay
     assert overlay.GetName() == "abdomen CT confidence"
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(overlay), percent)
     assert overlay.GetTransformNodeID() == transform.GetID()
@@ -170,8 +171,8 @@ def test_the_confidence_map_is_an_overlay_with_the_bands_and_a_legend_under_the_
     def rgba(percent_value):
         return lut.GetTableValue(lut.GetIndex(percent_value))
 
-    from lkm_core.pictures import CONFIDENCE_BANDS
-    assert conf.CONFIDENCE_BANDS is CONFIDENCE_BANDS, "one table of bands, in the contract"
+    from lkm_core.outputs.pictures import CONFIDENCE_BANDS
+    assert confidencemap.CONFIDENCE_BANDS is CONFIDENCE_BANDS, "one table of bands, in the contract"
     red, orange, yellow = (tuple(c) for _, c, _ in CONFIDENCE_BANDS)
     for value, (color, alpha) in {0: (red, 1), 49: (red, 1), 50: (orange, 1), 79: (orange, 1),
                                   80: (yellow, 1), 94: (yellow, 1)}.items():
@@ -183,13 +184,13 @@ def test_the_confidence_map_is_an_overlay_with_the_bands_and_a_legend_under_the_
     assert len(legends) == 1 and legends[0].GetVisibility()
     assert "Confidence" in legends[0].GetTitleText()
 
-    volume_shown, shown = conf.show_confidence_map(node)
+    volume_shown, shown = confidencemap.show_confidence_map(node)
     assert shown is overlay and volume_shown is volume
     # a second run of the same node: its new map replaces the old one, one colour table for all
-    second = conf.load_confidence_map(scene, volume, map_path, segmentation=node)
-    assert conf.confidence_map_of(node) is second and scene.GetNodeByID(overlay.GetID()) is None
+    second = confidencemap.load_confidence_map(scene, volume, map_path, segmentation=node)
+    assert confidencemap.confidence_map_of(node) is second and scene.GetNodeByID(overlay.GetID()) is None
     assert len([t for t in scene.GetNodesByClass("vtkMRMLColorTableNode")
-                if t.GetName() == conf.COLOR_TABLE_NAME]) == 1
+                if t.GetName() == confidencemap.COLOR_TABLE_NAME]) == 1
 
 
 def test_a_map_on_another_grid_or_unreadable_is_refused_and_changes_nothing(tmp_path):
@@ -198,16 +199,16 @@ def test_a_map_on_another_grid_or_unreadable_is_refused_and_changes_nothing(tmp_
     other = _volume(scene, "other", shape=(12, 16, 15))
     _, _, _, map_path, _ = engine_outputs(other, tmp_path)
     before = scene.GetNumberOfNodes()
-    with pytest.raises(conf.ConfidenceMapError, match="not on the grid of the volume 'abdomen CT'"):
-        conf.load_confidence_map(scene, volume, map_path)
+    with pytest.raises(confidencemap.ConfidenceMapError, match="not on the grid of the volume 'abdomen CT'"):
+        confidencemap.load_confidence_map(scene, volume, map_path)
     broken = tmp_path / "broken.confidence.nrrd"
     broken.write_text("not an image", encoding="utf-8")
-    with pytest.raises(conf.ConfidenceMapError, match="could not be read"):
-        conf.load_confidence_map(scene, volume, broken)
+    with pytest.raises(confidencemap.ConfidenceMapError, match="could not be read"):
+        confidencemap.load_confidence_map(scene, volume, broken)
     assert scene.GetNumberOfNodes() == before
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "no map")
-    with pytest.raises(conf.ConfidenceMapError, match="has no confidence map"):
-        conf.show_confidence_map(node)
+    with pytest.raises(confidencemap.ConfidenceMapError, match="has no confidence map"):
+        confidencemap.show_confidence_map(node)
 
 
 def test_cases_are_ranked_least_confident_first_and_the_export_list_follows_stored_scores(tmp_path):
@@ -296,7 +297,7 @@ def test_a_real_run_brings_tags_the_map_and_a_ranking(bundle, ct_crop, tmp_path)
             assert abs(s.score - summary["confidence"]["structures"][s.name]["score"]) < 1e-4
             assert s.flagged == bool(summary["confidence"]["structures"][s.name]["flagged"])
         overlay = report.confidence_map
-        assert overlay is not None and conf.confidence_map_of(report.node) is overlay
+        assert overlay is not None and confidencemap.confidence_map_of(report.node) is overlay
         values = slicer.util.arrayFromVolume(overlay)
         assert values.shape == slicer.util.arrayFromVolume(volume).shape and values.max() <= 100
     ranked = run.ranked()

@@ -18,7 +18,7 @@ from slicer_fixtures import add_labelmap_like, add_volume, new_scene
 
 import slicer  # noqa: E402
 
-from LKMSegmentLib.models import LabelInfo  # noqa: E402
+from lkm_core.contract import LabelRecord  # noqa: E402
 from LKMSegmentLib.scene import import_result  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def test_five_imports_into_the_same_node_do_not_grow_memory(tmp_path):
     volume = add_volume(scene, "CT", array, np.diag([-0.8, -0.8, 1.0, 1.0]))
     del array
     result = _result_file(volume, tmp_path / "CT.seg.nrrd")
-    labels = [LabelInfo(v, f"Segment_{v}") for v in range(1, STRUCTURES + 1)]
+    labels = [LabelRecord(v, f"Segment_{v}") for v in range(1, STRUCTURES + 1)]
     target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT segmentation")
     process = psutil.Process()
 

@@ -14,7 +14,7 @@ from slicer_fixtures import add_labelmap_like, add_volume, new_scene
 
 import slicer  # noqa: E402
 
-from LKMSegmentLib.models import LabelInfo  # noqa: E402
+from lkm_core.contract import LabelRecord  # noqa: E402
 from LKMSegmentLib.scene import import_result, segment_array  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def test_result_of_a_transformed_volume_is_on_the_volume_grid(tmp_path):
     writer.SetFileName(str(tmp_path / "CT.nrrd"))
     assert writer.WriteData(labelmap)
 
-    report = import_result(scene, volume, tmp_path / "CT.nrrd", labels=[LabelInfo(1, "liver")])
+    report = import_result(scene, volume, tmp_path / "CT.nrrd", labels=[LabelRecord(1, "liver")])
     node = report.node
     assert node.GetTransformNodeID() == transform.GetID()
     segment_id = node.GetSegmentation().GetNthSegmentID(0)

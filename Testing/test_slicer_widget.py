@@ -206,7 +206,7 @@ def test_review_controls_confidence_list_map_overlay_ranking_and_export_order(mo
 
     from test_slicer_confidence import engine_outputs
     from lkm_core.contract import CONFIDENCE_TAG, FLAGGED_TAG
-    from LKMSegmentLib.confidence import OVERLAY_OPACITY, confidence_map_of, load_confidence_map
+    from LKMSegmentLib.confidencemap import OVERLAY_OPACITY, confidence_map_of, load_confidence_map
     from LKMSegmentLib.scene import import_result
     from LKMSegmentLib.triage import rank_cases
 

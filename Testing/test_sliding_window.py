@@ -8,7 +8,7 @@ import torch
 
 from engine_helpers import ThresholdNet
 from lkm_core.errors import Cancelled
-from lkm_core.sliding_window import (fit_patch, gaussian_weights, pad_to_patch,
+from lkm_core.inference.sliding_window import (fit_patch, gaussian_weights, pad_to_patch,
                                      predict_sliding_window, tile_starts)
 
 
@@ -75,7 +75,7 @@ def test_progress_rises_to_one_and_cancel_stops_between_patches():
 def test_scores_are_the_weighted_mean_of_the_logits_over_patches_mirrors_and_folds():
     """Divided by the summed weights, as nnU-Net does: a network whose logits are the same
     everywhere gives exactly them back, however many patches overlap a voxel."""
-    from lkm_core.sliding_window import sliding_window_scores
+    from lkm_core.inference.sliding_window import sliding_window_scores
 
     class Constant(torch.nn.Module):
         def __init__(self, values):

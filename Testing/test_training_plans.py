@@ -161,7 +161,7 @@ def test_plan_command_edits_the_plans_file_in_place(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "nnUNetPlans.json").write_text(json.dumps(nnunet_plans()), encoding="utf-8")
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
-    from lkm_core.cli import main
+    from lkm_core.cli.root import main
 
     assert main(["plan", "901", "--stages", "3", "--windows", "10x14x11,10x14x11,5x7x11"]) == 0
     plans = json.loads((folder / "nnUNetPlans.json").read_text(encoding="utf-8"))
@@ -196,7 +196,7 @@ def test_bundle_becomes_pretrained_weights_and_fine_tuning_plans(tmp_path):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from lkm_core.cli import main
+    from lkm_core.cli.root import main
 
     bundle, net, target = _tiny_bundle(tmp_path)
     target = deepcopy(target)
@@ -232,7 +232,7 @@ def test_official_results_folder_becomes_a_bundle_that_computes_the_same(tmp_pat
     from test_official_checkpoint import FEATURES, N_STAGES, STRIDES, OfficialLayout
 
     from lkm_core.bundle import load_bundle
-    from lkm_core.cli import main
+    from lkm_core.cli.root import main
     from lkm_core.network import LKMUNet
     from lkm_core.network.official_keys import convert_official_state_dict, official_network_kwargs
 

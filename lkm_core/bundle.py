@@ -60,9 +60,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .contract import META_FILE, BundleContractError, label_records
+from .contract import META_FILE, BundleContractError, LabelRecord, label_records
 from .errors import ModelError
-from .sample_data import _sha256
+from .files import cache_dir, sha256
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +74,6 @@ NORMALIZATION_ALIASES = {"ct": "ct", "ctnormalization": "ct", "zscore": "zscore"
                          "zscorenormalization": "zscore", "none": "none",
                          "nonormalization": "none"}
 MAX_ZIP_BYTES = 20 * 1024 ** 3  # refuse zip bombs: no real model needs more
-
-
-@dataclass(frozen=True)
-class Label:
-    value: int
-    name: str
-    color: tuple            # RGB floats 0-1
-    terminology: dict       # canonical form of lkm_core.contract (category, type, modifier?)
-
-    @property
-    def snomed(self) -> dict:
-        return self.terminology
 
 
 @dataclass
@@ -131,7 +119,7 @@ class Bundle:
     def num_classes(self) -> int:
         return max([lab.value for lab in self.labels], default=0) + 1
 
-    def label_by_name(self, name: str) -> Label | None:
+    def label_by_name(self, name: str) -> LabelRecord | None:
         from .terminology import normalize_name
         key = normalize_name(name)
         for lab in self.labels:
@@ -208,7 +196,7 @@ class Bundle:
 
 # ---------------------------------------------------------------------------------------------
 def sha256_file(path: Path) -> str:
-    return _sha256(Path(path))
+    return sha256(Path(path))
 
 
 def _check_weights_file(path: Path, expected: str, source) -> None:
@@ -294,12 +282,11 @@ def _labels(meta: dict, where="model.json") -> list:
         records = label_records(meta, where)
     except BundleContractError as exc:
         raise ModelError(str(exc)) from None
-    return [Label(r.value, r.name, r.color, r.terminology) for r in records]
+    return records
 
 
 # ---------------------------------------------------------------------------------------------
 def bundle_cache_dir() -> Path:
-    from .sample_data import cache_dir
     return cache_dir() / "bundles"
 
 

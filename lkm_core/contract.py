@@ -31,6 +31,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+from .terminology import (NEUTRAL_COLOR, TerminologyError, label_entry, normalize_terminology,
+                          slicer_terminology_string)
+
 # -- exit codes -----------------------------------------------------------------------------------
 EXIT_OK = 0          # every case succeeded (or was already done)
 EXIT_FAILED = 1      # a case failed, the run was stopped, or the model could not be loaded
@@ -83,6 +86,10 @@ CONFIDENCE_BANDS = [(50, (0.85, 0.1, 0.1), "confidence < 50 %"),
 # -- case names -----------------------------------------------------------------------------------
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def is_image_file(path) -> bool:
+    return PurePath(path).name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def strip_image_suffix(filename: str) -> str:
@@ -170,133 +177,19 @@ def color_to_rgb01(color) -> tuple:
     return tuple(values)
 
 
-# -- terminology ----------------------------------------------------------------------------------
-SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-ANATOMICAL_STRUCTURE = {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"}
-_CODED_FIELDS = ("category", "type", "modifier", "region", "region_modifier")
-_FORBIDDEN = re.compile(r"[~^|\n\r]")
-_SNOMED_ID = re.compile(r"[0-9]{6,18}")
-
-
-class TerminologyError(ValueError):
-    """A label's terminology is in no accepted form (the message says which label and why)."""
-
-
-def _code(value, what: str, default_meaning: str = "") -> dict:
-    """One coded entry {'scheme','code','meaning'} from a dict or 'scheme^code^meaning'."""
-    if isinstance(value, dict):
-        scheme = value.get("scheme", value.get("CodingSchemeDesignator", "SCT"))
-        code = value.get("code", value.get("CodeValue", ""))
-        meaning = value.get("meaning", value.get("CodeMeaning", default_meaning))
-    elif isinstance(value, str) and value.count("^") == 2:
-        scheme, code, meaning = value.split("^")
-        meaning = meaning or default_meaning
-    elif isinstance(value, str) and _SNOMED_ID.fullmatch(value.strip()):
-        scheme, code, meaning = "SCT", value.strip(), default_meaning
-    else:
-        raise TerminologyError(f"its {what} {value!r} is neither {{scheme, code, meaning}} nor "
-                               "'scheme^code^meaning'")
-    entry = {"scheme": str(scheme).strip(), "code": str(code).strip(),
-             "meaning": str(meaning).strip()}
-    if not entry["scheme"] or not entry["code"]:
-        raise TerminologyError(f"its {what} {value!r} lacks a coding scheme or a code value")
-    if not entry["meaning"]:
-        raise TerminologyError(f"its {what} {value!r} has no meaning (the code's display text)")
-    for key, text in entry.items():
-        if _FORBIDDEN.search(text):
-            raise TerminologyError(f"its {what} {key} {text!r} contains one of ~ ^ | or a line "
-                                   "break, which a Slicer terminology string cannot hold")
-    return entry
-
-
-def _optional_code(text: str, what: str):
-    """A '^'-triple of a Slicer string; '^^' (empty) gives None."""
-    if text.count("^") != 2:
-        raise TerminologyError(f"its {what} {text!r} is not 'scheme^code^meaning'")
-    return None if not text.replace("^", "").strip() else _code(text, what)
-
-
-def _from_slicer_string(text: str) -> dict:
-    fields = text.split("~")
-    if len(fields) != 7:
-        raise TerminologyError(f"the Slicer terminology string {text!r} has {len(fields)} "
-                               "'~'-separated fields, not 7 (context~category~type~modifier~"
-                               "region context~region~region modifier)")
-    context, category, type_, modifier, region_context, region, region_modifier = fields
-    entry = {"category": _code(category, "category"), "type": _code(type_, "type")}
-    for key, value in (("modifier", modifier), ("region", region),
-                       ("region_modifier", region_modifier)):
-        code = _optional_code(value, key)
-        if code:
-            entry[key] = code
-    if context.strip() and context.strip() != SLICER_CONTEXT:
-        entry["context"] = context.strip()
-    if region_context.strip() and region_context.strip() != ANATOMIC_CONTEXT:
-        entry["region_context"] = region_context.strip()
-    return entry
-
-
-def normalize_terminology(term, name: str) -> dict:
-    """Any accepted form (module docstring) -> the canonical dict. Raises TerminologyError."""
-    if isinstance(term, str):
-        text = term.strip()
-        if "~" in text:
-            return _from_slicer_string(text)
-        if text.count("^") == 2:
-            return {"category": dict(ANATOMICAL_STRUCTURE), "type": _code(text, "type")}
-        if _SNOMED_ID.fullmatch(text):
-            return {"category": dict(ANATOMICAL_STRUCTURE),
-                    "type": {"scheme": "SCT", "code": text, "meaning": str(name)}}
-        raise TerminologyError(f"{term!r} is neither a SNOMED CT code (digits), 'SCT^code^meaning' "
-                               "nor a Slicer terminology string")
-    if isinstance(term, dict):
-        if "type" not in term:  # a single code: the structure's type
-            if any(k in term for k in ("code", "CodeValue")):
-                return {"category": dict(ANATOMICAL_STRUCTURE), "type": _code(term, "type", name)}
-            raise TerminologyError(f"{term!r} has no 'type' (and is not a single code)")
-        unknown = sorted(set(term) - set(_CODED_FIELDS) - {"context", "region_context"})
-        if unknown:
-            raise TerminologyError(f"it has unknown key(s) {', '.join(unknown)}")
-        entry = {"category": _code(term.get("category") or ANATOMICAL_STRUCTURE, "category"),
-                 "type": _code(term["type"], "type", name)}
-        for key in ("modifier", "region", "region_modifier"):
-            if term.get(key):
-                entry[key] = _code(term[key], key)
-        for key in ("context", "region_context"):
-            if term.get(key):
-                if not isinstance(term[key], str) or _FORBIDDEN.search(term[key]):
-                    raise TerminologyError(f"its {key} {term[key]!r} is not a plain text")
-                entry[key] = term[key].strip()
-        return entry
-    raise TerminologyError(f"{term!r} is a {type(term).__name__}, not a terminology")
-
-
-def slicer_terminology_string(terminology: dict) -> str:
-    """The ``TerminologyEntry`` text Slicer stores per segment (7 '~'-separated fields, in the
-    order Slicer's vtkSlicerTerminologiesModuleLogic serialises them)."""
-
-    def triple(code):
-        return "^".join([code["scheme"], code["code"], code["meaning"]]) if code else "^^"
-
-    t = terminology
-    return "~".join([t.get("context", SLICER_CONTEXT), triple(t.get("category")),
-                     triple(t.get("type")), triple(t.get("modifier")),
-                     t.get("region_context", ANATOMIC_CONTEXT), triple(t.get("region")),
-                     triple(t.get("region_modifier"))])
-
-
 # -- labels ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LabelRecord:
+    """One label of a bundle, as the engine and the module both use it."""
     value: int
     name: str
-    color: tuple            # RGB floats 0-1
-    terminology: dict       # canonical (see the module docstring)
+    color: tuple = NEUTRAL_COLOR   # RGB floats 0-1
+    terminology: dict | None = None  # canonical (lkm_core.terminology.normalize_terminology)
 
     @property
-    def slicer_terminology(self) -> str:
-        return slicer_terminology_string(self.terminology)
+    def slicer_terminology(self) -> str | None:
+        """The segment's TerminologyEntry text (what the engine writes into .seg.nrrd)."""
+        return slicer_terminology_string(self.terminology) if self.terminology else None
 
 
 def label_records(meta: dict, where="model.json") -> list:
@@ -305,8 +198,6 @@ def label_records(meta: dict, where="model.json") -> list:
     A label without colour or terminology gets them from the structure table
     (:mod:`lkm_core.terminology`) by its name. Raises BundleContractError naming the label.
     """
-    from .terminology import label_entry  # stdlib-only table; imported here to avoid a cycle
-
     entries = meta.get("labels")
     if not isinstance(entries, list) or not entries:
         raise BundleContractError(f"{where} lists no labels.")

@@ -13,7 +13,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .confidence import ConfidenceMapError, load_confidence_map, node_confidences
+from .confidence import node_confidences
+from .confidencemap import ConfidenceMapError, load_confidence_map
 from .engine import EngineJob, PredictOptions, safe_case_name
 from .export import NnUNetDatasetExporter
 from .models import ModelBundleError, read_model_info

@@ -27,22 +27,6 @@ color_to_rgb01 = contract.color_to_rgb01  # '#rrggbb', 0-255 or 0-1 -> RGB 0-1
 
 
 @dataclass
-class LabelInfo:
-    value: int
-    name: str
-    color: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    terminology: object = None     # canonical form of lkm_core.contract (or None)
-
-    @property
-    def slicer_terminology(self) -> str | None:
-        """The segment's TerminologyEntry text (what the engine writes into .seg.nrrd)."""
-        if not self.terminology:
-            return None
-        return contract.slicer_terminology_string(
-            contract.normalize_terminology(self.terminology, self.name))
-
-
-@dataclass
 class ModelInfo:
     path: Path
     name: str
@@ -51,7 +35,7 @@ class ModelInfo:
     licence: str = ""
     modality: str = ""
     dimension: str = ""            # "2d" (runs slice by slice) or "3d", from model.json
-    labels: list[LabelInfo] = field(default_factory=list)
+    labels: list = field(default_factory=list)  # contract.LabelRecord, shared with the engine
     raw: dict = field(default_factory=dict)
 
     @property
@@ -99,13 +83,12 @@ def read_model_info(path) -> ModelInfo:
         records = contract.label_records(meta, f"{path}")
     except contract.BundleContractError as e:
         raise ModelBundleError(str(e)) from None
-    labels = [LabelInfo(r.value, r.name, r.color, r.terminology) for r in records]
     return ModelInfo(
         path=path, name=str(meta.get("name", path.stem)), version=str(meta.get("version", "")),
         description=str(meta.get("description", "")),
         licence=str(meta.get("licence", meta.get("license", ""))),
         modality=str(meta.get("modality", "")), dimension=str(meta.get("dimension", "")).lower(),
-        labels=labels, raw=meta)
+        labels=records, raw=meta)
 
 
 def verify_bundle(path, engine_env: dict | None = None, python: str | None = None,

@@ -28,7 +28,6 @@ import vtk
 from vtk.util import numpy_support
 
 from .confidence import copy_confidence
-from .enginecontract import contract
 
 BINARY = "Binary labelmap"
 
@@ -78,22 +77,12 @@ def reference_image(volume):
     return image
 
 
-# -- terminology --------------------------------------------------------------------------------
-def terminology_entry(term, name: str) -> str | None:
-    """Slicer's terminology string for a model label, exactly as the engine writes it into
-    .seg.nrrd: every form a bundle may use (lkm_core.contract) gives the same string.
-    None when the label has no terminology; a form the engine would refuse raises ValueError."""
-    if not term:
-        return None
-    return contract.slicer_terminology_string(contract.normalize_terminology(term, name))
-
-
 # -- reading the engine's output ----------------------------------------------------------------
 def read_result(path, labels=None):
     """Load an engine result into a scratch scene; returns (scene, segmentation node).
 
     ``.seg.nrrd`` keeps the names/colours/terminology the engine wrote; a plain labelmap gets
-    them from ``labels`` (the model's label table: list of models.LabelInfo).
+    them from ``labels`` (the model's label table: list of contract.LabelRecord).
     """
     path = str(path)
     scratch = slicer.vtkMRMLScene()
@@ -132,7 +121,7 @@ def read_result(path, labels=None):
             from_labelmap = not path.endswith(".seg.nrrd")
             if from_labelmap:
                 segment.SetColor(*lab.color)
-            entry = terminology_entry(lab.terminology, lab.name)
+            entry = lab.slicer_terminology
             if entry and (from_labelmap or not segment.HasTerminology()):
                 segment.SetTerminology(entry)
     return scratch, node

@@ -57,7 +57,7 @@ def _prepared_from_json(d):
     import numpy as np
     import SimpleITK as sitk
 
-    from lkm_core.preprocessing import Geometry, Prepared
+    from lkm_core.inference.preprocessing import Geometry, Prepared
 
     grid = sitk.Image([int(v) for v in d["grid"][0]], sitk.sitkUInt8)
     grid.SetSpacing(d["grid"][1])
@@ -75,8 +75,8 @@ def make_scores(workdir: Path, threads: int) -> None:
     import SimpleITK as sitk
 
     from lkm_core.bundle import default_bundle_path, load_bundle
-    from lkm_core.inference import Predictor
-    from lkm_core.sample_data import fetch_sample_ct
+    from lkm_core.inference.predictor import Predictor
+    from lkm_core.inputs.sample_data import fetch_sample_ct
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from peer_cases import resample
@@ -99,8 +99,8 @@ def child(method: str, workdir: Path, threads: int) -> dict:
     import SimpleITK as sitk
     import torch
 
-    from lkm_core.preprocessing import to_input_grid
-    from lkm_core.sliding_window import scores_to_labels
+    from lkm_core.inference.preprocessing import to_input_grid
+    from lkm_core.inference.sliding_window import scores_to_labels
 
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from default_model_dice import DICOM_FOLDER, fetch_reference_files  # noqa: E402
 from lkm_core.bundle import default_bundle_path, load_bundle  # noqa: E402
-from lkm_core.demo import dice  # noqa: E402
-from lkm_core.inference import Predictor  # noqa: E402
+from lkm_core.outputs.reading import dice  # noqa: E402
+from lkm_core.inference.predictor import Predictor  # noqa: E402
 from lkm_core import io as lkm_io  # noqa: E402
-from lkm_core.sample_data import REFERENCE_LABELS  # noqa: E402
+from lkm_core.inputs.sample_data import REFERENCE_LABELS  # noqa: E402
 from lkm_core.terminology import lookup  # noqa: E402
 
 BOOTSTRAP = 2000
@@ -181,7 +181,7 @@ def measure_model(bundle_path, case_list, threads: int) -> dict:
 OVERHEAD_CHILD = """
 import json, resource, sys, time
 from lkm_core.bundle import load_bundle
-from lkm_core.inference import Predictor
+from lkm_core.inference.predictor import Predictor
 bundle, image, mode, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 p = Predictor(load_bundle(bundle), device="cpu", threads=threads,
               confidence=mode != "plain", confidence_map=mode == "map")

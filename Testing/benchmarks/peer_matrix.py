@@ -70,7 +70,7 @@ def main() -> int:
     import SimpleITK as sitk
 
     from lkm_core.bundle import default_bundle_path
-    from lkm_core.sample_data import fetch_sample_ct
+    from lkm_core.inputs.sample_data import fetch_sample_ct
     from lkm_core.training import smoke
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="peer_matrix_"))

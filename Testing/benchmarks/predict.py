@@ -44,7 +44,7 @@ ORGANS = "liver,spleen,kidney_right,kidney_left,gallbladder,stomach,pancreas,aor
 
 
 def clinical_ct(work: Path, spacing, crop: float) -> Path:
-    from lkm_core.sample_data import fetch_sample_ct
+    from lkm_core.inputs.sample_data import fetch_sample_ct
     name = f"ct_{'x'.join(str(s) for s in spacing)}_crop{crop:g}.nii.gz"
     path = work / name
     if path.exists():
@@ -73,7 +73,7 @@ def clinical_ct(work: Path, spacing, crop: float) -> Path:
 def make_bundle(work: Path, preset: str, labels: str) -> Path:
     folder = work / f"bundle_{preset}"
     if not (folder / "model.json").exists():
-        from lkm_core.cli import main
+        from lkm_core.cli.root import main
         assert main(["bundle", "init", "--preset", preset, "--labels", labels,
                      "-o", str(folder)]) == 0
     return folder

@@ -39,7 +39,7 @@ def child(kind: str, args) -> dict:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     if kind == "ours":
         from lkm_core.bundle import load_bundle
-        from lkm_core.inference import Predictor
+        from lkm_core.inference.predictor import Predictor
 
         predictor = Predictor(load_bundle(args.bundle), device="cpu", threads=args.threads, tta=args.tta)
         t = time.perf_counter()
@@ -90,7 +90,7 @@ def main() -> int:
             smoke.build(workdir)
         args.results, args.bundle = str(results), str(bundle)
     if not args.image:
-        from lkm_core.sample_data import fetch_sample_ct
+        from lkm_core.inputs.sample_data import fetch_sample_ct
 
         args.image = str(fetch_sample_ct().image)
 

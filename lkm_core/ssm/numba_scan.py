@@ -31,7 +31,7 @@ def _cache_folder() -> str:
     """$NUMBA_CACHE_DIR when the user set one, else numba/ under lkm_core's per-user cache."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return os.environ["NUMBA_CACHE_DIR"]
-    from ..sample_data import cache_dir
+    from ..files import cache_dir
     return str(cache_dir() / "numba")
 
 

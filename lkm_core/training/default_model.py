@@ -6,7 +6,7 @@ One command reproduces the bundle shipped in ``lkm_core/models/default``::
 
 What it does (all seeded, fixed iteration count, so the run is repeatable on one machine):
 
-* data: the sample CT (``lkm_core.sample_data.fetch_sample_ct``: TotalSegmentator 2.18.0's
+* data: the sample CT (``lkm_core.inputs.sample_data.fetch_sample_ct``: TotalSegmentator 2.18.0's
   public test CT, 3 mm) and its reference labelmap, which is itself TotalSegmentator's
   prediction. Nine organs are kept (:data:`ORGANS`); every other label is background.
 * normalisation: nnU-Net's CTNormalization computed on the organ (foreground) voxels: clip to
@@ -77,7 +77,7 @@ def network_config(num_classes: int = len(ORGANS) + 1, deep_supervision: bool = 
 def load_training_case(sample=None):
     """(image array float32 (z, y, x), label array uint8 with our values, SimpleITK image)."""
     import SimpleITK as sitk
-    from ..sample_data import REFERENCE_LABELS, fetch_sample_ct
+    from ..inputs.sample_data import REFERENCE_LABELS, fetch_sample_ct
 
     sample = sample or fetch_sample_ct()
     image = sitk.ReadImage(str(sample.image), sitk.sitkFloat32)
@@ -237,7 +237,7 @@ def train(out_dir, iterations, seed, lr, weight_decay, warmup, threads, foregrou
 
     image, labels, itk_image = load_training_case()
     norm = ct_normalization(image, labels)
-    from ..preprocessing import normalize
+    from ..inference.preprocessing import normalize
     normalize(image, norm)
     sampler = PatchSampler(image, labels, PATCH_SIZE, rng, foreground_fraction)
     num_classes = len(ORGANS) + 1
@@ -261,7 +261,7 @@ def train(out_dir, iterations, seed, lr, weight_decay, warmup, threads, foregrou
     started = time.time()
     t_last = time.perf_counter()
     running = None
-    from ..sample_data import cache_dir
+    from ..files import cache_dir
     scratch = cache_dir() / "default_model_training"   # checkpoints, outside the package
     scratch.mkdir(parents=True, exist_ok=True)
     net.train()
@@ -369,7 +369,7 @@ def write_default_bundle(out_dir, state, norm, itk_image, info, command=None) ->
     import SimpleITK as sitk
     import torch
     from ..bundle import write_bundle
-    from ..sample_data import SOURCE_PACKAGE, SOURCE_SHA256
+    from ..inputs.sample_data import SOURCE_PACKAGE, SOURCE_SHA256
     from ..terminology import label_entry
 
     spacing_zyx = [round(float(s), 4) for s in itk_image.GetSpacing()[::-1]]
@@ -428,7 +428,7 @@ def write_default_bundle(out_dir, state, norm, itk_image, info, command=None) ->
 
 
 def _reference_values():
-    from ..sample_data import REFERENCE_LABELS
+    from ..inputs.sample_data import REFERENCE_LABELS
     return {o: REFERENCE_LABELS[o] for o in ORGANS}
 
 
@@ -437,9 +437,9 @@ def evaluate_bundle(bundle_path, threads=2, sample=None) -> dict:
     """Dice of the bundle's prediction on the sample CT against its reference labels."""
     import SimpleITK as sitk
     from ..bundle import load_bundle
-    from ..demo import organ_dice
-    from ..inference import Predictor
-    from ..sample_data import fetch_sample_ct
+    from ..outputs.reading import organ_dice
+    from ..inference.predictor import Predictor
+    from ..inputs.sample_data import fetch_sample_ct
 
     sample = sample or fetch_sample_ct()
     bundle = load_bundle(bundle_path)
@@ -456,7 +456,7 @@ def benchmark(iterations: int, threads: int, seed: int) -> float:
     torch.set_num_threads(threads)
     image, labels, _ = load_training_case()
     normalize_stats = ct_normalization(image, labels)
-    from ..preprocessing import normalize
+    from ..inference.preprocessing import normalize
     normalize(image, normalize_stats)
     sampler = PatchSampler(image, labels, PATCH_SIZE, np.random.default_rng(seed), 0.67)
     net = build_network(network_config(len(ORGANS) + 1, deep_supervision=True))

@@ -26,7 +26,7 @@ from copy import deepcopy
 from pathlib import Path
 
 from ..errors import InputError
-from .export import _read_json, bundle_meta, read_folds, save_bundle
+from .bundle_export import _read_json, bundle_meta, read_folds, save_bundle
 from .plans import IMPORT_KEYS, NETWORK_CLASS, resolve_configuration, stage_feature_sizes
 
 log = logging.getLogger(__name__)

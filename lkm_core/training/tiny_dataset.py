@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..sample_data import REFERENCE_LABELS, fetch_sample_ct
+from ..inputs.sample_data import REFERENCE_LABELS, fetch_sample_ct
 
 # our label value -> organ name in the sample's reference labelmap
 DEFAULT_ORGANS = ("liver", "spleen", "kidney_right", "kidney_left")

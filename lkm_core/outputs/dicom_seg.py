@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .contract import DICOM_SEG_FORMAT, OUTPUT_FORMATS
-from .dicom_series import DicomSeries, sop_class_uid, sop_instance_uid
-from .errors import InputError, ResourceError
+from ..contract import DICOM_SEG_FORMAT, OUTPUT_FORMATS
+from ..inputs.dicom_series import DicomSeries, sop_class_uid, sop_instance_uid
+from ..errors import InputError, ResourceError
+from ..files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def build_segmentation(labels: sitk.Image, label_list, source, bundle):
     """The highdicom Segmentation for ``labels`` (on the source series' grid)."""
     hd = require_highdicom()
     import pydicom
-    from . import __version__
+    from .. import __version__
 
     source = check_source(source)
     if not label_list:
@@ -169,7 +170,6 @@ def build_segmentation(labels: sitk.Image, label_list, source, bundle):
 
 def write_dicom_seg(labels: sitk.Image, label_list, path, source, bundle) -> Path:
     """Write the DICOM SEG of ``labels`` for the source series ``source`` to ``path``."""
-    from .outputs import atomic_path
 
     seg = build_segmentation(labels, label_list, source, bundle)
     path = Path(path)

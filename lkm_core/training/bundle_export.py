@@ -193,7 +193,7 @@ def training_volume_ranges(plans: dict, dataset_json: dict, labels: list, *, raw
 
 def _header_orientations(folder: Path, ending: str) -> list:
     import SimpleITK as sitk
-    from ..preprocessing import image_orientation
+    from ..inference.preprocessing import image_orientation
 
     out = []
     for path in sorted(folder.iterdir()):
@@ -226,7 +226,7 @@ class _PropertiesUnpickler(pickle.Unpickler):
 
 def _properties_orientations(folder: Path, limit: int = 500) -> list:
     import numpy as np
-    from ..preprocessing import image_orientation
+    from ..inference.preprocessing import image_orientation
 
     out = []
     for path in sorted(folder.glob("*/*.pkl"))[:limit]:

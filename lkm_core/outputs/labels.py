@@ -5,24 +5,22 @@ interrupted run never leaves a partial output behind. In ``.seg.nrrd`` files eac
 segment whose ID and name are the bundle's label name (``liver``), with its colour (RGB 0-1) and
 its SNOMED CT terminology entry in the form 3D Slicer reads; all segments share layer 0 and keep
 the label value as ``LabelValue``. ``dicom-seg`` writes a DICOM Segmentation of the source
-series (:mod:`lkm_core.dicom_seg`).
+series (:mod:`lkm_core.outputs.dicom_seg`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import dicom_seg
-from .contract import OUTPUT_FORMATS as FORMATS
-from .contract import (CONFIDENCE_MAP_SUFFIX, CONFIDENCE_TAG, FLAGGED_TAG, SUMMARY_SUFFIX,
+from ..contract import OUTPUT_FORMATS as FORMATS
+from ..contract import (CONFIDENCE_MAP_SUFFIX, CONFIDENCE_TAG, FLAGGED_TAG, SUMMARY_SUFFIX,
                        slicer_terminology_string)
+from ..files import atomic_path
 
 
 def output_paths(out_dir, case: str, fmt: str = "seg.nrrd", uncertainty: bool = False) -> dict:
@@ -33,30 +31,6 @@ def output_paths(out_dir, case: str, fmt: str = "seg.nrrd", uncertainty: bool = 
     if uncertainty:
         paths["confidence_map"] = out_dir / f"{case}{CONFIDENCE_MAP_SUFFIX}"
     return paths
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path, suffix: str = ""):
-    """Yield a temporary path next to ``final``; rename it to ``final`` on success, delete it on
-    any failure or interruption."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".partial{suffix}",
-                               dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from .contract import PHASE_WEIGHTS, case_fraction  # noqa: F401  (the module reads the same)
+from ..contract import PHASE_WEIGHTS, case_fraction  # noqa: F401  (the module reads the same)
 
 
 class NullReporter:

@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .contract import CONFIDENCE_BANDS  # shared with the Slicer module's overlay
+from ..contract import CONFIDENCE_BANDS  # shared with the Slicer module's overlay
+from ..files import atomic_path
 
 # display window (abdomen soft tissue, HU) and label opacity
 CT_WINDOW = (-160.0, 240.0)
@@ -194,7 +195,6 @@ def labelled_views_picture(image, rows: Sequence[Row], legend: Sequence[LegendEn
 
 def write_png(picture, path) -> Path:
     """Write a Pillow image atomically (nothing half-written under ``path``)."""
-    from .outputs import atomic_path
 
     path = Path(path)
     with atomic_path(path, ".png") as tmp:

@@ -21,6 +21,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from ..files import atomic_path
+
 log = logging.getLogger(__name__)
 
 BASE_COLUMNS = ["case", "series", "status", "seconds", "device", "message"]
@@ -64,7 +66,6 @@ class BatchReport:
         self.write()
 
     def write(self) -> Path | None:
-        from .outputs import atomic_path
         if self.path is None:
             return None
         with atomic_path(self.path, ".csv") as tmp:
@@ -89,7 +90,7 @@ def _to_csv(rows, columns=None) -> str:
 
 
 def read_report(path) -> list:
-    from .errors import InputError
+    from ..errors import InputError
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -105,7 +106,7 @@ def read_report(path) -> list:
 def find_reports(items) -> list:
     """Report files from arguments: files as given, folders searched (recursively) for
     ``batch_report*.csv``."""
-    from .errors import InputError
+    from ..errors import InputError
     found = []
     for item in items:
         path = Path(item).expanduser()
@@ -123,7 +124,6 @@ def merge_reports(paths, out) -> Counter:
     """One CSV with every part's rows (sorted by case, structure columns united); returns the
     count of rows per status. A case reported by several parts is kept from each and warned
     about (the parts overlapped, e.g. runs with different part counts)."""
-    from .outputs import atomic_path
     out = Path(out).absolute()
     rows = []
     for path in paths:

@@ -1,5 +1,5 @@
 """Command-line parts for training: ``plan`` and the ``bundle export / import-official /
-to-nnunet`` subcommands. lkm_core.cli calls :func:`register_cli` and :func:`register_bundle_cli`;
+to-nnunet`` subcommands. lkm_core.cli.root calls :func:`register_cli` and :func:`register_bundle_cli`;
 every handler is stored as ``func`` on its parser and returns an exit code. Errors are LKMErrors
 (the CLI turns them into one line on stderr)."""
 
@@ -48,7 +48,7 @@ def register_cli(subparsers) -> None:
 
 
 def run_plan(args) -> int:
-    from .plans import describe, plan_dataset, resolve_configuration
+    from ..training.plans import describe, plan_dataset, resolve_configuration
 
     path, name, block = plan_dataset(
         args.dataset, args.config, plans_identifier=args.plans, base=args.base, name=args.name,
@@ -120,7 +120,7 @@ def _folds(text):
 
 
 def run_export(args) -> int:
-    from .export import export_results
+    from ..training.bundle_export import export_results
 
     out = export_results(args.results, args.output, folds=_folds(args.folds), checkpoint_name=args.checkpoint,
                          name=args.name, version=args.version, description=args.description,
@@ -131,7 +131,7 @@ def run_export(args) -> int:
 
 
 def run_import_official(args) -> int:
-    from .official import import_official
+    from ..training.official import import_official
 
     out = import_official(args.results, args.output, folds=_folds(args.folds), checkpoint_name=args.checkpoint,
                           name=args.name, version=args.version, licence=args.licence, data=args.data,
@@ -141,7 +141,7 @@ def run_import_official(args) -> int:
 
 
 def run_to_nnunet(args) -> int:
-    from .finetune import bundle_to_checkpoint
+    from ..training.finetune import bundle_to_checkpoint
 
     out, config = bundle_to_checkpoint(args.bundle, args.output, fold=args.fold, plans=args.plans,
                                        name=args.name)

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import Cancelled
+from ..errors import Cancelled
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
+from ..files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,6 @@ def table(cases: list[ReviewedCase], structures_shown: int = 3) -> str:
 
 
 def write_csv(cases: list[ReviewedCase], path) -> Path:
-    from .outputs import atomic_path
 
     path = Path(path)
     with atomic_path(path, ".csv") as tmp:
@@ -118,10 +118,10 @@ def case_picture(c: ReviewedCase):
     """Slices through the case's least sure structure: labels, and the confidence map."""
     import SimpleITK as sitk
 
-    from .demo import read_seg_nrrd
-    from .io import read_image
-    from .pictures import LegendEntry, Row, confidence_legend, labelled_views_picture
-    from .terminology import lookup
+    from ..outputs.reading import read_seg_nrrd
+    from ..inputs.images import read_image
+    from ..outputs.pictures import LegendEntry, Row, confidence_legend, labelled_views_picture
+    from ..terminology import lookup
 
     source = c.summary.get("input_path")
     labels_path = c.labels_path()
@@ -158,7 +158,7 @@ def case_picture(c: ReviewedCase):
 
 
 def write_overview(cases: list[ReviewedCase], path, worst: int = 3) -> Path | None:
-    from .pictures import stack_pictures, write_png
+    from ..outputs.pictures import stack_pictures, write_png
 
     pictures = []
     for c in cases[:worst]:
@@ -169,31 +169,3 @@ def write_overview(cases: list[ReviewedCase], path, worst: int = 3) -> Path | No
     if not pictures:
         return None
     return write_png(stack_pictures(pictures), path)
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "review", help="rank a finished batch: least confident cases and structures first",
-        description="Rank the cases of a predict output folder by the model's own confidence "
-                    "(least sure first): a table here, a CSV and a PNG of the worst cases.")
-    p.add_argument("folder", metavar="OUTDIR", help="output folder of lkm-segment predict")
-    p.add_argument("--csv", default=None, help="CSV path (default OUTDIR/review.csv)")
-    p.add_argument("--png", default=None, help="overview picture (default OUTDIR/review.png)")
-    p.add_argument("--worst", type=int, default=3, help="cases in the picture (default 3)")
-    p.set_defaults(func=cmd_review)
-
-
-def cmd_review(args) -> int:
-    out_dir = Path(args.folder)
-    cases, unscored = collect(out_dir)
-    print(table(cases))
-    if unscored:
-        print(f"No confidence scores in the summaries of: {', '.join(unscored)} "
-              "(written by an older lkm-segment; run predict again with --overwrite).")
-    csv_path = write_csv(cases, args.csv or out_dir / "review.csv")
-    print(f"Wrote {csv_path}")
-    if cases and args.worst > 0:
-        png = write_overview(cases, args.png or out_dir / "review.png", args.worst)
-        if png is not None:
-            print(f"Wrote {png}")
-    return 0

@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, ResourceError
+from ..errors import InputError, ResourceError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .contract import FLAG_BELOW  # structures scoring below this are flagged for review
+from ..contract import FLAG_BELOW  # structures scoring below this are flagged for review
 
 UNSURE_LOW, UNSURE_HIGH = 0.2, 0.8
 

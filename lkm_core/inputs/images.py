@@ -2,7 +2,7 @@
 
 Every image stays a ``SimpleITK.Image``, so its geometry (origin, spacing, direction) travels
 with the voxels. Supported: NRRD, NIfTI, MHA/MHD and folders of DICOM files (a study, several
-series, nested folders: :mod:`lkm_core.dicom_series` splits them into series, one case each).
+series, nested folders: :mod:`lkm_core.inputs.dicom_series` splits them into series, one case each).
 """
 
 from __future__ import annotations
@@ -15,23 +15,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom_series import DicomSeries, read_series, scan_folder
-from .contract import IMAGE_SUFFIXES, strip_image_suffix
-from .errors import InputError
+from ..contract import IMAGE_SUFFIXES, is_image_file, strip_image_suffix
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
 def case_name(path) -> str:
     """File name without its image suffix (``ct.nii.gz`` -> ``ct``); a folder's own name; a DICOM
-    series' name (from its UID, see :func:`lkm_core.dicom_series.series_case_name`).
+    series' name (from its UID, see :func:`lkm_core.inputs.dicom_series.series_case_name`).
     The module names its input files so that this gives back its own case names."""
     if isinstance(path, DicomSeries):
         return path.name
     path = Path(path)
     return path.name if path.is_dir() else strip_image_suffix(path.name)
-
-
-def is_image_file(path) -> bool:
-    return Path(path).name.lower().endswith(IMAGE_SUFFIXES)
 
 
 @dataclass

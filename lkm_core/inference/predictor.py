@@ -8,11 +8,11 @@ autocast (the network keeps its Mamba layers in fp32); on CUDA out-of-memory the
 the batch, then keeps the results on the CPU, then runs on the CPU, and logs a warning each time.
 Quick mode runs at the bundle's ``quick_spacing`` (3 mm by default) and takes the nearest
 network voxel's label; a full run brings the class scores back where labels meet, as nnU-Net's
-linear resampling of the scores would (see :mod:`lkm_core.preprocessing`). A subset of
+linear resampling of the scores would (see :mod:`lkm_core.inference.preprocessing`). A subset of
 structures keeps only those labels (the network still sees every class, so boundaries match a
 full run). ``keep_scores=True`` keeps the normalised class scores on the network grid in
 ``Result.scores`` (``NetworkScores.probabilities()`` gives the softmax). How sure the model is
-comes from the same scores, with no second pass (:mod:`lkm_core.confidence`): per structure in
+comes from the same scores, with no second pass (:mod:`lkm_core.inference.confidence`): per structure in
 ``Result.confidence`` (``confidence=True``, the default), and as a voxel map on the input grid in
 ``Result.confidence_map`` (``confidence_map=True``).
 Progress goes to ``progress(event_dict)``; ``cancel`` (a threading.Event or a callable returning
@@ -30,17 +30,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .bundle import Bundle
-from .ssm.backend import backend_report, reset_backends_used
-from .errors import InputError, ResourceError
-from . import io as lkm_io
+from ..bundle import Bundle
+from ..ssm.backend import backend_report, reset_backends_used
+from ..errors import InputError, ResourceError
+from ..inputs import images as lkm_io
 from .preprocessing import Prepared, prepare, to_input_grid
 from .sliding_window import (DeviceOutOfMemory, fit_patch, scores_to_labels,
                              sliding_window_scores)
 
 log = logging.getLogger(__name__)
 
-PHASES = ("read", "preprocess", "network", "postprocess", "write")
 
 
 @dataclass
@@ -202,7 +201,7 @@ class Predictor:
         timings["preprocess"] = time.perf_counter() - t0
         self._emit(case, "preprocess", 1.0)
         if self._should_stop():
-            from .errors import Cancelled
+            from ..errors import Cancelled
             raise Cancelled("Stopped by the user.")
 
         t0 = time.perf_counter()
@@ -213,7 +212,7 @@ class Predictor:
         prepared.array = None  # the network input is no longer needed: free it before the way back
         timings["network"] = time.perf_counter() - t0
         if self._should_stop():  # a cancel request that came during the last patch
-            from .errors import Cancelled
+            from ..errors import Cancelled
             raise Cancelled("Stopped by the user.")
 
         t0 = time.perf_counter()

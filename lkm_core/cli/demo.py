@@ -2,7 +2,7 @@
 
     lkm-segment demo [-o OUTDIR] [--device auto|cpu|cuda] [--threads N] [--model BUNDLE]
 
-Fetches the sample CT (:mod:`lkm_core.sample_data`), runs the ordinary ``predict`` command on it
+Fetches the sample CT (:mod:`lkm_core.inputs.sample_data`), runs the ordinary ``predict`` command on it
 (same code path as any user's case), then writes a PNG picture (axial, coronal and sagittal
 slices through the liver: the prediction above the sample's reference labels, in the model's
 colours, with a legend) and prints the Dice of every organ
@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ..contract import EXIT_OK
+from ..outputs.reading import organ_dice, read_seg_nrrd
+from . import predict
 
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
@@ -40,10 +43,9 @@ def register_cli(subparsers) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .bundle import default_bundle_path, load_bundle
-    from .cli import EXIT_OK, main as cli_main
-    from .errors import ModelError
-    from .sample_data import fetch_sample_ct
+    from ..bundle import default_bundle_path, load_bundle
+    from ..errors import ModelError
+    from ..inputs.sample_data import fetch_sample_ct
 
     print("Fetching the sample CT (TotalSegmentator 2.18.0 test data, Apache-2.0) ...",
           flush=True)
@@ -55,12 +57,12 @@ def cmd_demo(args) -> int:
               flush=True)
     out_dir = Path(args.output).absolute()
     print(f"Segmenting {sample.image.name} with {bundle.name} {bundle.version} ...", flush=True)
-    argv = ["predict", str(sample.image), "-o", str(out_dir), "--model", str(model),
+    argv = [str(sample.image), "-o", str(out_dir), "--model", str(model),
             "--device", args.device, "--overwrite", "--progress", args.progress]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     t0 = time.perf_counter()
-    code = cli_main(argv)
+    code = predict.run(argv)
     seconds = time.perf_counter() - t0
     if code != EXIT_OK:
         return code
@@ -85,7 +87,7 @@ def cmd_demo(args) -> int:
               "dice": {k: (None if math.isnan(v) else round(v, 4)) for k, v in dice.items()},
               "seconds": round(seconds, 2), "device": summary.get("device"),
               "timings": summary.get("timings")}
-    from .outputs import write_json
+    from ..outputs.labels import write_json
     write_json(report, out_dir / f"{case}.dice.json")
 
     print(f"\nDice against the reference labels (TotalSegmentator's prediction; "
@@ -103,64 +105,14 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
-# --------------------------------------------------------------------------------------------
-def read_seg_nrrd(path, reference_image):
-    """(label image on ``reference_image``'s grid, {label value: segment name}) from a
-    .seg.nrrd written by lkm_core (one layer, label values per segment)."""
-    import SimpleITK as sitk
-    import slicerio
-
-    seg = slicerio.read_segmentation(str(path))
-    voxels = np.asarray(seg["voxels"])
-    if voxels.ndim == 4:  # several layers: never written by lkm_core, merge them in order
-        voxels = voxels.max(axis=0)
-    names = {int(s["labelValue"]): s["name"] for s in seg["segments"]}
-    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels.transpose(2, 1, 0)))
-    ijk_to_lps = np.asarray(seg["ijkToLPS"], dtype=float)
-    offset = np.asarray(seg.get("referenceImageExtentOffset", [0, 0, 0]), dtype=float)
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    direction = ijk_to_lps[:3, :3] / spacing
-    origin = ijk_to_lps[:3, 3] + ijk_to_lps[:3, :3] @ offset
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetDirection([float(v) for v in direction.ravel()])
-    image.SetOrigin([float(v) for v in origin])
-    labels = sitk.Resample(image, reference_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                           image.GetPixelID())
-    return labels, names
-
-
-def organ_dice(predicted, reference, names: dict) -> dict:
-    """{organ: Dice} for every predicted segment name that the sample's reference labels know."""
-    import SimpleITK as sitk
-    from .sample_data import REFERENCE_LABELS
-    from .terminology import lookup
-
-    pred = sitk.GetArrayViewFromImage(predicted)
-    ref = sitk.GetArrayViewFromImage(reference)
-    out = {}
-    for value, name in sorted(names.items()):
-        structure = lookup(name)
-        key = structure.name if structure else name
-        if key not in REFERENCE_LABELS:
-            continue
-        out[key] = dice(pred == value, ref == REFERENCE_LABELS[key])
-    return out
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks; NaN when both are empty."""
-    denom = int(pred.sum()) + int(ref.sum())
-    return float("nan") if denom == 0 else 2.0 * int(np.logical_and(pred, ref).sum()) / denom
-
-
 def write_demo_png(image, predicted, reference, label_list, path, model_title: str,
                    focus: str = "liver") -> Path:
     """The prediction above the sample's reference labels (same slices), with a legend."""
     import SimpleITK as sitk
 
-    from .pictures import LegendEntry, Row, labelled_views_picture, write_png
-    from .sample_data import REFERENCE_LABELS
-    from .terminology import lookup
+    from ..outputs.pictures import LegendEntry, Row, labelled_views_picture, write_png
+    from ..inputs.sample_data import REFERENCE_LABELS
+    from ..terminology import lookup
 
     def key(name):
         structure = lookup(name)
@@ -185,8 +137,3 @@ def write_demo_png(image, predicted, reference, label_list, path, model_title: s
         [LegendEntry(lab.name, lab.color) for lab in label_list], modality="CT",
         focus_values=focus_values)
     return write_png(picture, path)
-
-
-if __name__ == "__main__":  # pragma: no cover - use `lkm-segment demo`
-    from .cli import main
-    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -1,28 +1,8 @@
-"""The command line: ``lkm-segment`` / ``python -m lkm_core``.
-
-    lkm-segment predict INPUT... -o OUTDIR --model BUNDLE [--device auto|cpu|cuda] [--quick]
-        [--tta] [--step 0.5] [--subset NAME[,NAME...]] [--threads N] [--overwrite]
-        [--format seg.nrrd|nii.gz|nrrd|dicom-seg] [--progress json|bar|none]
-        [--num-parts N --part-id K] [--report] [--uncertainty] [--cancel-file PATH]
-    lkm-segment info BUNDLE [--json]
-    lkm-segment bundle init --preset NAME --labels liver,spleen,... -o DIR [--seed N]
-    lkm-segment bundle verify BUNDLE
-    lkm-segment demo [-o OUTDIR] [--device ...] [--threads N]   (sample CT, default model, Dice)
-    lkm-segment report merge REPORT_OR_FOLDER... -o MERGED.csv   (the parts' batch reports)
-    lkm-segment review OUTDIR [--csv F] [--png F] [--worst N]   (least confident cases first)
-
-Exit codes: 0 every case succeeded (or was already done), 1 a case failed (or the run was
-cancelled, or the model could not be loaded), 2 usage errors (bad options, unknown --subset).
-With ``--progress json`` stdout carries only JSON lines (the protocol of lkm_core.contract);
-anything else any library prints goes to stderr. Ctrl-C, SIGTERM or the appearance of the
-``--cancel-file`` (the way that works through launchers and on Windows) stop the run; outputs are
-written under temporary names and renamed, so nothing partial is left behind.
-"""
+"""``lkm-segment predict``: segment images, one case after another."""
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
@@ -31,28 +11,15 @@ import time
 import traceback
 from pathlib import Path
 
-from .contract import (DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
-                       OUTPUT_FORMATS)
-from .errors import Cancelled, InputError, LKMError, ResourceError
+from ..contract import (DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
+                        OUTPUT_FORMATS)
+from ..errors import Cancelled, InputError, LKMError, ResourceError
+from .common import UsageError, run_command
 
 log = logging.getLogger("lkm_core")
 
-PRESET_SPACING = {"3d_paper": [2.5, 0.8, 0.8], "2d_paper": [1.5, 1.5],
-                  "3d_small": [3.0, 3.0, 3.0], "2d_small": [3.0, 3.0]}
-CT_NORMALIZATION = {"scheme": "ct", "clip": [-958.0, 327.0], "mean": 82.0, "std": 136.0}
 
-
-class UsageError(LKMError):
-    kind = "usage"
-
-
-# ------------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lkm-segment",
-                                description="LKM-UNet organ segmentation (CT/MR) from the command line.")
-    p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", required=True)
-
+def register(sub) -> None:
     pr = sub.add_parser("predict", help="segment images")
     pr.add_argument("inputs", nargs="+", metavar="INPUT",
                     help="image files (NRRD, NIfTI, MHA), folders of images, or folders of DICOM "
@@ -85,49 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--cancel-file", default=None, metavar="PATH",
                     help="stop (writing nothing more) as soon as this file exists")
     pr.add_argument("-v", "--verbose", action="store_true")
-
-    info = sub.add_parser("info", help="describe a model bundle")
-    info.add_argument("bundle")
-    info.add_argument("--json", action="store_true")
-
-    b = sub.add_parser("bundle", help="make or check model bundles")
-    bsub = b.add_subparsers(dest="bundle_command", required=True)
-    init = bsub.add_parser("init", help="an UNTRAINED bundle (random weights) for tests and benchmarks")
-    init.add_argument("--preset", required=True)
-    init.add_argument("--labels", required=True, help="comma-separated structure names")
-    init.add_argument("-o", "--output", required=True, metavar="DIR")
-    init.add_argument("--seed", type=int, default=0)
-    init.add_argument("--name", default=None)
-    init.add_argument("--modality", default="CT", choices=["CT", "MR"])
-    init.add_argument("--spacing", default=None, help="comma-separated mm, nnU-Net axis order")
-    init.add_argument("--folds", type=int, default=1)
-    verify = bsub.add_parser("verify", help="check model.json and the weights' checksums")
-    verify.add_argument("bundle")
-
-    report = sub.add_parser("report", help="batch reports")
-    rsub = report.add_subparsers(dest="report_command", required=True)
-    merge = rsub.add_parser("merge", help="merge the batch reports of a batch's parts into one CSV")
-    merge.add_argument("reports", nargs="+", metavar="REPORT_OR_FOLDER",
-                       help="batch_report*.csv files, or folders to search for them")
-    merge.add_argument("-o", "--output", required=True, metavar="MERGED.csv")
-    from .training.commands import register_bundle_cli, register_cli  # plan, bundle export/...
-    register_cli(sub)
-    register_bundle_cli(bsub)
-    from .demo import register_cli as register_demo_cli
-    register_demo_cli(sub)
-    from .review import register_cli as register_review_cli
-    register_review_cli(sub)
-    return p
+    pr.set_defaults(func=cmd_predict)
 
 
-def _version() -> str:
-    from . import __version__
-    return f"lkm-segment {__version__}"
+def run(argv) -> int:
+    """``predict`` with these arguments (``lkm-segment predict`` without the program name): the
+    demo runs the very path a user's case takes."""
+    parser = argparse.ArgumentParser(prog="lkm-segment predict")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["predict", *argv])
+    return run_command(args.func, args)
 
 
-# ------------------------------------------------------------------------------------------------
 def _setup_logging(reporter, level) -> None:
-    from .progress import ReporterLogHandler
+    from ..batch.progress import ReporterLogHandler
     for h in list(log.handlers):
         log.removeHandler(h)
     log.addHandler(ReporterLogHandler(reporter, level))
@@ -145,8 +83,8 @@ def _json_stdout():
 
 
 def _resolve_shard(args):
-    """The part this process runs: options, then torchrun, then SLURM (lkm_core.sharding)."""
-    from .sharding import ShardError, resolve_shard
+    """The part this process runs: options, then torchrun, then SLURM (lkm_core.batch.sharding)."""
+    from ..batch.sharding import ShardError, resolve_shard
     try:
         return resolve_shard(args.num_parts, args.part_id)
     except ShardError as exc:
@@ -165,8 +103,8 @@ def _shard(cases: list, args, shard=None) -> list:
 def _check_dicom_seg(cases: list) -> None:
     """--format dicom-seg: highdicom importable, and every case a DICOM series (a series that
     lacks the UIDs a SEG references fails as its own case, before its network runs)."""
-    from .dicom_seg import check_source, require_highdicom
-    from .dicom_series import DicomSeries
+    from ..outputs.dicom_seg import check_source, require_highdicom
+    from ..inputs.dicom_series import DicomSeries
     require_highdicom()
     for _, source in cases:
         if not isinstance(source, DicomSeries):
@@ -186,13 +124,13 @@ def _device(args) -> str:
 
 
 def cmd_predict(args) -> int:
-    from .cancel import CancelRequest
+    from ..batch.cancel import CancelRequest
     with CancelRequest(args.cancel_file) as cancel:
         return _predict(args, cancel)
 
 
 def _predict(args, cancel) -> int:
-    from .progress import BarReporter, JsonReporter, NullReporter
+    from ..batch.progress import BarReporter, JsonReporter, NullReporter
 
     if args.progress == "json":
         reporter = JsonReporter(_json_stdout())
@@ -217,9 +155,9 @@ def _predict(args, cancel) -> int:
             raise UsageError(f"--step must be in (0, 1], not {args.step}.")
         if args.threads is not None and args.threads < 1:
             raise UsageError("--threads must be at least 1.")
-        from .bundle import default_bundle_path, load_bundle
-        from .inference import Predictor
-        from .io import discover_inputs
+        from ..bundle import default_bundle_path, load_bundle
+        from ..inference.predictor import Predictor
+        from ..inputs.images import discover_inputs
         bundle = load_bundle(args.model if args.model else default_bundle_path())
         subset = [s.strip() for s in args.subset.split(",") if s.strip()] if args.subset else None
         try:
@@ -242,10 +180,10 @@ def _predict(args, cancel) -> int:
     except KeyboardInterrupt:
         return fail(None, Cancelled("Stopped by the user."), EXIT_FAILED)
 
-    from .batch_report import volumes_from_summary
-    from .dicom_seg import check_source as check_dicom_seg_source
-    from .io import describe_input
-    from .outputs import (output_paths, summarize, write_confidence_map, write_json,
+    from ..batch.report import volumes_from_summary
+    from ..outputs.dicom_seg import check_source as check_dicom_seg_source
+    from ..inputs.images import describe_input
+    from ..outputs.labels import (output_paths, summarize, write_confidence_map, write_json,
                           write_labels)
     out_dir = Path(args.output).absolute()
     failed = 0
@@ -331,7 +269,7 @@ def _series_of(path) -> str:
 
 def _start_report(args, shard, skipped):
     """This part's batch report; part 0 (or an unsplit batch) also lists skipped DICOM objects."""
-    from .batch_report import BatchReport, report_path
+    from ..batch.report import BatchReport, report_path
     wanted = args.report if args.report is not None else shard.source != "none"
     report = BatchReport(report_path(args.output, shard.label) if wanted else None)
     try:
@@ -358,120 +296,3 @@ def _report_failure(report, case, path, exc, started) -> None:
     status = "cancelled" if isinstance(exc, Cancelled) else "refused" if refused else "failed"
     _report_row(report, case, path, status, seconds=time.perf_counter() - started,
                 message=str(exc))
-
-
-def cmd_report_merge(args) -> int:
-    from .batch_report import find_reports, merge_reports
-    paths = find_reports(args.reports)
-    counts = merge_reports(paths, args.output)
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no rows"
-    print(f"merged {len(paths)} report(s) into {Path(args.output).absolute()}: {summary}")
-    return EXIT_OK
-
-
-def cmd_info(args) -> int:
-    from .bundle import load_bundle
-    bundle = load_bundle(args.bundle)
-    info = bundle.summary()
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return EXIT_OK
-    lines = [f"{bundle.name} {bundle.version}" + ("" if bundle.trained else
-                                                 "  (UNTRAINED: random weights, for testing only)"),
-             f"  {bundle.description}" if bundle.description else None,
-             f"  modality {bundle.modality or '?'}, {bundle.dimension}, network "
-             f"{info['network']}, folds {', '.join(bundle.folds)}",
-             f"  spacing {info['spacing']} mm, patch {info['patch_size']}, "
-             f"transpose {info['transpose']}",
-             f"  licence {bundle.licence or 'not stated'}",
-             f"  orientation {bundle.orientation}: inputs are reoriented to it" if bundle.orientation
-             else "  WARNING: no orientation recorded: the model sees each input in its storage "
-                  "order, so its results (left/right!) depend on how the input is stored",
-             "  labels:"]
-    lines += [f"    {lab.value:3d}  {lab.name}" for lab in bundle.labels]
-    print("\n".join(line for line in lines if line is not None))
-    return EXIT_OK
-
-
-def cmd_bundle_init(args) -> int:
-    import torch
-    from .bundle import write_bundle
-    from .network import build_network
-    from .network.presets import PRESET_NAMES, preset_config, preset_patch_size
-    from .terminology import label_entry
-
-    if args.preset not in PRESET_NAMES:
-        raise UsageError(f"Unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}.")
-    names = [n.strip() for n in args.labels.split(",") if n.strip()]
-    if not names or len(set(names)) != len(names):
-        raise UsageError("--labels needs distinct, comma-separated structure names.")
-    patch = list(preset_patch_size(args.preset))
-    dimension = "3d" if len(patch) == 3 else "2d"
-    spacing = ([float(v) for v in args.spacing.split(",")] if args.spacing
-               else PRESET_SPACING.get(args.preset, [1.0] * len(patch)))
-    if len(spacing) != len(patch):
-        raise UsageError(f"--spacing needs {len(patch)} values for a {dimension} preset.")
-    config = preset_config(args.preset, 1, len(names) + 1)
-    weights = {}
-    for fold in range(args.folds):
-        torch.manual_seed(args.seed + fold)
-        weights[f"fold_{fold}"] = build_network(config).state_dict()
-    meta = {
-        "name": args.name or f"untrained-{args.preset}",
-        "version": "0.0.0",
-        "description": f"UNTRAINED LKM-UNet ({args.preset} preset) with random weights, for "
-                       "tests and benchmarks. Its segmentations are meaningless.",
-        "licence": "Apache-2.0",
-        "modality": args.modality,
-        "dimension": dimension,
-        "input_channels": 1,
-        "spacing": spacing,
-        "patch_size": patch,
-        "transpose": [0, 1, 2],
-        "orientation": None,
-        "normalization": [CT_NORMALIZATION if args.modality == "CT" else {"scheme": "zscore"}],
-        "network": config,
-        "labels": [label_entry(i + 1, n) for i, n in enumerate(names)],
-        "inference": {"step": 0.5, "mirror_axes": list(range(len(patch)))},
-        "provenance": {"trained": False, "trainer": None, "data": None, "seed": args.seed,
-                       "preset": args.preset,
-                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "note": "random initial weights from `lkm-segment bundle init`"},
-    }
-    out = write_bundle(args.output, meta, weights)
-    print(f"wrote an untrained {args.preset} bundle to {out}")
-    return EXIT_OK
-
-
-def cmd_bundle_verify(args) -> int:
-    from .bundle import verify_bundle
-    bundle = verify_bundle(args.bundle)
-    print(f"OK: {bundle.name} {bundle.version}, {len(bundle.folds)} weights file(s) match "
-          "their checksums")
-    return EXIT_OK
-
-
-def main(argv=None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        if getattr(args, "func", None) is not None:  # subcommands of lkm_core.training
-            return args.func(args)
-        if args.command == "predict":
-            return cmd_predict(args)
-        if args.command == "info":
-            return cmd_info(args)
-        if args.command == "report":
-            return cmd_report_merge(args)
-        if args.bundle_command == "init":
-            return cmd_bundle_init(args)
-        return cmd_bundle_verify(args)
-    except UsageError as exc:
-        print(f"lkm-segment: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except LKMError as exc:
-        print(f"lkm-segment: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("lkm-segment: stopped", file=sys.stderr)
-        return EXIT_FAILED

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, ResourceError
+from ..errors import InputError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def series_case_name(modality: str, series_number, series_uid: str) -> str:
 def scan_folder(folder, modality: str | None = None) -> Scan:
     """Every DICOM series under ``folder`` (recursively). ``modality`` ("CT"/"MR"): the model's;
     series of another modality are skipped. Image files with non-DICOM suffixes are ignored."""
-    from .io import is_image_file
+    from ..contract import is_image_file
 
     pydicom = _pydicom()
     scan = Scan()

@@ -1,0 +1,1 @@
+"""From an image to labels: preprocessing, the sliding window, the predictor, confidence."""

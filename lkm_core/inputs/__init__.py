@@ -1,0 +1,1 @@
+"""Reading the user's images: files, folders and DICOM series."""
