@@ -100,14 +100,17 @@ def code_of(page: Path) -> list[Code]:
     prose, blocks = _split(page)
     out = [Code(page, n, span, False) for n, line in prose for span in re.findall(r"`([^`]+)`", line)]
     for first, _, lines in blocks:
-        joined, start = "", None
+        # a statement continues on the next line after a backslash, or on indented lines (the
+        # synopsis style: `lkm-segment predict ...` then `    [--quick] [--tta]`)
+        statements: list[list] = []
         for k, line in enumerate(lines):
-            start = first + k if start is None else start
-            if line.rstrip().endswith("\\"):       # a shell line continued on the next
-                joined += line.rstrip()[:-1] + " "
-                continue
-            out.append(Code(page, start, joined + line, True))
-            joined, start = "", None
+            continued = statements and (statements[-1][1].rstrip().endswith("\\")
+                                        or (line[:1].isspace() and line.strip()))
+            if continued:
+                statements[-1][1] = statements[-1][1].rstrip().rstrip("\\") + " " + line.strip()
+            else:
+                statements.append([first + k, line])
+        out += [Code(page, n, text, True) for n, text in statements]
     return out
 
 
@@ -350,10 +353,18 @@ def test_every_documented_message_still_exists_in_the_code():
                       "(reword the page or the code):\n" + "\n".join(gone))
 
 
-def test_message_check_can_fail():
-    strings = code_strings()
-    assert occurs("The input … does not exist.", strings)
-    assert not occurs("The input … does not exist anywhere at all.", strings)
+def test_message_check_reads_f_strings_concatenations_and_constants():
+    source = ('STEM = "batch_report"\n'
+              'def f(path, names):\n'
+              '    raise ValueError(f"No {STEM}*.csv under {path}.")\n'
+              '    raise ValueError("None of (" + ", ".join(names) + ") is known")\n')
+    tree = ast.parse(source)
+    constants = _module_constants([tree])
+    strings = [t for node in ast.walk(tree) if (t := _template(node, constants))]
+    assert occurs("No batch_report*.csv under …", strings)
+    assert occurs("None of (…) is known", strings)
+    assert not occurs("No batch_report*.csv in …", strings)
+    assert not occurs("is known … None of", strings)  # the pieces must come in order
 
 
 # -- runnable examples ----------------------------------------------------------------------------
