@@ -195,15 +195,11 @@ class Bundle:
 
 
 # ---------------------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    return sha256(Path(path))
-
-
 def _check_weights_file(path: Path, expected: str, source) -> None:
     if not path.is_file():
         raise ModelError(f"The weights file {path.name} listed in model.json is missing from the "
                          f"model bundle {source}. Re-download or re-export the model.")
-    actual = sha256_file(path)
+    actual = sha256(path)
     if actual != expected:
         raise ModelError(f"The weights file {path.name} in the model bundle {source} does not "
                          f"match its checksum (sha256 {actual[:12]}..., model.json says "
@@ -294,7 +290,7 @@ def extract_zip(zip_path: Path, dest_root: Path | None = None) -> Path:
     """Extract a bundle zip safely into the cache (keyed by its sha256); returns the folder
     holding model.json. Rejects absolute paths, '..', links and oversized archives."""
     zip_path = Path(zip_path)
-    digest = sha256_file(zip_path)
+    digest = sha256(zip_path)
     dest_root = Path(dest_root) if dest_root else bundle_cache_dir()
     final = dest_root / digest[:32]
     if (final / ".complete").exists():
@@ -390,6 +386,57 @@ def verify_bundle(path) -> Bundle:
     return bundle
 
 
+# intensity normalisation of an untrained CT bundle (typical abdominal CT statistics)
+CT_NORMALIZATION = {"scheme": "ct", "clip": [-958.0, 327.0], "mean": 82.0, "std": 136.0}
+
+
+def untrained_bundle(preset: str, label_names, modality: str = "CT", spacing=None, folds: int = 1,
+                     seed: int = 0, name: str | None = None) -> tuple[dict, dict]:
+    """(model.json, {fold: state dict}) of an UNTRAINED bundle with random weights, for tests and
+    benchmarks. Raises ValueError for an unknown preset or a spacing of the wrong length."""
+    import datetime
+
+    import torch
+
+    from .network import build_network
+    from .network.presets import PRESET_SPACING, preset_config, preset_patch_size
+    from .terminology import label_entry
+
+    patch = list(preset_patch_size(preset))
+    dimension = "3d" if len(patch) == 3 else "2d"
+    spacing = list(spacing or PRESET_SPACING.get(preset, [1.0] * len(patch)))
+    if len(spacing) != len(patch):
+        raise ValueError(f"--spacing needs {len(patch)} values for a {dimension} preset.")
+    config = preset_config(preset, 1, len(label_names) + 1)
+    weights = {}
+    for fold in range(folds):
+        torch.manual_seed(seed + fold)
+        weights[f"fold_{fold}"] = build_network(config).state_dict()
+    meta = {
+        "name": name or f"untrained-{preset}",
+        "version": "0.0.0",
+        "description": f"UNTRAINED LKM-UNet ({preset} preset) with random weights, for "
+                       "tests and benchmarks. Its segmentations are meaningless.",
+        "licence": "Apache-2.0",
+        "modality": modality,
+        "dimension": dimension,
+        "input_channels": 1,
+        "spacing": spacing,
+        "patch_size": patch,
+        "transpose": [0, 1, 2],
+        "orientation": None,
+        "normalization": [CT_NORMALIZATION if modality == "CT" else {"scheme": "zscore"}],
+        "network": config,
+        "labels": [label_entry(i + 1, n) for i, n in enumerate(label_names)],
+        "inference": {"step": 0.5, "mirror_axes": list(range(len(patch)))},
+        "provenance": {"trained": False, "trainer": None, "data": None, "seed": seed,
+                       "preset": preset,
+                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       "note": "random initial weights from `lkm-segment bundle init`"},
+    }
+    return meta, weights
+
+
 def write_bundle(out_dir, meta: dict, weights: dict) -> Path:
     """Write a bundle folder: one ``<fold>.safetensors`` per entry of ``weights``
     (fold name -> state_dict), and model.json = ``meta`` completed with format, folds and sha256.
@@ -423,7 +470,7 @@ def write_bundle(out_dir, meta: dict, weights: dict) -> Path:
         tmp = out / f".{fname}.partial"
         save_file(tensors, str(tmp), metadata={"fold": str(fold), "name": str(meta.get("name"))})
         os.replace(tmp, out / fname)
-        folds.append({"name": str(fold), "file": fname, "sha256": sha256_file(out / fname)})
+        folds.append({"name": str(fold), "file": fname, "sha256": sha256(out / fname)})
     meta["folds"] = folds
     validate_meta(meta, f"{out / META_FILE} (being written)")
     tmp = out / f".{META_FILE}.partial"

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 
 from ..contract import EXIT_OK
 from .common import UsageError
-
-PRESET_SPACING = {"3d_paper": [2.5, 0.8, 0.8], "2d_paper": [1.5, 1.5],
-                  "3d_small": [3.0, 3.0, 3.0], "2d_small": [3.0, 3.0]}
-CT_NORMALIZATION = {"scheme": "ct", "clip": [-958.0, 327.0], "mean": 82.0, "std": 136.0}
-
 
 def register(sub):
     """Add ``info`` and ``bundle``; returns the ``bundle`` subparsers (training adds to them)."""
@@ -63,50 +57,24 @@ def cmd_info(args) -> int:
 
 
 def cmd_bundle_init(args) -> int:
-    import torch
-    from ..bundle import write_bundle
-    from ..network import build_network
-    from ..network.presets import PRESET_NAMES, preset_config, preset_patch_size
-    from ..terminology import label_entry
+    from ..bundle import untrained_bundle, write_bundle
+    from ..network.presets import PRESET_NAMES
 
     if args.preset not in PRESET_NAMES:
         raise UsageError(f"Unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}.")
     names = [n.strip() for n in args.labels.split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
         raise UsageError("--labels needs distinct, comma-separated structure names.")
-    patch = list(preset_patch_size(args.preset))
-    dimension = "3d" if len(patch) == 3 else "2d"
-    spacing = ([float(v) for v in args.spacing.split(",")] if args.spacing
-               else PRESET_SPACING.get(args.preset, [1.0] * len(patch)))
-    if len(spacing) != len(patch):
-        raise UsageError(f"--spacing needs {len(patch)} values for a {dimension} preset.")
-    config = preset_config(args.preset, 1, len(names) + 1)
-    weights = {}
-    for fold in range(args.folds):
-        torch.manual_seed(args.seed + fold)
-        weights[f"fold_{fold}"] = build_network(config).state_dict()
-    meta = {
-        "name": args.name or f"untrained-{args.preset}",
-        "version": "0.0.0",
-        "description": f"UNTRAINED LKM-UNet ({args.preset} preset) with random weights, for "
-                       "tests and benchmarks. Its segmentations are meaningless.",
-        "licence": "Apache-2.0",
-        "modality": args.modality,
-        "dimension": dimension,
-        "input_channels": 1,
-        "spacing": spacing,
-        "patch_size": patch,
-        "transpose": [0, 1, 2],
-        "orientation": None,
-        "normalization": [CT_NORMALIZATION if args.modality == "CT" else {"scheme": "zscore"}],
-        "network": config,
-        "labels": [label_entry(i + 1, n) for i, n in enumerate(names)],
-        "inference": {"step": 0.5, "mirror_axes": list(range(len(patch)))},
-        "provenance": {"trained": False, "trainer": None, "data": None, "seed": args.seed,
-                       "preset": args.preset,
-                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "note": "random initial weights from `lkm-segment bundle init`"},
-    }
+    try:
+        spacing = [float(v) for v in args.spacing.split(",")] if args.spacing else None
+    except ValueError:
+        raise UsageError(f"--spacing needs comma-separated numbers, not {args.spacing!r}.") from None
+    try:
+        meta, weights = untrained_bundle(args.preset, names, modality=args.modality,
+                                         spacing=spacing, folds=args.folds, seed=args.seed,
+                                         name=args.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     out = write_bundle(args.output, meta, weights)
     print(f"wrote an untrained {args.preset} bundle to {out}")
     return EXIT_OK

@@ -52,6 +52,10 @@ _PRESETS = {
 
 PRESET_NAMES = tuple(_PRESETS)
 
+# the target spacing (mm, nnU-Net axis order) an untrained bundle of each preset gets
+PRESET_SPACING = {"3d_paper": (2.5, 0.8, 0.8), "2d_paper": (1.5, 1.5),
+                  "3d_small": (3.0, 3.0, 3.0), "2d_small": (3.0, 3.0)}
+
 
 def _get(name):
     try:
