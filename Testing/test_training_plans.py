@@ -229,7 +229,7 @@ def test_bundle_becomes_pretrained_weights_and_fine_tuning_plans(tmp_path):
 
 # --- import of the official code's results ----------------------------------------------------
 def test_official_results_folder_becomes_a_bundle_that_computes_the_same(tmp_path):
-    from test_official_checkpoint import FEATURES, N_STAGES, STRIDES, OfficialLayout
+    from official_layout import FEATURES, N_STAGES, STRIDES, OfficialLayout
 
     from lkm_core.bundle import load_bundle
     from lkm_core.cli.root import main
