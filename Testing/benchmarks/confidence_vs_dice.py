@@ -44,7 +44,7 @@ from default_model_dice import DICOM_FOLDER, fetch_reference_files  # noqa: E402
 from lkm_core.bundle import default_bundle_path, load_bundle  # noqa: E402
 from lkm_core.outputs.reading import dice  # noqa: E402
 from lkm_core.inference.predictor import Predictor  # noqa: E402
-from lkm_core import io as lkm_io  # noqa: E402
+from lkm_core.inputs import images as lkm_io  # noqa: E402
 from lkm_core.inputs.sample_data import REFERENCE_LABELS  # noqa: E402
 from lkm_core.terminology import lookup  # noqa: E402
 

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from lkm_core.bundle import default_bundle_path, load_bundle  # noqa: E402
 from lkm_core.outputs.reading import dice  # noqa: E402
 from lkm_core.inference.predictor import Predictor  # noqa: E402
-from lkm_core import io as lkm_io  # noqa: E402
+from lkm_core.inputs import images as lkm_io  # noqa: E402
 from lkm_core.inputs.sample_data import (MEMBER_PREFIX, REFERENCE_LABELS, SOURCE_ARCHIVE,  # noqa: E402
                                   SOURCE_SHA256, _download_archive, _sha256, cache_dir)
 
