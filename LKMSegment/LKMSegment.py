@@ -24,6 +24,7 @@ from LKMSegmentLib import LKMSegmentCore, ModelBundleError, ModelRegistry, Predi
 from LKMSegmentLib import dependencies
 from LKMSegmentLib.confidence import (OVERLAY_OPACITY, ConfidenceMapError, confidence_map_of, node_confidences,
                                       review_pairs, show_confidence_map)
+from LKMSegmentLib.scene import segmentable_volumes
 from LKMSegmentLib.engine import engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.export import ExportError
 from LKMSegmentLib.models import verify_bundle
@@ -88,15 +89,17 @@ class LKMSegmentLogic(ScriptedLoadableModuleLogic):
         """The engine's check of a bundle, run with the engine's environment."""
         return verify_bundle(path, engine_env=engine_environment())
 
-    def ensureDependencies(self, confirm=True) -> bool:
-        """Install what the engine needs, after asking. False if the user declined."""
+    def ensureDependencies(self, confirm=True, log=logging.info) -> bool:
+        """Install what the engine needs, after asking. False if the user declined; raises
+        (RuntimeError, pip's errors) when something required could not be installed."""
         plan = dependencies.make_plan()
         if not plan.needed:
             return True
         if confirm and not slicer.util.confirmOkCancelDisplay(plan.text(), _("LKMSegment: install packages")):
             return False
         with slicer.util.WaitCursor():
-            dependencies.install_in_slicer(plan, log=logging.info)
+            for note in dependencies.install_in_slicer(plan, log=logging.info):
+                log(note)  # an optional speed-up that did not install: the engine goes on without it
         return True
 
     def detectDevices(self) -> str:
@@ -135,7 +138,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.refreshExportCases)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
 
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
         addMenu = qt.QMenu(self.ui.addModelButton)
@@ -185,14 +188,23 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self.refreshBatchList()
+        self.refreshExportCases()
+
+    def onSceneImported(self, caller, event):
+        self.refreshBatchList()
         self.refreshExportCases()
 
     def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
+        parameterNode = self.logic.getParameterNode()
+        # a saved scene's choices are the user's: the panel starts from them
+        self.panel.adopt(self._nodeID(parameterNode.inputVolume), self._nodeID(parameterNode.outputSegmentation),
+                         self._nodeID(parameterNode.exportSegmentation))
+        self.setParameterNode(parameterNode)
         if not self._parameterNode.inputVolume:
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if volume:
-                self._parameterNode.inputVolume = volume
+            volumes = segmentable_volumes(slicer.mrmlScene)  # never the module's confidence maps
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
@@ -243,7 +255,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path = qt.QFileDialog.getExistingDirectory(None, _("Model bundle folder (with model.json)"))
         else:
             path = qt.QFileDialog.getOpenFileName(None, _("Model bundle"), "", _("Model bundle (*.zip)"))
-        if not path:
+        if not path or not self.dependenciesReady():  # the engine's check needs the packages
             return
         try:
             with slicer.util.WaitCursor():
@@ -255,9 +267,14 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRemoveModel(self):
         info = self.currentModel()
-        if info is not None:
+        if info is None:
+            return
+        try:
             self.panel.models.remove(info.path)
-            self.refreshModels()
+        except ModelBundleError as e:
+            self.reportFailure(str(e), _("Model not removed"))
+            return
+        self.refreshModels()
 
     def chosenStructures(self):
         if self.ui.structuresAllRadio.checked:
@@ -318,8 +335,25 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.appendPlainText(text)
 
     # -- segment / stop ----------------------------------------------------------------------
+    def reportFailure(self, text, title):
+        """A failure the user must see: in the status line, the log and a message box."""
+        self.ui.statusLabel.text = text.splitlines()[0]
+        self.appendLog(text)
+        slicer.util.errorDisplay(text, windowTitle=title)
+
+    def dependenciesReady(self) -> bool:
+        """The engine's Python packages, installed after asking; False (the user told why) if not."""
+        try:
+            return self.logic.ensureDependencies(log=self.appendLog)
+        except Exception as e:  # pip, the PyTorch extension, the network: any of them can fail
+            self.reportFailure(_("The Python packages LKMSegment needs could not be installed: ") + str(e)
+                               + _("\nCheck the network connection and try again, or install them from "
+                                   "the Python console (see the log)."), _("Installation failed"))
+            return False
+
     def onDetectDevice(self):
-        if not self.logic.ensureDependencies():
+        if not self.dependenciesReady():
+            self.ui.deviceInfoLabel.text = _("Not checked: the Python packages are missing.")
             return
         with slicer.util.WaitCursor():
             self.ui.deviceInfoLabel.text = self.logic.detectDevices()
@@ -329,9 +363,9 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("The engine (lkm_core) is missing from this installation; "
                                        "reinstall the LKMSegment extension."))
             return
+        if not self.dependenciesReady():
+            return
         try:
-            if not self.logic.ensureDependencies():
-                return
             self.ui.logTextEdit.clear()
             p = self._parameterNode
             self.run = self.logic.core.start(volumes, self.options(), targets=targets,
@@ -416,9 +450,10 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ConfidenceMapError as e:
             slicer.util.errorDisplay(str(e))
             return
-        # setSliceViewerLayers exists only in the application (it sets every slice view's layers)
-        slicer.util.setSliceViewerLayers(background=volume, foreground=overlay,
-                                         foregroundOpacity=OVERLAY_OPACITY)
+        # setSliceViewerLayers exists only in the application (it sets every slice view's layers);
+        # without the map's volume (deleted) the background stays as it is, never emptied
+        layers = {"background": volume} if volume is not None else {}
+        slicer.util.setSliceViewerLayers(**layers, foreground=overlay, foregroundOpacity=OVERLAY_OPACITY)
 
     def showRanking(self, ranked):
         """The batch's cases, least confident first (LKMSegmentLib/triage.py)."""
@@ -458,11 +493,9 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.inputVolume = volume  # the selectors follow: this volume's export is the pick
 
     # -- batch -------------------------------------------------------------------------------
-    def refreshBatchList(self):
+    def refreshBatchList(self, *_args):
         self.ui.batchVolumesList.clear()
-        for volume in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if volume.IsA("vtkMRMLLabelMapVolumeNode"):
-                continue
+        for volume in segmentable_volumes(slicer.mrmlScene):  # not the module's confidence maps
             item = qt.QListWidgetItem(volume.GetName())
             item.setData(qt.Qt.UserRole, volume.GetID())
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)

@@ -21,6 +21,8 @@ from .enginecontract import contract
 from .triage import ReviewPair, StructureConfidence, least_confident_first, parse_flag, parse_score
 
 MAP_ROLE = "LKMSegment.ConfidenceMap"        # segmentation node -> its confidence map volume
+# on the volumes the module makes (confidence maps): never offered as an image to segment
+MADE_BY_MODULE = "LKMSegment.MadeByModule"
 COLOR_TABLE_NAME = "LKMSegment confidence"
 CONFIDENCE_BANDS = contract.CONFIDENCE_BANDS  # the same bands as the engine's pictures
 CLEAR_TEXT = "confidence >= 95 % (clear)"
@@ -30,6 +32,12 @@ OVERLAY_OPACITY = 0.6
 
 class ConfidenceMapError(Exception):
     """The confidence map cannot be used (message for the user: which file, what to do)."""
+
+
+def made_by_module(node) -> bool:
+    """A volume this module made (a confidence map), not an image a user loaded. Maps saved by
+    earlier versions carry only their ``MAP_ROLE`` attribute."""
+    return bool(node.GetAttribute(MADE_BY_MODULE) or node.GetAttribute(MAP_ROLE))
 
 
 # -- segment tags -------------------------------------------------------------------------------
@@ -200,6 +208,7 @@ def load_confidence_map(scene, volume, path, segmentation=None, name: str | None
     slicer.util.updateVolumeFromArray(node, voxels)
     del voxels, loaded, scratch
     node.SetAttribute(MAP_ROLE, volume.GetID())
+    node.SetAttribute(MADE_BY_MODULE, "confidence map")
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(confidence_color_table(scene).GetID())

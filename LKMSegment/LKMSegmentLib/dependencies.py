@@ -11,6 +11,9 @@ safetensors, slicerio + pynrrd, psutil, numba; and PyTorch, which comes separate
   ``slicer.util.pip_install`` (older);
 - always with a constraints file that pins every distribution already in Slicer's Python at its
   installed version (numpy, SimpleITK, requests, ...): pip cannot upgrade or replace them;
+- numba (``SPEEDUPS``) only speeds up the CPU scan: it is installed on its own after the rest
+  and, where it cannot be installed, the module goes on without it (the engine falls back to
+  its torch scan and says so);
 - mamba-ssm (CUDA kernels, optional, speed only) is never installed automatically: it has no
   wheels and needs a compiler; the engine's own scan is used without it.
 
@@ -36,6 +39,7 @@ from .enginecontract import engine_environment
 REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "engine-requirements.txt"
 PROTECTED = ("numpy", "SimpleITK", "requests")  # Slicer's; pinned, never installed by the plan
 TORCH_REQUIREMENT = "torch>=2.1"
+SPEEDUPS = ("numba",)  # in the requirements file, but the engine runs without them
 REQUESTER = "LKMSegment"
 
 
@@ -85,6 +89,7 @@ class Step:
 class DependencyPlan:
     steps: list[Step] = field(default_factory=list)
     optional: list[Step] = field(default_factory=list)
+    speedups: list[Step] = field(default_factory=list)  # tried with the steps; failure is no error
 
     @property
     def needed(self) -> bool:
@@ -103,6 +108,8 @@ class DependencyPlan:
             via = {"pytorch-extension": "via the PyTorch extension (matches your GPU)",
                    "pip": "with pip"}.get(s.how, s.how)
             lines.append(f"  - {s.requirement} {via}" + (f" ({s.note})" if s.note else ""))
+        for s in self.speedups:
+            lines.append(f"  - {s.requirement} with pip, if it installs here ({s.note})")
         lines.append("This can take several minutes and downloads up to a few GB (PyTorch).")
         lines.append("Slicer's own packages (numpy, SimpleITK, requests, ...) are not changed.")
         return "\n".join(lines)
@@ -143,9 +150,15 @@ def make_plan(installed=None, system: str | None = None, gpu=nvidia_gpu_present,
             plan.steps.append(Step("torch", "pip", TORCH_REQUIREMENT,
                                    "the package index's default build; install the PyTorch "
                                    "extension to get the build that matches your GPU"))
+    speedups = {_canonical(p) for p in SPEEDUPS}
     for requirement in (requirements if requirements is not None else read_requirements()):
-        if not installed(requirement):
-            plan.steps.append(Step(requirement_name(requirement), "pip", requirement))
+        if installed(requirement):
+            continue
+        name = requirement_name(requirement)
+        if _canonical(name) in speedups:
+            plan.speedups.append(Step(name, "pip", requirement, "optional: a faster CPU scan"))
+        else:
+            plan.steps.append(Step(name, "pip", requirement))
     if system == "Linux" and gpu() and not installed("mamba-ssm"):
         plan.optional.append(Step("mamba_ssm", "manual", "mamba-ssm causal-conv1d",
                                   "optional CUDA kernels; needs the CUDA compiler (nvcc)"))
@@ -182,13 +195,14 @@ def pip_arguments(requirements: list[str], constraints_file) -> list[str]:
 
 
 def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=print,
-            pip_ensure=None, constraints_file=None) -> None:
+            pip_ensure=None, constraints_file=None) -> list[str]:
     """Carry out a plan (after the user confirmed it).
 
     ``pip_ensure(requirements, constraints=...)`` is ``slicer.packaging.pip_ensure`` (5.11+);
     otherwise ``pip_install(argument_list)``, ``slicer.util.pip_install``. ``torch_installer()``
     is the PyTorch extension's helper (returns the torch module or None). Raises RuntimeError
-    with a message for the user when something could not be installed.
+    with a message for the user when something required could not be installed; returns notes
+    on the speed-ups that could not (the engine runs without them).
     """
     if pip_install is None and pip_ensure is None:
         raise ValueError("install needs pip_install or pip_ensure")
@@ -197,13 +211,29 @@ def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=pr
         if step.how == "pytorch-extension":
             log(f"Installing {step.requirement} through the PyTorch extension ...")
             if torch_installer is None or torch_installer() is None:
+                found = installed_version("torch")
                 raise RuntimeError(
-                    "PyTorch could not be installed. Open the PyTorch Utils module, install it "
-                    "there (choose the CUDA version of your GPU, or CPU), then try again.")
+                    (f"PyTorch {found} is installed but LKMSegment needs {step.requirement}; it could "
+                     "not be upgraded. " if found else "PyTorch could not be installed. ")
+                    + "Open the PyTorch Utils module, install it there (choose the CUDA version of "
+                    "your GPU, or CPU), restart Slicer, then try again.")
     requirements = plan.pip_requirements
-    if not requirements:
-        return
-    log("Installing " + ", ".join(requirements) + " ...")
+    if requirements:
+        log("Installing " + ", ".join(requirements) + " ...")
+        _pip(requirements, pip_install, pip_ensure, constraints_file)
+    notes = []
+    for step in plan.speedups:
+        log(f"Installing {step.requirement} (optional) ...")
+        try:
+            _pip([step.requirement], pip_install, pip_ensure, constraints_file)
+        except Exception as e:  # any pip failure: the engine runs without it
+            notes.append(f"{step.package} could not be installed ({str(e).strip()[-200:] or type(e).__name__}); "
+                         "LKMSegment works without it, more slowly on the CPU.")
+            log(notes[-1])
+    return notes
+
+
+def _pip(requirements: list[str], pip_install, pip_ensure, constraints_file) -> None:
     if pip_ensure is not None:
         # the user already confirmed our plan: no second prompt; install in testing mode too,
         # the self test needs the engine
@@ -215,7 +245,7 @@ def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=pr
         pip_install(pip_arguments(requirements, constraints_file))
 
 
-def install_in_slicer(plan: DependencyPlan, log=print) -> None:
+def install_in_slicer(plan: DependencyPlan, log=print) -> list[str]:
     """:func:`install` with what this Slicer offers (call only after the user confirmed)."""
     import slicer
 
@@ -228,19 +258,31 @@ def install_in_slicer(plan: DependencyPlan, log=print) -> None:
         ensure = getattr(module, "pip_ensure", None)
         if ensure is not None:
             break
-    install(plan, pip_install=slicer.util.pip_install, pip_ensure=ensure,
-            torch_installer=torch_installer_from_extension(), log=log)
+    return install(plan, pip_install=slicer.util.pip_install, pip_ensure=ensure,
+                   torch_installer=torch_installer_from_extension(), log=log)
 
 
 def torch_installer_from_extension(requirement: str = TORCH_REQUIREMENT):
-    """A callable that installs torch with the PyTorch extension (in the Slicer app only)."""
+    """A callable that installs (or upgrades) torch the PyTorch extension's way, in the Slicer app
+    only; returns the installed version, or None when it still does not satisfy ``requirement``.
+
+    It follows ``PyTorchUtilsLogic.installTorch`` (light-the-torch picks the build that matches
+    the GPU) without that method's ``torchInstalled()`` and final ``import torch``: the version is
+    read from the package metadata, so torch (old or new) never loads into Slicer's process.
+    """
     def run():
         import PyTorchUtils  # noqa: the PyTorch extension's module
+        import slicer
 
-        logic = PyTorchUtils.PyTorchUtilsLogic()
-        if logic.torchInstalled():
-            return logic.torch
-        return logic.installTorch(askConfirmation=False, torchVersionRequirement=requirement[len("torch"):])
+        extension = PyTorchUtils.PyTorchUtilsLogic
+        args = extension._getPipInstallArguments(torchVersionRequirement=requirement[len("torch"):])
+        try:
+            import light_the_torch._patch  # noqa: F401  (as installTorch does)
+        except ImportError:
+            extension._installLightTheTorch()
+        slicer.util._executePythonModule("light_the_torch", args)
+        importlib.invalidate_caches()
+        return installed_version("torch") if is_satisfied(requirement) else None
     return run
 
 

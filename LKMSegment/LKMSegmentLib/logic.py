@@ -18,7 +18,8 @@ from .engine import EngineJob, PredictOptions, safe_case_name
 from .export import NnUNetDatasetExporter
 from .models import ModelBundleError, read_model_info
 from .process import SubprocessRunner
-from .scene import ImportReport, ResultImportError, check_input_volume, import_result, write_volume
+from .scene import (ImportReport, ResultImportError, check_input_volume, import_result, in_scene,
+                    placement_problem, write_volume)
 from .triage import rank_cases
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,14 @@ class SegmentationRun:
                 if result is None or item.case in self.job.errors:
                     continue
                 confidence = (self.job.summaries.get(item.case) or {}).get("confidence") or {}
+                if not in_scene(self.scene, item.volume):
+                    self.import_errors[item.case] = (f"the volume '{item.volume.GetName()}' was deleted "
+                                                     "during the run; its result was not imported")
+                    continue
+                target = self._target_now(item)
                 try:
                     self.reports[item.case] = import_result(
-                        self.scene, item.volume, result, target=item.target, labels=self.labels,
+                        self.scene, item.volume, result, target=target, labels=self.labels,
                         replace_existing=self.replace_existing, name=item.name,
                         show_3d=self.show_3d, confidence=confidence.get("structures"))
                 except (ResultImportError, OSError) as e:
@@ -117,6 +123,22 @@ class SegmentationRun:
                 self._load_confidence_map(item)
         finally:
             self.job.cleanup()
+
+    def _target_now(self, item: RunItem):
+        """The item's output node as the scene is now; a node deleted or moved during the run is
+        replaced by a new one (with a note), so the result is never written where nobody sees it."""
+        target = item.target
+        if target is None:
+            return None
+        if not in_scene(self.scene, target):
+            self.notes.append(f"The output segmentation '{target.GetName()}' was deleted during the "
+                              f"run: the result of '{item.volume.GetName()}' is in a new segmentation.")
+            return None
+        problem = placement_problem(target, item.volume)
+        if problem:
+            self.notes.append(problem.split(":")[0] + ": the result is in a new segmentation instead.")
+            return None
+        return target
 
     def _load_confidence_map(self, item: RunItem):
         """The case's confidence map into the scene (before the work folder goes); a map that
@@ -185,8 +207,11 @@ class LKMSegmentCore:
         names = list(names) if names is not None else [None] * len(volumes)
         if len(targets) != len(volumes) or len(names) != len(volumes):
             raise ValueError("One output segmentation (or None) is needed per input volume.")
-        for volume in volumes:
+        for volume, target in zip(volumes, targets):
             check_input_volume(volume)
+            problem = placement_problem(target, volume) if target is not None else None
+            if problem:
+                raise ValueError(problem)
         try:
             labels = read_model_info(options.model).labels
         except ModelBundleError as e:

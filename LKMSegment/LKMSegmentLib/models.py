@@ -189,6 +189,15 @@ class ModelRegistry:
             self._save([*stored, str(path)])
         return info
 
+    def is_bundled(self, path) -> bool:
+        wanted = Path(path).resolve()
+        return any(p.resolve() == wanted for p in self.default_models())
+
     def remove(self, path):
+        """Forget a model the user added (its files stay). A model that comes with the extension
+        cannot be removed: ModelBundleError says so."""
+        if self.is_bundled(path):
+            raise ModelBundleError(f"'{Path(path).name}' comes with the LKMSegment extension and cannot "
+                                   "be removed; only models added with 'Add model…' can.")
         path = str(Path(path).resolve())
         self._save([p for p in self._stored() if p != path])

@@ -143,6 +143,12 @@ class PanelState:
         return (self.output.follow(volume_id, shown_output_id),
                 self.export.follow(volume_id, shown_export_id))
 
+    def adopt(self, volume_id, output_id, export_id) -> None:
+        """A parameter node's saved choices (a loaded scene) become that volume's choices."""
+        if volume_id:
+            self.output.set(volume_id, output_id)
+            self.export.set(volume_id, export_id)
+
     def run_target(self, volume_id: str) -> str | None:
         """The node a Segment of this volume writes into: the one chosen for it, or None (new)."""
         return self.output.chosen(volume_id)
