@@ -179,8 +179,8 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
 
     def onSceneStartClose(self, caller, event):
-        if self.run is not None:
-            self.onStop()
+        if self.run is not None:  # ends in the background (the timer); nothing comes into a new scene
+            self.run.request_stop(abandon=True)
         self.setParameterNode(None)
         self.panel.scene_closed()
         self.ui.batchRankingList.clear()
@@ -316,7 +316,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         state = controls(has_volume=bool(p and p.inputVolume), model=self.currentModel(),
                          all_structures=allStructures,
                          chosen_structures=[] if allStructures else self.chosenStructures(),
-                         running=self.run is not None,
+                         running=self.run is not None, stopping=bool(self.run and self.run.stopping),
                          has_export_segmentation=bool(p and p.exportSegmentation),
                          dataset_folder=str(p.datasetFolder) if p else "")
         self.ui.structuresList.enabled = state.structures_list
@@ -388,9 +388,12 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.start([volume], [self._node(self.panel.run_target(volume.GetID()))])
 
     def onStop(self):
+        """Never waits: the engine is asked to stop, the timer sees it end (a result it completed
+        before it saw the Stop is kept)."""
         if self.run is not None:
-            self.run.stop()  # an engine that has already ended is finished instead: the result stays
-            self.finish()
+            self.run.request_stop()
+            self.ui.statusLabel.text = _("Stopping…")
+            self.updateGUI()
 
     def onEngineEvent(self, event):
         if event.kind in ("log", "error"):
@@ -404,7 +407,8 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         running = self.run.pump()
         self.ui.progressBar.value = int(100 * self.run.job.progress)
-        self.ui.statusLabel.text = self.run.job.progress_text
+        if not self.run.stopping:
+            self.ui.statusLabel.text = self.run.job.progress_text
         if not running:
             self.finish()
 

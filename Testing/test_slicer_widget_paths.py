@@ -173,7 +173,9 @@ def test_output_node_deleted_during_a_run_gets_a_new_node_and_a_closed_scene_sto
     assert widget.run is not None
     engine = widget.run.job.runner
     scene.Clear(0)
-    assert widget.run is None and engine.exit_code is not None
+    pump(app, lambda: widget.run is None, timeout=10)  # ended in the background
+    assert engine.exit_code is not None and engine.is_finished()
+    assert list(scene.GetNodesByClass("vtkMRMLSegmentationNode")) == []
     assert os.listdir(tmp_path / "runs") == []
     assert not ui["stopButton"].isEnabled()
     close_panel(widget, app)

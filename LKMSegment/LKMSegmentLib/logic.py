@@ -50,6 +50,7 @@ class SegmentationRun:
     import_errors: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     finished: bool = False
+    abandoned: bool = False  # its scene was closed: nothing is imported, whatever the engine did
 
     def pump(self) -> bool:
         """Advance the run; True while the engine still runs. Imports results at the end."""
@@ -67,8 +68,20 @@ class SegmentationRun:
             self._finish()
         return self
 
+    def request_stop(self, abandon: bool = False) -> None:
+        """Stop without blocking (the panel): keep calling ``pump()`` until it returns False.
+        A result the engine completed before it saw the Stop is kept, unless ``abandon``."""
+        if self.finished:
+            return
+        self.abandoned = self.abandoned or abandon
+        self.job.request_stop()
+
+    @property
+    def stopping(self) -> bool:
+        return not self.finished and self.job.stopping
+
     def stop(self):
-        """Stop the engine; a run whose engine has already ended is finished instead, so a Stop
+        """Stop the engine (blocking, for scripts); a run whose engine has already ended is finished instead, so a Stop
         that comes after the end (before the next timer tick) keeps the result."""
         if self.finished:
             return
@@ -95,7 +108,7 @@ class SegmentationRun:
             return
         self.finished = True
         try:
-            if self.job.state not in ("done", "failed"):
+            if self.job.state not in ("done", "failed") or self.abandoned:
                 return
             if self.keep_outputs_dir:
                 dest = Path(self.keep_outputs_dir)

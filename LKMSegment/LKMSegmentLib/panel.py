@@ -116,12 +116,12 @@ class Controls:
 
 def controls(has_volume: bool, model: ModelInfo | None, all_structures: bool,
              chosen_structures: list[str], running: bool, has_export_segmentation: bool,
-             dataset_folder: str) -> Controls:
+             dataset_folder: str, stopping: bool = False) -> Controls:
     have_structures = all_structures or bool(chosen_structures)
     folder = str(dataset_folder or "").strip()
     return Controls(
         segment=has_volume and model is not None and have_structures and not running,
-        stop=running,
+        stop=running and not stopping,
         batch=model is not None and have_structures and not running,
         export=(has_volume and model is not None and has_export_segmentation
                 and folder not in ("", ".") and not running),

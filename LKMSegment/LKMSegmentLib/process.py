@@ -70,6 +70,27 @@ def end_process_tree(pid: int | None, grace_s: float = 3.0) -> list[int]:
     return [p.pid for p in tree]
 
 
+class ProcessTreeSignal:
+    """Signals a process tree without waiting (Stop on the GUI thread never blocks): each call
+    sends terminate (or kill, ``force``) to the process and every descendant seen so far. The
+    descendants are remembered, so a child orphaned by its launcher's end is still reached."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.known: dict[int, object] = {}
+
+    def send(self, force: bool = False) -> None:
+        import psutil
+
+        for proc in process_tree(self.pid):
+            self.known.setdefault(proc.pid, proc)
+        for proc in self.known.values():
+            try:
+                proc.kill() if force else proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+
+
 def psutil_available() -> bool:
     try:
         import psutil  # noqa: F401
@@ -103,6 +124,11 @@ class ProcessRunner:
         """Block until finished (True) or timeout (False). Output stays queued for poll."""
         raise NotImplementedError
 
+    def signal_stop(self, force: bool = False) -> None:
+        """Ask the process and its children to end (``force``: kill them); returns at once.
+        The owner keeps polling until ``is_finished()``."""
+        raise NotImplementedError
+
     @property
     def pid(self) -> int | None:
         raise NotImplementedError
@@ -115,6 +141,7 @@ class SubprocessRunner(ProcessRunner):
         self._proc: subprocess.Popen | None = None
         self._queue: queue.Queue = queue.Queue()
         self._readers: list[threading.Thread] = []
+        self._tree: ProcessTreeSignal | None = None
 
     def start(self, program, args, env=None, cwd=None):
         if self._proc is not None and self._proc.poll() is None:
@@ -173,6 +200,23 @@ class SubprocessRunner(ProcessRunner):
         for t in self._readers:
             t.join(timeout=5)
         return True
+
+    def signal_stop(self, force=False):
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        if psutil_available():
+            if self._tree is None:
+                self._tree = ProcessTreeSignal(proc.pid)
+            self._tree.send(force)
+        elif WINDOWS:
+            subprocess.Popen(["taskkill", "/T", "/F", "/PID", str(proc.pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def stop(self, grace_s=3.0):
         proc = self._proc
