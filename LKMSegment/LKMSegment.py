@@ -27,7 +27,7 @@ from LKMSegmentLib.confidence import (OVERLAY_OPACITY, ConfidenceMapError, confi
 from LKMSegmentLib.scene import segmentable_volumes
 from LKMSegmentLib.engine import engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.export import ExportError
-from LKMSegmentLib.models import verify_bundle
+from LKMSegmentLib.models import start_verify, verify_outcome
 from LKMSegmentLib.panel import PanelState, controls
 from LKMSegmentLib.process import python_executable
 
@@ -84,10 +84,9 @@ class LKMSegmentLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return LKMSegmentParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def verifyModel(path):
-        """The engine's check of a bundle, run with the engine's environment."""
-        return verify_bundle(path, engine_env=engine_environment())
+    def startVerifyModel(self, path):
+        """The engine's check of a bundle, in the engine's environment, not waited for."""
+        return start_verify(path, runner=self.core.runner_factory(), engine_env=engine_environment())
 
     def ensureDependencies(self, confirm=True, log=logging.info) -> bool:
         """Install what the engine needs, after asking. False if the user declined; raises
@@ -102,9 +101,9 @@ class LKMSegmentLogic(ScriptedLoadableModuleLogic):
                 log(note)  # an optional speed-up that did not install: the engine goes on without it
         return True
 
-    def detectDevices(self) -> str:
-        info = dependencies.detect_devices(python_executable(), env=engine_environment())
-        return dependencies.describe_devices(info)
+    def startDeviceProbe(self):
+        return dependencies.start_device_probe(python_executable(), runner=self.core.runner_factory(),
+                                               env=engine_environment())
 
 
 class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -122,6 +121,11 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onTimer)
+        # a short engine command (model check, GPU probe) with what to do with its answer
+        self.background = None
+        self.backgroundTimer = qt.QTimer()
+        self.backgroundTimer.setInterval(100)
+        self.backgroundTimer.timeout.connect(self.onBackgroundTimer)
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self):
@@ -166,7 +170,10 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         if self.run is not None:
             self.run.stop()
+        if self.background is not None:
+            self.background[0].stop()
         self.timer.stop()
+        self.backgroundTimer.stop()
         self.removeObservers()
 
     def enter(self):
@@ -258,12 +265,36 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path or not self.dependenciesReady():  # the engine's check needs the packages
             return
         try:
-            with slicer.util.WaitCursor():
-                info = self.panel.models.add(path, verifier=self.logic.verifyModel)
-        except ModelBundleError as e:
-            slicer.util.errorDisplay(str(e), windowTitle=_("Model not added"))
+            command = self.logic.startVerifyModel(path)
+        except (ModelBundleError, OSError) as e:
+            self.reportFailure(str(e), _("Model not added"))
             return
-        self.refreshModels(select=info.path)
+
+        def checked(command):
+            try:
+                info = self.panel.models.add(path, verifier=lambda p: verify_outcome(p, command))
+            except ModelBundleError as e:
+                self.reportFailure(str(e), _("Model not added"))
+                return
+            self.ui.statusLabel.text = _("Model added: ") + info.name
+            self.refreshModels(select=info.path)
+        self.startBackground(command, _("Checking the model…"), checked)
+
+    def startBackground(self, command, status, done):
+        """Run a short engine command without blocking the panel; ``done(command)`` at its end."""
+        self.background = (command, done)
+        self.ui.statusLabel.text = status
+        self.backgroundTimer.start()
+        self.updateGUI()
+
+    def onBackgroundTimer(self):
+        command, done = self.background
+        if command.pump():
+            return
+        self.backgroundTimer.stop()
+        self.background = None
+        done(command)
+        self.updateGUI()
 
     def onRemoveModel(self):
         info = self.currentModel()
@@ -323,6 +354,9 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.enabled = state.segment
         self.ui.batchSegmentButton.enabled = state.batch
         self.ui.stopButton.enabled = state.stop
+        idle = self.background is None  # one model check or GPU probe at a time
+        self.ui.addModelButton.enabled = idle
+        self.ui.detectDeviceButton.enabled = idle
         self.ui.exportButton.enabled = state.export
         self.showConfidence(p.outputSegmentation if p else None)
 
@@ -355,8 +389,17 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.dependenciesReady():
             self.ui.deviceInfoLabel.text = _("Not checked: the Python packages are missing.")
             return
-        with slicer.util.WaitCursor():
-            self.ui.deviceInfoLabel.text = self.logic.detectDevices()
+        try:
+            command = self.logic.startDeviceProbe()
+        except OSError as e:
+            self.reportFailure(_("Could not start Python to look for a GPU: ") + str(e), _("Detect failed"))
+            return
+
+        def found(command):
+            self.ui.deviceInfoLabel.text = dependencies.describe_devices(dependencies.device_probe_result(command))
+            self.ui.statusLabel.text = ""
+        self.ui.deviceInfoLabel.text = _("Looking for a GPU…")
+        self.startBackground(command, _("Looking for a GPU…"), found)
 
     def start(self, volumes, targets, batch=False):
         if not engine_available():

@@ -156,6 +156,8 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     answers.files.append(str(bundle))
     menu = ui["addModelButton"].menu()
     menu.actions()[0].trigger()
+    assert widget.background is not None and not ui["addModelButton"].isEnabled()  # checked in the background
+    pump(app, lambda: widget.background is None)
     assert ui["modelSelector"].count() == 2, answers.shown
     assert ui["modelSelector"].currentData() == str(bundle.resolve())
     assert [ui["structuresList"].item(i).text() for i in range(ui["structuresList"].count())] == [

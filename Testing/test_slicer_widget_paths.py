@@ -123,15 +123,26 @@ def test_add_model_installs_the_packages_first_and_detect_reports_an_install_fai
         missing.clear()
     monkeypatch.setattr(slicer.util, "pip_install", pip_install)
     verified = []
-    verify = widget.logic.verifyModel
-    monkeypatch.setattr(widget.logic, "verifyModel", lambda path: verified.append(list(installs)) or verify(path))
+    verify = widget.logic.startVerifyModel
+    monkeypatch.setattr(widget.logic, "startVerifyModel",
+                        lambda path: verified.append(list(installs)) or verify(path))
 
     answers.files.append(str(bundle))
     ui["addModelButton"].menu().actions()[0].trigger()
     assert any("safetensors" in text for text in answers.of_kind("confirm")), answers.shown
     assert verified == [[installs[0]]], "the bundle was checked before the packages were installed"
     assert any("safetensors" in a for a in installs[0])
+    # the engine's check runs in its own process: the click returns at once, the panel says so
+    assert widget.background is not None and "Checking the model" in ui["statusLabel"].text()
+    pump(app, lambda: widget.background is None)
     assert ui["modelSelector"].count() == 2, answers.shown
+    assert "Model added: untrained-3d_small" in ui["statusLabel"].text()
+
+    # Detect with everything installed: the GPU probe runs in the background too
+    ui["detectDeviceButton"].click()
+    assert widget.background is not None and "Looking for a GPU" in ui["deviceInfoLabel"].text()
+    pump(app, lambda: widget.background is None)
+    assert "PyTorch" in ui["deviceInfoLabel"].text() or "GPU:" in ui["deviceInfoLabel"].text()
 
     # Detect, and the install fails (no network): the user is told what happened and what to do
     missing.add("psutil")

@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .enginecontract import engine_environment
+from .process import BackgroundCommand, SubprocessRunner
+
+DETECT_TIMEOUT_S = 120.0
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "engine-requirements.txt"
 PROTECTED = ("numpy", "SimpleITK", "requests")  # Slicer's; pinned, never installed by the plan
@@ -159,7 +162,9 @@ def make_plan(installed=None, system: str | None = None, gpu=nvidia_gpu_present,
             plan.speedups.append(Step(name, "pip", requirement, "optional: a faster CPU scan"))
         else:
             plan.steps.append(Step(name, "pip", requirement))
-    if system == "Linux" and gpu() and not installed("mamba-ssm"):
+    # the GPU hint (nvidia-smi, up to seconds) only when there is something to install anyway:
+    # never on every click of an installed module
+    if plan.steps and system == "Linux" and not installed("mamba-ssm") and gpu():
         plan.optional.append(Step("mamba_ssm", "manual", "mamba-ssm causal-conv1d",
                                   "optional CUDA kernels; needs the CUDA compiler (nvcc)"))
     protected = {_canonical(p) for p in PROTECTED}
@@ -296,24 +301,37 @@ DEVICE_PROBE = (
 )
 
 
-def detect_devices(python: str, env: dict | None = None, timeout_s: float = 120) -> dict:
-    """Ask a child Python what torch sees (the Slicer process never imports torch). The child
-    gets the engine's environment unless ``env`` is given."""
+def start_device_probe(python: str, runner=None, env: dict | None = None,
+                       timeout_s: float = DETECT_TIMEOUT_S) -> BackgroundCommand:
+    """Ask a child Python what torch sees (the Slicer process never imports torch), without
+    waiting: the panel pumps it from a timer. The child gets the engine's environment unless
+    ``env`` is given."""
+    return BackgroundCommand(runner or SubprocessRunner(), python, ["-c", DEVICE_PROBE],
+                             env=env if env is not None else engine_environment(), timeout_s=timeout_s)
+
+
+def device_probe_result(command: BackgroundCommand) -> dict:
+    """What the probe found, or {"error": message for the user}."""
     import json
 
-    try:
-        out = subprocess.run([python, "-c", DEVICE_PROBE], capture_output=True, text=True,
-                             env=env if env is not None else engine_environment(),
-                             timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return {"error": f"Could not start Python to look for a GPU: {e}"}
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["unknown error"])[-1]
+    if command.timed_out:
+        return {"error": f"Looking for a GPU took longer than {command.timeout_s:.0f} s; try again."}
+    if command.exit_code != 0:
+        tail = (command.stderr.strip().splitlines() or ["unknown error"])[-1]
         return {"error": f"PyTorch could not be loaded: {tail}"}
     try:
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return json.loads(command.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"error": "Unexpected answer when looking for a GPU: " + out.stdout[-200:]}
+        return {"error": "Unexpected answer when looking for a GPU: " + command.stdout[-200:]}
+
+
+def detect_devices(python: str, env: dict | None = None, timeout_s: float = DETECT_TIMEOUT_S) -> dict:
+    """:func:`start_device_probe` waited for (scripts and tests)."""
+    try:
+        command = start_device_probe(python, env=env, timeout_s=timeout_s)
+    except OSError as e:
+        return {"error": f"Could not start Python to look for a GPU: {e}"}
+    return device_probe_result(command.wait())
 
 
 def describe_devices(info: dict) -> str:

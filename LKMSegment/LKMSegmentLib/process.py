@@ -252,6 +252,51 @@ class SubprocessRunner(ProcessRunner):
             t.join(timeout=5)
 
 
+class BackgroundCommand:
+    """A short child command (the engine's bundle check, the GPU probe) that never blocks its
+    caller: ``pump()`` from a timer until it returns False (``wait()`` in scripts), then read
+    ``stdout``, ``stderr`` and ``exit_code`` (None when it ran past ``timeout_s`` and was ended)."""
+
+    def __init__(self, runner: ProcessRunner, program: str, args: list[str], env: dict | None = None,
+                 timeout_s: float = 300.0):
+        self.runner, self.timeout_s = runner, timeout_s
+        self._out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.timed_out = False
+        self._deadline = time.monotonic() + timeout_s
+        runner.start(program, list(args), env=env)
+
+    def pump(self) -> bool:
+        """Collect what arrived; True while the command still runs."""
+        for stream, text in self.runner.poll():
+            self._out[stream].append(text)
+        if self.runner.is_finished():
+            return False
+        if time.monotonic() > self._deadline:
+            self.timed_out = True
+            self.runner.signal_stop(force=True)
+        return True
+
+    def wait(self, poll_s: float = 0.05) -> "BackgroundCommand":
+        while self.pump():
+            time.sleep(poll_s)
+        return self
+
+    def stop(self) -> None:
+        self.runner.signal_stop(force=True)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out["stdout"])
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._out["stderr"])
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.timed_out else self.runner.exit_code
+
+
 def inside_slicer_app() -> bool:
     """True in the Slicer application (not with the headless slicer-core package)."""
     slicer = sys.modules.get("slicer")
