@@ -216,6 +216,7 @@ class EngineJob:
         if self.state == "done":
             return
         self.state = "stopped"
+        self.runner.signal_stop(force=True)  # an engine orphaned by its launcher's end, if any
         self.cleanup()
 
     def stop(self, grace_s: float = STOP_GRACE_S):

@@ -203,6 +203,9 @@ class SubprocessRunner(ProcessRunner):
 
     def signal_stop(self, force=False):
         proc = self._proc
+        if self._tree is not None:  # also after the process itself has ended: its orphans
+            self._tree.send(force)
+            return
         if proc is None or proc.poll() is not None:
             return
         if psutil_available():

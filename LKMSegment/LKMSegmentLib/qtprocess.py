@@ -86,6 +86,9 @@ class QProcessRunner(ProcessRunner):
         return done or self._finished
 
     def signal_stop(self, force=False):
+        if self._tree is not None:  # also after the launcher has ended: the engine it orphaned
+            self._tree.send(force)
+            return
         if self._process is None or self._finished:
             return
         pid = self.pid
