@@ -22,8 +22,10 @@ from LKMSegmentLib.process import SubprocessRunner  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def open_panel(monkeypatch, tmp_path, scene, before_setup=None):
-    """(widget, ui, answers, app): the module's panel on ``scene``, runs in a test folder."""
+def open_panel(monkeypatch, tmp_path, scene, before_setup=None, app_runner=False):
+    """(widget, ui, answers, app): the module's panel on ``scene``, runs in a test folder; the
+    engine through the headless SubprocessRunner, or with ``app_runner`` the app's own
+    QProcessRunner (QProcess of the stand-in's ``qt``)."""
     answers = standin.install(monkeypatch, scene, tmp_path / "settings")
     app = standin.ensure_application()
     module = import_module_file()
@@ -31,7 +33,8 @@ def open_panel(monkeypatch, tmp_path, scene, before_setup=None):
         before_setup(module)
     widget = module.LKMSegmentWidget()
     widget.setup()
-    widget.logic.core.runner_factory = SubprocessRunner
+    if not app_runner:
+        widget.logic.core.runner_factory = SubprocessRunner
     runs = tmp_path / "runs"
     runs.mkdir(exist_ok=True)
     widget.logic.core.temp_root = str(runs)
@@ -333,4 +336,32 @@ def test_an_old_torch_is_upgraded_through_the_pytorch_extension_without_importin
     assert "PyTorch 2.0.1 is installed but LKMSegment needs torch>=2.1" in errors[-1], answers.shown
     assert "PyTorch Utils module" in errors[-1]
     assert starts == [1, 1]
+    close_panel(widget, app)
+
+
+# -- the app's QProcess runner behind the panel -------------------------------------------------
+def test_segment_stop_and_add_model_through_the_qprocess_runner(monkeypatch, tmp_path, ct_crop, bundle):
+    array, spacing = ct_crop
+    scene = new_scene()
+    add_volume(scene, "patient A", array, oblique_flipped_ijk_to_ras(spacing, array.shape))
+    widget, ui, answers, app = open_panel(monkeypatch, tmp_path, scene, app_runner=True)
+    assert type(widget.logic.core.runner_factory()).__name__ == "QProcessRunner"
+    ui["segmentButton"].click()
+    assert widget.run is not None, answers.shown
+    pump(app, lambda: widget.run is None)
+    nodes = list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))
+    assert len(nodes) == 1 and len(segments(nodes[0])) == 9, ui["logTextEdit"].toPlainText()[-2000:]
+
+    ui["segmentButton"].click()
+    engine = widget.run.job.runner
+    ui["stopButton"].click()
+    assert widget.run is not None and "Stopping" in ui["statusLabel"].text()  # the click did not wait
+    pump(app, lambda: widget.run is None, timeout=10)
+    assert "Stopped" in ui["statusLabel"].text() and engine.is_finished()
+    assert os.listdir(tmp_path / "runs") == [] and len(list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))) == 1
+
+    answers.files.append(str(bundle))
+    ui["addModelButton"].menu().actions()[0].trigger()
+    pump(app, lambda: widget.background is None)
+    assert ui["modelSelector"].count() == 2, answers.shown
     close_panel(widget, app)
