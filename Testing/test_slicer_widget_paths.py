@@ -213,6 +213,27 @@ def test_an_output_under_another_transform_is_refused_before_the_run(monkeypatch
     close_panel(widget, app)
 
 
+def test_an_output_moved_under_a_transform_during_the_run_gets_a_new_node(monkeypatch, tmp_path, ct_crop):
+    array, spacing = ct_crop
+    scene = new_scene()
+    volume = add_volume(scene, "patient A", array, oblique_flipped_ijk_to_ras(spacing, array.shape))
+    mine = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my work")
+    mine.GetSegmentation().AddEmptySegment("", "mine")
+    widget, ui, answers, app = open_panel(monkeypatch, tmp_path, scene)
+    ui["outputSegmentationSelector"].setCurrentNode(mine)
+    ui["segmentButton"].click()
+    assert widget.run is not None, answers.shown
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    mine.SetAndObserveTransformNodeID(transform.GetID())  # the user registers it meanwhile
+    pump(app, lambda: widget.run is None)
+    assert list(segments(mine)) == ["mine"], "segments were written under the other transform"
+    new = [n for n in scene.GetNodesByClass("vtkMRMLSegmentationNode") if n is not mine]
+    assert len(new) == 1 and len(segments(new[0])) == 9
+    assert new[0].GetTransformNodeID() == volume.GetTransformNodeID()
+    assert "the result is in a new segmentation instead" in ui["logTextEdit"].toPlainText()
+    close_panel(widget, app)
+
+
 # -- defect 9 ----------------------------------------------------------------------------------
 def test_saved_choice_bundled_model_removal_and_a_map_without_its_volume(monkeypatch, tmp_path):
     import slicer
