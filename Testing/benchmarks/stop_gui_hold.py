@@ -21,29 +21,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import SimpleITK as sitk
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path[:0] = [str(REPO / "LKMSegment"), str(REPO / "Testing")]
+sys.path[:0] = [str(REPO / "LKMSegment"), str(REPO / "Testing"), str(REPO / "Testing" / "slicer_python")]
 
 from engine_helpers import run_cli  # noqa: E402
 from LKMSegmentLib.engine import EngineJob, PredictOptions  # noqa: E402
 from LKMSegmentLib.process import SubprocessRunner  # noqa: E402
+from process_check import alive, process_tree  # noqa: E402
 
 NETWORK_WAIT_S = 6.0
-
-
-def alive(pids):
-    found = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def one_stop(bundle, image, launcher, blocking: bool) -> tuple[float, float]:
@@ -58,8 +47,7 @@ def one_stop(bundle, image, launcher, blocking: bool) -> tuple[float, float]:
         if since is None and "Running the network" in job.progress_text:
             since = time.monotonic()
         time.sleep(0.1)
-    root = psutil.Process(job.runner.pid)
-    tree = [root.pid, *(p.pid for p in root.children(recursive=True))]
+    tree = [p.pid for p in process_tree(job.runner.pid)]
     clicked = time.monotonic()
     if blocking:
         job.stop()

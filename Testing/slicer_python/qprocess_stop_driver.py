@@ -23,8 +23,8 @@ without_psutil = sys.argv[7:] == ["no-psutil"]
 sys.path.insert(0, str(here.parent / "pythonqt_qprocess"))
 sys.path.insert(0, module_dir)
 
-import psutil  # noqa: E402
 import qt  # noqa: E402  (the stand-in)
+from process_check import alive, process_tree  # noqa: E402
 
 from LKMSegmentLib.engine import EngineJob, PredictOptions  # noqa: E402
 from LKMSegmentLib import process, qtprocess  # noqa: E402
@@ -43,23 +43,6 @@ report = {"workdir": str(job.workdir)}
 network_since = None
 stop_clicked = None  # time.monotonic() of the Stop click
 tree = []
-
-
-def process_tree(pid):
-    """Found here with psutil, independently of the module's own code under test."""
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def alive(pids):
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def after_stop():
