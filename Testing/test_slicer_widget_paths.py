@@ -178,6 +178,7 @@ def test_output_node_deleted_during_a_run_gets_a_new_node_and_a_closed_scene_sto
     pump(app, lambda: widget.run is None)
     results = list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))
     assert len(results) == 1 and len(segments(results[0])) == 9, "the result went into the deleted node"
+    assert results[0].GetNodeReference(results[0].GetReferenceImageGeometryReferenceRole()) is volume
     assert ui["outputSegmentationSelector"].currentNode() is results[0]
     assert "was deleted during the run" in ui["logTextEdit"].toPlainText()
     assert results[0].GetName() in ui["statusLabel"].text()
