@@ -25,9 +25,10 @@ from LKMSegmentLib import dependencies
 from LKMSegmentLib.confidence import node_confidences, review_pairs
 from LKMSegmentLib.confidencemap import (OVERLAY_OPACITY, ConfidenceMapError, confidence_map_of,
                                          show_confidence_map)
+from LKMSegmentLib.scene import segmentable_volumes
 from LKMSegmentLib.engine import engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.export import ExportError
-from LKMSegmentLib.models import verify_bundle
+from LKMSegmentLib.models import start_verify, verify_outcome
 from LKMSegmentLib.panel import PanelState, controls
 from LKMSegmentLib.process import python_executable
 
@@ -84,25 +85,26 @@ class LKMSegmentLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return LKMSegmentParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def verifyModel(path):
-        """The engine's check of a bundle, run with the engine's environment."""
-        return verify_bundle(path, engine_env=engine_environment())
+    def startVerifyModel(self, path):
+        """The engine's check of a bundle, in the engine's environment, not waited for."""
+        return start_verify(path, runner=self.core.runner_factory(), engine_env=engine_environment())
 
-    def ensureDependencies(self, confirm=True) -> bool:
-        """Install what the engine needs, after asking. False if the user declined."""
+    def ensureDependencies(self, confirm=True, log=logging.info) -> bool:
+        """Install what the engine needs, after asking. False if the user declined; raises
+        (RuntimeError, pip's errors) when something required could not be installed."""
         plan = dependencies.make_plan()
         if not plan.needed:
             return True
         if confirm and not slicer.util.confirmOkCancelDisplay(plan.text(), _("LKMSegment: install packages")):
             return False
         with slicer.util.WaitCursor():
-            dependencies.install_in_slicer(plan, log=logging.info)
+            for note in dependencies.install_in_slicer(plan, log=logging.info):
+                log(note)  # an optional speed-up that did not install: the engine goes on without it
         return True
 
-    def detectDevices(self) -> str:
-        info = dependencies.detect_devices(python_executable(), env=engine_environment())
-        return dependencies.describe_devices(info)
+    def startDeviceProbe(self):
+        return dependencies.start_device_probe(python_executable(), runner=self.core.runner_factory(),
+                                               env=engine_environment())
 
 
 class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -120,6 +122,11 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onTimer)
+        # a short engine command (model check, GPU probe) with what to do with its answer
+        self.background = None
+        self.backgroundTimer = qt.QTimer()
+        self.backgroundTimer.setInterval(100)
+        self.backgroundTimer.timeout.connect(self.onBackgroundTimer)
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self):
@@ -136,7 +143,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.refreshExportCases)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
 
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
         addMenu = qt.QMenu(self.ui.addModelButton)
@@ -164,7 +171,10 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         if self.run is not None:
             self.run.stop()
+        if self.background is not None:
+            self.background[0].stop()
         self.timer.stop()
+        self.backgroundTimer.stop()
         self.removeObservers()
 
     def enter(self):
@@ -177,8 +187,8 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
 
     def onSceneStartClose(self, caller, event):
-        if self.run is not None:
-            self.onStop()
+        if self.run is not None:  # ends in the background (the timer); nothing comes into a new scene
+            self.run.request_stop(abandon=True)
         self.setParameterNode(None)
         self.panel.scene_closed()
         self.ui.batchRankingList.clear()
@@ -186,14 +196,23 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self.refreshBatchList()
+        self.refreshExportCases()
+
+    def onSceneImported(self, caller, event):
+        self.refreshBatchList()
         self.refreshExportCases()
 
     def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
+        parameterNode = self.logic.getParameterNode()
+        # a saved scene's choices are the user's: the panel starts from them
+        self.panel.adopt(self._nodeID(parameterNode.inputVolume), self._nodeID(parameterNode.outputSegmentation),
+                         self._nodeID(parameterNode.exportSegmentation))
+        self.setParameterNode(parameterNode)
         if not self._parameterNode.inputVolume:
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if volume:
-                self._parameterNode.inputVolume = volume
+            volumes = segmentable_volumes(slicer.mrmlScene)  # never the module's confidence maps
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
@@ -244,21 +263,50 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path = qt.QFileDialog.getExistingDirectory(None, _("Model bundle folder (with model.json)"))
         else:
             path = qt.QFileDialog.getOpenFileName(None, _("Model bundle"), "", _("Model bundle (*.zip)"))
-        if not path:
+        if not path or not self.dependenciesReady():  # the engine's check needs the packages
             return
         try:
-            with slicer.util.WaitCursor():
-                info = self.panel.models.add(path, verifier=self.logic.verifyModel)
-        except ModelBundleError as e:
-            slicer.util.errorDisplay(str(e), windowTitle=_("Model not added"))
+            command = self.logic.startVerifyModel(path)
+        except (ModelBundleError, OSError) as e:
+            self.reportFailure(str(e), _("Model not added"))
             return
-        self.refreshModels(select=info.path)
+
+        def checked(command):
+            try:
+                info = self.panel.models.add(path, verifier=lambda p: verify_outcome(p, command))
+            except ModelBundleError as e:
+                self.reportFailure(str(e), _("Model not added"))
+                return
+            self.ui.statusLabel.text = _("Model added: ") + info.name
+            self.refreshModels(select=info.path)
+        self.startBackground(command, _("Checking the model…"), checked)
+
+    def startBackground(self, command, status, done):
+        """Run a short engine command without blocking the panel; ``done(command)`` at its end."""
+        self.background = (command, done)
+        self.ui.statusLabel.text = status
+        self.backgroundTimer.start()
+        self.updateGUI()
+
+    def onBackgroundTimer(self):
+        command, done = self.background
+        if command.pump():
+            return
+        self.backgroundTimer.stop()
+        self.background = None
+        done(command)
+        self.updateGUI()
 
     def onRemoveModel(self):
         info = self.currentModel()
-        if info is not None:
+        if info is None:
+            return
+        try:
             self.panel.models.remove(info.path)
-            self.refreshModels()
+        except ModelBundleError as e:
+            self.reportFailure(str(e), _("Model not removed"))
+            return
+        self.refreshModels()
 
     def chosenStructures(self):
         if self.ui.structuresAllRadio.checked:
@@ -300,13 +348,16 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         state = controls(has_volume=bool(p and p.inputVolume), model=self.currentModel(),
                          all_structures=allStructures,
                          chosen_structures=[] if allStructures else self.chosenStructures(),
-                         running=self.run is not None,
+                         running=self.run is not None, stopping=bool(self.run and self.run.stopping),
                          has_export_segmentation=bool(p and p.exportSegmentation),
                          dataset_folder=str(p.datasetFolder) if p else "")
         self.ui.structuresList.enabled = state.structures_list
         self.ui.segmentButton.enabled = state.segment
         self.ui.batchSegmentButton.enabled = state.batch
         self.ui.stopButton.enabled = state.stop
+        idle = self.background is None  # one model check or GPU probe at a time
+        self.ui.addModelButton.enabled = idle
+        self.ui.detectDeviceButton.enabled = idle
         self.ui.exportButton.enabled = state.export
         self.showConfidence(p.outputSegmentation if p else None)
 
@@ -319,20 +370,46 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.appendPlainText(text)
 
     # -- segment / stop ----------------------------------------------------------------------
+    def reportFailure(self, text, title):
+        """A failure the user must see: in the status line, the log and a message box."""
+        self.ui.statusLabel.text = text.splitlines()[0]
+        self.appendLog(text)
+        slicer.util.errorDisplay(text, windowTitle=title)
+
+    def dependenciesReady(self) -> bool:
+        """The engine's Python packages, installed after asking; False (the user told why) if not."""
+        try:
+            return self.logic.ensureDependencies(log=self.appendLog)
+        except Exception as e:  # pip, the PyTorch extension, the network: any of them can fail
+            self.reportFailure(_("The Python packages LKMSegment needs could not be installed: ") + str(e)
+                               + _("\nCheck the network connection and try again, or install them from "
+                                   "the Python console (see the log)."), _("Installation failed"))
+            return False
+
     def onDetectDevice(self):
-        if not self.logic.ensureDependencies():
+        if not self.dependenciesReady():
+            self.ui.deviceInfoLabel.text = _("Not checked: the Python packages are missing.")
             return
-        with slicer.util.WaitCursor():
-            self.ui.deviceInfoLabel.text = self.logic.detectDevices()
+        try:
+            command = self.logic.startDeviceProbe()
+        except OSError as e:
+            self.reportFailure(_("Could not start Python to look for a GPU: ") + str(e), _("Detect failed"))
+            return
+
+        def found(command):
+            self.ui.deviceInfoLabel.text = dependencies.describe_devices(dependencies.device_probe_result(command))
+            self.ui.statusLabel.text = ""
+        self.ui.deviceInfoLabel.text = _("Looking for a GPU…")
+        self.startBackground(command, _("Looking for a GPU…"), found)
 
     def start(self, volumes, targets, batch=False):
         if not engine_available():
             slicer.util.errorDisplay(_("The engine (lkm_core) is missing from this installation; "
                                        "reinstall the LKMSegment extension."))
             return
+        if not self.dependenciesReady():
+            return
         try:
-            if not self.logic.ensureDependencies():
-                return
             self.ui.logTextEdit.clear()
             p = self._parameterNode
             self.run = self.logic.core.start(volumes, self.options(), targets=targets,
@@ -355,9 +432,12 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.start([volume], [self._node(self.panel.run_target(volume.GetID()))])
 
     def onStop(self):
+        """Never waits: the engine is asked to stop, the timer sees it end (a result it completed
+        before it saw the Stop is kept)."""
         if self.run is not None:
-            self.run.stop()  # an engine that has already ended is finished instead: the result stays
-            self.finish()
+            self.run.request_stop()
+            self.ui.statusLabel.text = _("Stopping…")
+            self.updateGUI()
 
     def onEngineEvent(self, event):
         if event.kind in ("log", "error"):
@@ -371,7 +451,8 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         running = self.run.pump()
         self.ui.progressBar.value = int(100 * self.run.job.progress)
-        self.ui.statusLabel.text = self.run.job.progress_text
+        if not self.run.stopping:
+            self.ui.statusLabel.text = self.run.job.progress_text
         if not running:
             self.finish()
 
@@ -417,9 +498,10 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ConfidenceMapError as e:
             slicer.util.errorDisplay(str(e))
             return
-        # setSliceViewerLayers exists only in the application (it sets every slice view's layers)
-        slicer.util.setSliceViewerLayers(background=volume, foreground=overlay,
-                                         foregroundOpacity=OVERLAY_OPACITY)
+        # setSliceViewerLayers exists only in the application (it sets every slice view's layers);
+        # without the map's volume (deleted) the background stays as it is, never emptied
+        layers = {"background": volume} if volume is not None else {}
+        slicer.util.setSliceViewerLayers(**layers, foreground=overlay, foregroundOpacity=OVERLAY_OPACITY)
 
     def showRanking(self, ranked):
         """The batch's cases, least confident first (LKMSegmentLib/triage.py)."""
@@ -459,11 +541,9 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.inputVolume = volume  # the selectors follow: this volume's export is the pick
 
     # -- batch -------------------------------------------------------------------------------
-    def refreshBatchList(self):
+    def refreshBatchList(self, *_args):
         self.ui.batchVolumesList.clear()
-        for volume in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if volume.IsA("vtkMRMLLabelMapVolumeNode"):
-                continue
+        for volume in segmentable_volumes(slicer.mrmlScene):  # not the module's confidence maps
             item = qt.QListWidgetItem(volume.GetName())
             item.setData(qt.Qt.UserRole, volume.GetID())
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)

@@ -174,9 +174,12 @@ def test_plan_installs_torch_through_the_pytorch_extension_and_never_touches_sli
                           gpu=lambda: True, pytorch_extension=lambda: True)
     assert [(s.package, s.how) for s in plan.steps] == [
         ("torch", "pytorch-extension"), ("safetensors", "pip"), ("slicerio", "pip"),
-        ("pynrrd", "pip"), ("psutil", "pip"), ("numba", "pip")]
-    assert plan.pip_requirements == deps.read_requirements()  # the file shipped with the module
-    assert "numba>=0.68" in plan.pip_requirements
+        ("pynrrd", "pip"), ("psutil", "pip")]
+    # numba only speeds up the CPU scan: tried on its own, never a reason Segment cannot run
+    assert [(s.package, s.requirement) for s in plan.speedups] == [("numba", "numba>=0.68")]
+    # together: the file shipped with the module
+    assert plan.pip_requirements + [s.requirement for s in plan.speedups] == deps.read_requirements()
+    assert "numba>=0.68 with pip, if it installs here" in plan.text()
     assert [s.package for s in plan.optional] == ["mamba_ssm"]
     assert not {s.package for s in plan.steps} & set(deps.PROTECTED)
     assert "numpy, SimpleITK, requests, ...) are not changed" in plan.text()
@@ -186,8 +189,10 @@ def test_plan_installs_torch_through_the_pytorch_extension_and_never_touches_sli
     assert plan.steps[0].how == "pip" and "PyTorch extension" in plan.steps[0].note
     assert not plan.optional  # mamba-ssm only on Linux with CUDA
 
-    everything = deps.make_plan(installed=lambda r: True, system="Linux", gpu=lambda: False)
-    assert not everything.needed and "All required" in everything.text()
+    asked = []  # nvidia-smi is not run when nothing is missing (every Segment click checks)
+    everything = deps.make_plan(installed=lambda r: deps.requirement_name(r) != "mamba-ssm", system="Linux",
+                                gpu=lambda: asked.append(1) or True)
+    assert not everything.needed and "All required" in everything.text() and asked == []
 
 
 def test_install_pins_every_slicer_package_and_uses_pip_ensure_where_slicer_has_it(tmp_path):
@@ -205,19 +210,37 @@ def test_install_pins_every_slicer_package_and_uses_pip_ensure_where_slicer_has_
     assert f"numpy=={numpy.__version__}" in pins
     assert any(p.lower() == f"simpleitk=={SimpleITK.__version__}".lower() for p in pins)
 
+    required = deps.read_requirements()[:-1]
     deps.install(plan, pip_install=calls.append, torch_installer=lambda: object(),
                  log=lambda m: None, constraints_file=constraints)  # Slicer 5.10: pip_install
-    assert calls == [["-c", str(constraints), *deps.read_requirements()]]
+    assert calls == [["-c", str(constraints), *required], ["-c", str(constraints), "numba>=0.68"]]
     ensured = []
     deps.install(plan, pip_install=calls.append, torch_installer=lambda: object(), log=lambda m: None,
                  pip_ensure=lambda reqs, **kw: ensured.append((reqs, kw)),
                  constraints_file=constraints)  # Slicer 5.11+: pip_ensure with the same files
     from packaging.requirements import Requirement
-    assert [(list(map(str, reqs)), kw) for reqs, kw in ensured] == [(deps.read_requirements(),
-                        {"constraints": str(constraints), "prompt_install": False,
-                         "requester": "LKMSegment", "skip_in_testing": False})]
+    options = {"constraints": str(constraints), "prompt_install": False, "requester": "LKMSegment",
+               "skip_in_testing": False}
+    assert [(list(map(str, reqs)), kw) for reqs, kw in ensured] == [(required, options),
+                                                                     (["numba>=0.68"], options)]
     assert all(isinstance(r, Requirement) for r in ensured[0][0])  # what every pip_ensure takes
-    assert len(calls) == 1
+    assert len(calls) == 2
+
+
+def test_a_speedup_that_cannot_install_is_a_note_and_the_rest_is_installed():
+    plan = deps.make_plan(installed=lambda r: False, system="Linux", gpu=lambda: False,
+                          pytorch_extension=lambda: True)
+    calls, logged = [], []
+
+    def pip_install(arguments):
+        if "numba>=0.68" in arguments:
+            raise RuntimeError("No matching distribution found for numba>=0.68")
+        calls.append(arguments)
+    notes = deps.install(plan, pip_install=pip_install, torch_installer=lambda: "2.13.0",
+                         log=logged.append, constraints_file="pins.txt")
+    assert calls == [["-c", "pins.txt", *deps.read_requirements()[:-1]]]
+    assert len(notes) == 1 and "numba could not be installed" in notes[0] and "works without it" in notes[0]
+    assert notes[0] in logged
 
 
 def test_device_description_says_what_auto_will_use():

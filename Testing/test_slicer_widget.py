@@ -126,7 +126,7 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     assert widget.run is not None and widget.run.job.runner.wait(TIMEOUT)
     # the engine has ended but the panel's timer has not seen it yet: Stop keeps the result
     ui["stopButton"].click()
-    assert widget.run is None
+    pump(app, lambda: widget.run is None)
     nodes = [n for n in scene.GetNodesByClass("vtkMRMLSegmentationNode") if n is not other]
     assert len(nodes) == 2, "no node was made for the second volume"
     second_result = next(n for n in nodes if n is not first_result)
@@ -139,7 +139,9 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     ui["segmentButton"].click()
     assert widget.run is not None
     ui["stopButton"].click()
-    assert widget.run is None and "Stopped" in ui["statusLabel"].text()
+    assert "Stopping" in ui["statusLabel"].text() and not ui["stopButton"].isEnabled()
+    pump(app, lambda: widget.run is None, timeout=10)
+    assert "Stopped" in ui["statusLabel"].text()
     assert snapshot(second_result) == second_before and os.listdir(temp_root) == []
     assert len(list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))) == 3
 
@@ -154,6 +156,8 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     answers.files.append(str(bundle))
     menu = ui["addModelButton"].menu()
     menu.actions()[0].trigger()
+    assert widget.background is not None and not ui["addModelButton"].isEnabled()  # checked in the background
+    pump(app, lambda: widget.background is None)
     assert ui["modelSelector"].count() == 2, answers.shown
     assert ui["modelSelector"].currentData() == str(bundle.resolve())
     assert [ui["structuresList"].item(i).text() for i in range(ui["structuresList"].count())] == [

@@ -30,6 +30,7 @@ from engine_helpers import run_cli
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODULE = REPO / "LKMSegment"
+CANCEL_BOUND_S = 20  # the engine notices its cancel file mid-patch well within this
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +72,15 @@ def _end_leftovers(pids):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("psutil_mode", ["psutil", "no-psutil"])
 def test_stop_through_the_launcher_ends_every_process_and_deletes_the_folder(
-        heavy_bundle, one_patch_ct, launcher, tmp_path):
+        heavy_bundle, one_patch_ct, launcher, tmp_path, psutil_mode):
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     driver = HERE / "slicer_python" / "qprocess_stop_driver.py"
     # finished(int): the overload that gives the runner the least (PythonQt may bind either)
     result = subprocess.run([sys.executable, str(driver), str(MODULE), str(heavy_bundle),
-                             str(one_patch_ct), str(launcher), str(tmp_path), "int"],
+                             str(one_patch_ct), str(launcher), str(tmp_path), "int", psutil_mode],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -87,7 +89,12 @@ def test_stop_through_the_launcher_ends_every_process_and_deletes_the_folder(
         assert report["names"][0] == "python3" or "python" in report["names"][0]
         assert len(report["tree"]) >= 2, report  # the launcher and the engine below it
         assert "Running the network" in report["progress_text"]
-        assert report["alive_after"] == [], f"still running 5 s after Stop: {report}"
+        # from the click to every process gone, and the GUI thread never held long. Without
+        # psutil the module reaches only the launcher (QProcess shares Slicer's process group):
+        # the engine below it ends on its cancel file, when its current network operation returns
+        bound = 5.0 if psutil_mode == "psutil" else CANCEL_BOUND_S
+        assert report["alive_after"] == [] and report["gone_s"] <= bound, report
+        assert report["stop_call_s"] <= 0.5 and report["longest_tick_s"] <= 0.5, report
         assert not report["workdir_exists"] and not Path(report["workdir"]).exists()
         assert report["state"] == "stopped"
         assert list(tmp_path.iterdir()) == []  # nothing of the run is left in the temp root
@@ -129,7 +136,7 @@ def test_the_engine_ends_by_itself_mid_patch_when_its_cancel_file_appears(
     assert not [e for e in events if e["event"] == "done"]
     assert not out.exists() or list(out.iterdir()) == []
     # a 3d_paper patch on one CPU thread takes ~45-90 s: ending this soon means mid-patch
-    assert ended_after < 20, f"the engine took {ended_after:.1f} s to notice the cancel file"
+    assert ended_after < CANCEL_BOUND_S, f"the engine took {ended_after:.1f} s to notice the cancel file"
 
 
 def test_qprocess_runner_works_with_either_finished_overload(tmp_path):

@@ -15,9 +15,9 @@ import slicer
 import vtk
 
 from .enginecontract import contract
+from .nodeattributes import MADE_BY_MODULE, MAP_ROLE
 from .scene import place_like_volume
 
-MAP_ROLE = "LKMSegment.ConfidenceMap"        # segmentation node -> its confidence map volume
 COLOR_TABLE_NAME = "LKMSegment confidence"
 CONFIDENCE_BANDS = contract.CONFIDENCE_BANDS  # the same bands as the engine's pictures
 CLEAR_TEXT = "confidence >= 95 % (clear)"
@@ -137,6 +137,7 @@ def load_confidence_map(scene, volume, path, segmentation=None, name: str | None
     slicer.util.updateVolumeFromArray(node, voxels)
     del voxels, loaded, scratch
     node.SetAttribute(MAP_ROLE, volume.GetID())
+    node.SetAttribute(MADE_BY_MODULE, "confidence map")
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(confidence_color_table(scene).GetID())

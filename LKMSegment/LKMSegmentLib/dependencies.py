@@ -11,6 +11,9 @@ safetensors, slicerio + pynrrd, psutil, numba; and PyTorch, which comes separate
   ``slicer.util.pip_install`` (older);
 - always with a constraints file that pins every distribution already in Slicer's Python at its
   installed version (numpy, SimpleITK, requests, ...): pip cannot upgrade or replace them;
+- numba (``SPEEDUPS``) only speeds up the CPU scan: it is installed on its own after the rest
+  and, where it cannot be installed, the module goes on without it (the engine falls back to
+  its torch scan and says so);
 - mamba-ssm (CUDA kernels, optional, speed only) is never installed automatically: it has no
   wheels and needs a compiler; the engine's own scan is used without it.
 
@@ -32,10 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .enginecontract import engine_environment
+from .process import BackgroundCommand, SubprocessRunner
+
+DETECT_TIMEOUT_S = 120.0
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "engine-requirements.txt"
 PROTECTED = ("numpy", "SimpleITK", "requests")  # Slicer's; pinned, never installed by the plan
 TORCH_REQUIREMENT = "torch>=2.1"
+SPEEDUPS = ("numba",)  # in the requirements file, but the engine runs without them
 REQUESTER = "LKMSegment"
 
 
@@ -85,6 +92,7 @@ class Step:
 class DependencyPlan:
     steps: list[Step] = field(default_factory=list)
     optional: list[Step] = field(default_factory=list)
+    speedups: list[Step] = field(default_factory=list)  # tried with the steps; failure is no error
 
     @property
     def needed(self) -> bool:
@@ -103,6 +111,8 @@ class DependencyPlan:
             via = {"pytorch-extension": "via the PyTorch extension (matches your GPU)",
                    "pip": "with pip"}.get(s.how, s.how)
             lines.append(f"  - {s.requirement} {via}" + (f" ({s.note})" if s.note else ""))
+        for s in self.speedups:
+            lines.append(f"  - {s.requirement} with pip, if it installs here ({s.note})")
         lines.append("This can take several minutes and downloads up to a few GB (PyTorch).")
         lines.append("Slicer's own packages (numpy, SimpleITK, requests, ...) are not changed.")
         return "\n".join(lines)
@@ -143,10 +153,18 @@ def make_plan(installed=None, system: str | None = None, gpu=nvidia_gpu_present,
             plan.steps.append(Step("torch", "pip", TORCH_REQUIREMENT,
                                    "the package index's default build; install the PyTorch "
                                    "extension to get the build that matches your GPU"))
+    speedups = {_canonical(p) for p in SPEEDUPS}
     for requirement in (requirements if requirements is not None else read_requirements()):
-        if not installed(requirement):
-            plan.steps.append(Step(requirement_name(requirement), "pip", requirement))
-    if system == "Linux" and gpu() and not installed("mamba-ssm"):
+        if installed(requirement):
+            continue
+        name = requirement_name(requirement)
+        if _canonical(name) in speedups:
+            plan.speedups.append(Step(name, "pip", requirement, "optional: a faster CPU scan"))
+        else:
+            plan.steps.append(Step(name, "pip", requirement))
+    # the GPU hint (nvidia-smi, up to seconds) only when there is something to install anyway:
+    # never on every click of an installed module
+    if plan.steps and system == "Linux" and not installed("mamba-ssm") and gpu():
         plan.optional.append(Step("mamba_ssm", "manual", "mamba-ssm causal-conv1d",
                                   "optional CUDA kernels; needs the CUDA compiler (nvcc)"))
     protected = {_canonical(p) for p in PROTECTED}
@@ -182,13 +200,14 @@ def pip_arguments(requirements: list[str], constraints_file) -> list[str]:
 
 
 def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=print,
-            pip_ensure=None, constraints_file=None) -> None:
+            pip_ensure=None, constraints_file=None) -> list[str]:
     """Carry out a plan (after the user confirmed it).
 
     ``pip_ensure(requirements, constraints=...)`` is ``slicer.packaging.pip_ensure`` (5.11+);
     otherwise ``pip_install(argument_list)``, ``slicer.util.pip_install``. ``torch_installer()``
     is the PyTorch extension's helper (returns the torch module or None). Raises RuntimeError
-    with a message for the user when something could not be installed.
+    with a message for the user when something required could not be installed; returns notes
+    on the speed-ups that could not (the engine runs without them).
     """
     if pip_install is None and pip_ensure is None:
         raise ValueError("install needs pip_install or pip_ensure")
@@ -197,13 +216,29 @@ def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=pr
         if step.how == "pytorch-extension":
             log(f"Installing {step.requirement} through the PyTorch extension ...")
             if torch_installer is None or torch_installer() is None:
+                found = installed_version("torch")
                 raise RuntimeError(
-                    "PyTorch could not be installed. Open the PyTorch Utils module, install it "
-                    "there (choose the CUDA version of your GPU, or CPU), then try again.")
+                    (f"PyTorch {found} is installed but LKMSegment needs {step.requirement}; it could "
+                     "not be upgraded. " if found else "PyTorch could not be installed. ")
+                    + "Open the PyTorch Utils module, install it there (choose the CUDA version of "
+                    "your GPU, or CPU), restart Slicer, then try again.")
     requirements = plan.pip_requirements
-    if not requirements:
-        return
-    log("Installing " + ", ".join(requirements) + " ...")
+    if requirements:
+        log("Installing " + ", ".join(requirements) + " ...")
+        _pip(requirements, pip_install, pip_ensure, constraints_file)
+    notes = []
+    for step in plan.speedups:
+        log(f"Installing {step.requirement} (optional) ...")
+        try:
+            _pip([step.requirement], pip_install, pip_ensure, constraints_file)
+        except Exception as e:  # any pip failure: the engine runs without it
+            notes.append(f"{step.package} could not be installed ({str(e).strip()[-200:] or type(e).__name__}); "
+                         "LKMSegment works without it, more slowly on the CPU.")
+            log(notes[-1])
+    return notes
+
+
+def _pip(requirements: list[str], pip_install, pip_ensure, constraints_file) -> None:
     if pip_ensure is not None:
         # the user already confirmed our plan: no second prompt; install in testing mode too,
         # the self test needs the engine
@@ -215,7 +250,7 @@ def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=pr
         pip_install(pip_arguments(requirements, constraints_file))
 
 
-def install_in_slicer(plan: DependencyPlan, log=print) -> None:
+def install_in_slicer(plan: DependencyPlan, log=print) -> list[str]:
     """:func:`install` with what this Slicer offers (call only after the user confirmed)."""
     import slicer
 
@@ -228,19 +263,31 @@ def install_in_slicer(plan: DependencyPlan, log=print) -> None:
         ensure = getattr(module, "pip_ensure", None)
         if ensure is not None:
             break
-    install(plan, pip_install=slicer.util.pip_install, pip_ensure=ensure,
-            torch_installer=torch_installer_from_extension(), log=log)
+    return install(plan, pip_install=slicer.util.pip_install, pip_ensure=ensure,
+                   torch_installer=torch_installer_from_extension(), log=log)
 
 
 def torch_installer_from_extension(requirement: str = TORCH_REQUIREMENT):
-    """A callable that installs torch with the PyTorch extension (in the Slicer app only)."""
+    """A callable that installs (or upgrades) torch the PyTorch extension's way, in the Slicer app
+    only; returns the installed version, or None when it still does not satisfy ``requirement``.
+
+    It follows ``PyTorchUtilsLogic.installTorch`` (light-the-torch picks the build that matches
+    the GPU) without that method's ``torchInstalled()`` and final ``import torch``: the version is
+    read from the package metadata, so torch (old or new) never loads into Slicer's process.
+    """
     def run():
         import PyTorchUtils  # noqa: the PyTorch extension's module
+        import slicer
 
-        logic = PyTorchUtils.PyTorchUtilsLogic()
-        if logic.torchInstalled():
-            return logic.torch
-        return logic.installTorch(askConfirmation=False, torchVersionRequirement=requirement[len("torch"):])
+        extension = PyTorchUtils.PyTorchUtilsLogic
+        args = extension._getPipInstallArguments(torchVersionRequirement=requirement[len("torch"):])
+        try:
+            import light_the_torch._patch  # noqa: F401  (as installTorch does)
+        except ImportError:
+            extension._installLightTheTorch()
+        slicer.util._executePythonModule("light_the_torch", args)
+        importlib.invalidate_caches()
+        return installed_version("torch") if is_satisfied(requirement) else None
     return run
 
 
@@ -254,24 +301,37 @@ DEVICE_PROBE = (
 )
 
 
-def detect_devices(python: str, env: dict | None = None, timeout_s: float = 120) -> dict:
-    """Ask a child Python what torch sees (the Slicer process never imports torch). The child
-    gets the engine's environment unless ``env`` is given."""
+def start_device_probe(python: str, runner=None, env: dict | None = None,
+                       timeout_s: float = DETECT_TIMEOUT_S) -> BackgroundCommand:
+    """Ask a child Python what torch sees (the Slicer process never imports torch), without
+    waiting: the panel pumps it from a timer. The child gets the engine's environment unless
+    ``env`` is given."""
+    return BackgroundCommand(runner or SubprocessRunner(), python, ["-c", DEVICE_PROBE],
+                             env=env if env is not None else engine_environment(), timeout_s=timeout_s)
+
+
+def device_probe_result(command: BackgroundCommand) -> dict:
+    """What the probe found, or {"error": message for the user}."""
     import json
 
-    try:
-        out = subprocess.run([python, "-c", DEVICE_PROBE], capture_output=True, text=True,
-                             env=env if env is not None else engine_environment(),
-                             timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return {"error": f"Could not start Python to look for a GPU: {e}"}
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["unknown error"])[-1]
+    if command.timed_out:
+        return {"error": f"Looking for a GPU took longer than {command.timeout_s:.0f} s; try again."}
+    if command.exit_code != 0:
+        tail = (command.stderr.strip().splitlines() or ["unknown error"])[-1]
         return {"error": f"PyTorch could not be loaded: {tail}"}
     try:
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return json.loads(command.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"error": "Unexpected answer when looking for a GPU: " + out.stdout[-200:]}
+        return {"error": "Unexpected answer when looking for a GPU: " + command.stdout[-200:]}
+
+
+def detect_devices(python: str, env: dict | None = None, timeout_s: float = DETECT_TIMEOUT_S) -> dict:
+    """:func:`start_device_probe` waited for (scripts and tests)."""
+    try:
+        command = start_device_probe(python, env=env, timeout_s=timeout_s)
+    except OSError as e:
+        return {"error": f"Could not start Python to look for a GPU: {e}"}
+    return device_probe_result(command.wait())
 
 
 def describe_devices(info: dict) -> str:

@@ -106,6 +106,9 @@ class EngineJob:
         self.tracker = ProgressTracker([])
         self._parser = ProtocolParser()
         self.started_at = None
+        self._stop_requested_at: float | None = None  # request_stop(): when the cancel file went
+        self._stop_grace_s = STOP_GRACE_S
+        self._stop_signalled = False
 
     # -- preparation --------------------------------------------------------------------------
     def input_path(self, case: str, extension: str = ".nrrd") -> Path:
@@ -165,7 +168,11 @@ class EngineJob:
             self.exit_code = self.runner.exit_code
             ok = self.exit_code == EXIT_OK and set(self.outputs) >= set(self.cases)
             self.state = "done" if ok else "failed"
+            if self._stop_requested_at is not None:
+                self._stopped_or_done()
             return False
+        if self._stop_requested_at is not None:
+            self._escalate_stop()
         return True
 
     def run_to_end(self, poll_s: float = 0.05, timeout_s: float | None = None) -> str:
@@ -177,6 +184,40 @@ class EngineJob:
                 raise TimeoutError(f"The engine did not finish within {timeout_s:.0f} s.")
             time.sleep(poll_s)
         return self.state
+
+    def request_stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop without blocking (the panel's Stop): the cancel file now; then each ``pump()``
+        terminates the process tree after ``grace_s`` and kills it after twice that, and the
+        job ends "stopped" once every process is gone (the work folder deleted). An engine that
+        finished its work before it saw the cancel file ends "done": the result is kept."""
+        if self.state != "running" or self._stop_requested_at is not None:
+            return
+        try:
+            self.cancel_file.write_text("stop\n", encoding="utf-8")
+        except OSError as exc:  # the folder is gone or read-only: ending it comes sooner
+            log.warning("could not write the cancel file %s: %s", self.cancel_file, exc)
+            grace_s = 0.0
+        self._stop_requested_at, self._stop_grace_s = time.monotonic(), grace_s
+
+    @property
+    def stopping(self) -> bool:
+        return self.state == "running" and self._stop_requested_at is not None
+
+    def _escalate_stop(self) -> None:
+        waited = time.monotonic() - self._stop_requested_at
+        if waited >= 2 * self._stop_grace_s:
+            self.runner.signal_stop(force=True)
+        elif waited >= self._stop_grace_s and not self._stop_signalled:
+            self.runner.signal_stop(force=False)
+            self._stop_signalled = True
+
+    def _stopped_or_done(self) -> None:
+        """The engine has ended after a Stop: its result counts only if it was complete."""
+        if self.state == "done":
+            return
+        self.state = "stopped"
+        self.runner.signal_stop(force=True)  # an engine orphaned by its launcher's end, if any
+        self.cleanup()
 
     def stop(self, grace_s: float = STOP_GRACE_S):
         """End the engine and everything it started; the work folder (inputs, partial outputs,

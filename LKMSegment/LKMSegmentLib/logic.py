@@ -19,7 +19,8 @@ from .engine import EngineJob, PredictOptions, safe_case_name
 from .export import NnUNetDatasetExporter
 from .models import ModelBundleError, read_model_info
 from .process import SubprocessRunner
-from .scene import ImportReport, ResultImportError, check_input_volume, import_result, write_volume
+from .scene import (ImportReport, ResultImportError, check_input_volume, import_result, in_scene,
+                    placement_problem, write_volume)
 from .triage import rank_cases
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class SegmentationRun:
     import_errors: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     finished: bool = False
+    abandoned: bool = False  # its scene was closed: nothing is imported, whatever the engine did
 
     def pump(self) -> bool:
         """Advance the run; True while the engine still runs. Imports results at the end."""
@@ -67,8 +69,20 @@ class SegmentationRun:
             self._finish()
         return self
 
+    def request_stop(self, abandon: bool = False) -> None:
+        """Stop without blocking (the panel): keep calling ``pump()`` until it returns False.
+        A result the engine completed before it saw the Stop is kept, unless ``abandon``."""
+        if self.finished:
+            return
+        self.abandoned = self.abandoned or abandon
+        self.job.request_stop()
+
+    @property
+    def stopping(self) -> bool:
+        return not self.finished and self.job.stopping
+
     def stop(self):
-        """Stop the engine; a run whose engine has already ended is finished instead, so a Stop
+        """Stop the engine (blocking, for scripts); a run whose engine has already ended is finished instead, so a Stop
         that comes after the end (before the next timer tick) keeps the result."""
         if self.finished:
             return
@@ -95,7 +109,7 @@ class SegmentationRun:
             return
         self.finished = True
         try:
-            if self.job.state not in ("done", "failed"):
+            if self.job.state not in ("done", "failed") or self.abandoned:
                 return
             if self.keep_outputs_dir:
                 dest = Path(self.keep_outputs_dir)
@@ -107,9 +121,14 @@ class SegmentationRun:
                 if result is None or item.case in self.job.errors:
                     continue
                 confidence = (self.job.summaries.get(item.case) or {}).get("confidence") or {}
+                if not in_scene(self.scene, item.volume):
+                    self.import_errors[item.case] = (f"the volume '{item.volume.GetName()}' was deleted "
+                                                     "during the run; its result was not imported")
+                    continue
+                target = self._target_now(item)
                 try:
                     self.reports[item.case] = import_result(
-                        self.scene, item.volume, result, target=item.target, labels=self.labels,
+                        self.scene, item.volume, result, target=target, labels=self.labels,
                         replace_existing=self.replace_existing, name=item.name,
                         show_3d=self.show_3d, confidence=confidence.get("structures"))
                 except (ResultImportError, OSError) as e:
@@ -118,6 +137,22 @@ class SegmentationRun:
                 self._load_confidence_map(item)
         finally:
             self.job.cleanup()
+
+    def _target_now(self, item: RunItem):
+        """The item's output node as the scene is now; a node deleted or moved during the run is
+        replaced by a new one (with a note), so the result is never written where nobody sees it."""
+        target = item.target
+        if target is None:
+            return None
+        if not in_scene(self.scene, target):
+            self.notes.append(f"The output segmentation '{target.GetName()}' was deleted during the "
+                              f"run: the result of '{item.volume.GetName()}' is in a new segmentation.")
+            return None
+        problem = placement_problem(target, item.volume)
+        if problem:
+            self.notes.append(problem.split(":")[0] + ": the result is in a new segmentation instead.")
+            return None
+        return target
 
     def _load_confidence_map(self, item: RunItem):
         """The case's confidence map into the scene (before the work folder goes); a map that
@@ -186,8 +221,11 @@ class LKMSegmentCore:
         names = list(names) if names is not None else [None] * len(volumes)
         if len(targets) != len(volumes) or len(names) != len(volumes):
             raise ValueError("One output segmentation (or None) is needed per input volume.")
-        for volume in volumes:
+        for volume, target in zip(volumes, targets):
             check_input_volume(volume)
+            problem = placement_problem(target, volume) if target is not None else None
+            if problem:
+                raise ValueError(problem)
         try:
             labels = read_model_info(options.model).labels
         except ModelBundleError as e:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .enginecontract import contract, engine_environment
-from .process import python_executable
+from .process import BackgroundCommand, SubprocessRunner, python_executable
+
+VERIFY_TIMEOUT_S = 300.0
 
 
 class ModelBundleError(Exception):
@@ -91,28 +92,38 @@ def read_model_info(path) -> ModelInfo:
         labels=records, raw=meta)
 
 
-def verify_bundle(path, engine_env: dict | None = None, python: str | None = None,
-                  timeout_s: float = 300) -> ModelInfo:
-    """Check a bundle with the engine (``lkm_core bundle verify``) and read its details.
+def start_verify(path, runner=None, engine_env: dict | None = None, python: str | None = None,
+                 timeout_s: float = VERIFY_TIMEOUT_S) -> BackgroundCommand:
+    """Start the engine's check of a bundle (``lkm_core bundle verify``) without waiting for it
+    (the panel pumps it from a timer); :func:`verify_outcome` reads the answer. Raises
+    ModelBundleError at once for a folder or file that is no bundle. The child gets the engine's
+    environment (lkm_core on its path) unless ``engine_env`` is given: the extension build and
+    a source checkout have no pip-installed lkm_core."""
+    read_model_info(path)
+    return BackgroundCommand(runner or SubprocessRunner(), python or python_executable(),
+                             ["-m", "lkm_core", "bundle", "verify", str(path)],
+                             env=engine_env if engine_env is not None else engine_environment(),
+                             timeout_s=timeout_s)
 
-    Raises :class:`ModelBundleError` with the engine's own message when it is refused. The
-    child gets the engine's environment (lkm_core on its path) unless ``engine_env`` is given:
-    the extension build and a source checkout have no pip-installed lkm_core.
-    """
-    info = read_model_info(path)
-    cmd = [python or python_executable(), "-m", "lkm_core", "bundle", "verify", str(path)]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
-                                errors="replace", timeout=timeout_s,
-                                env=engine_env if engine_env is not None else engine_environment())
-    except subprocess.TimeoutExpired:
-        raise ModelBundleError(f"Checking {path} took longer than {timeout_s:.0f} s; try again.") from None
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
+
+def verify_outcome(path, command: BackgroundCommand) -> ModelInfo:
+    """The bundle's details once the engine accepted it; ModelBundleError with the engine's
+    own message when it refused it (or took too long)."""
+    if command.timed_out:
+        raise ModelBundleError(f"Checking {path} took longer than {command.timeout_s:.0f} s; try again.")
+    if command.exit_code != 0:
+        detail = (command.stderr or command.stdout).strip().splitlines()
         raise ModelBundleError(
             f"The model {path} was refused by the engine: "
-            f"{detail[-1] if detail else 'exit code %d' % result.returncode}")
-    return info
+            f"{detail[-1] if detail else 'exit code %s' % command.exit_code}")
+    return read_model_info(path)
+
+
+def verify_bundle(path, engine_env: dict | None = None, python: str | None = None,
+                  timeout_s: float = VERIFY_TIMEOUT_S) -> ModelInfo:
+    """Check a bundle with the engine and read its details (blocking: scripts and tests)."""
+    return verify_outcome(path, start_verify(path, engine_env=engine_env, python=python,
+                                             timeout_s=timeout_s).wait())
 
 
 class ModelRegistry:
@@ -172,6 +183,15 @@ class ModelRegistry:
             self._save([*stored, str(path)])
         return info
 
+    def is_bundled(self, path) -> bool:
+        wanted = Path(path).resolve()
+        return any(p.resolve() == wanted for p in self.default_models())
+
     def remove(self, path):
+        """Forget a model the user added (its files stay). A model that comes with the extension
+        cannot be removed: ModelBundleError says so."""
+        if self.is_bundled(path):
+            raise ModelBundleError(f"'{Path(path).name}' comes with the LKMSegment extension and cannot "
+                                   "be removed; only models added with 'Add model…' can.")
         path = str(Path(path).resolve())
         self._save([p for p in self._stored() if p != path])

@@ -116,12 +116,12 @@ class Controls:
 
 def controls(has_volume: bool, model: ModelInfo | None, all_structures: bool,
              chosen_structures: list[str], running: bool, has_export_segmentation: bool,
-             dataset_folder: str) -> Controls:
+             dataset_folder: str, stopping: bool = False) -> Controls:
     have_structures = all_structures or bool(chosen_structures)
     folder = str(dataset_folder or "").strip()
     return Controls(
         segment=has_volume and model is not None and have_structures and not running,
-        stop=running,
+        stop=running and not stopping,
         batch=model is not None and have_structures and not running,
         export=(has_volume and model is not None and has_export_segmentation
                 and folder not in ("", ".") and not running),
@@ -142,6 +142,12 @@ class PanelState:
         """The (output, export) nodes the selectors must show for this input volume."""
         return (self.output.follow(volume_id, shown_output_id),
                 self.export.follow(volume_id, shown_export_id))
+
+    def adopt(self, volume_id, output_id, export_id) -> None:
+        """A parameter node's saved choices (a loaded scene) become that volume's choices."""
+        if volume_id:
+            self.output.set(volume_id, output_id)
+            self.export.set(volume_id, export_id)
 
     def run_target(self, volume_id: str) -> str | None:
         """The node a Segment of this volume writes into: the one chosen for it, or None (new)."""

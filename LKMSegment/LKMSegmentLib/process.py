@@ -70,6 +70,27 @@ def end_process_tree(pid: int | None, grace_s: float = 3.0) -> list[int]:
     return [p.pid for p in tree]
 
 
+class ProcessTreeSignal:
+    """Signals a process tree without waiting (Stop on the GUI thread never blocks): each call
+    sends terminate (or kill, ``force``) to the process and every descendant seen so far. The
+    descendants are remembered, so a child orphaned by its launcher's end is still reached."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.known: dict[int, object] = {}
+
+    def send(self, force: bool = False) -> None:
+        import psutil
+
+        for proc in process_tree(self.pid):
+            self.known.setdefault(proc.pid, proc)
+        for proc in self.known.values():
+            try:
+                proc.kill() if force else proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+
+
 def psutil_available() -> bool:
     try:
         import psutil  # noqa: F401
@@ -103,6 +124,11 @@ class ProcessRunner:
         """Block until finished (True) or timeout (False). Output stays queued for poll."""
         raise NotImplementedError
 
+    def signal_stop(self, force: bool = False) -> None:
+        """Ask the process and its children to end (``force``: kill them); returns at once.
+        The owner keeps polling until ``is_finished()``."""
+        raise NotImplementedError
+
     @property
     def pid(self) -> int | None:
         raise NotImplementedError
@@ -115,6 +141,7 @@ class SubprocessRunner(ProcessRunner):
         self._proc: subprocess.Popen | None = None
         self._queue: queue.Queue = queue.Queue()
         self._readers: list[threading.Thread] = []
+        self._tree: ProcessTreeSignal | None = None
 
     def start(self, program, args, env=None, cwd=None):
         if self._proc is not None and self._proc.poll() is None:
@@ -174,6 +201,26 @@ class SubprocessRunner(ProcessRunner):
             t.join(timeout=5)
         return True
 
+    def signal_stop(self, force=False):
+        proc = self._proc
+        if self._tree is not None:  # also after the process itself has ended: its orphans
+            self._tree.send(force)
+            return
+        if proc is None or proc.poll() is not None:
+            return
+        if psutil_available():
+            if self._tree is None:
+                self._tree = ProcessTreeSignal(proc.pid)
+            self._tree.send(force)
+        elif WINDOWS:
+            subprocess.Popen(["taskkill", "/T", "/F", "/PID", str(proc.pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, grace_s=3.0):
         proc = self._proc
         if proc is None or proc.poll() is not None:
@@ -206,6 +253,51 @@ class SubprocessRunner(ProcessRunner):
             proc.wait()
         for t in self._readers:
             t.join(timeout=5)
+
+
+class BackgroundCommand:
+    """A short child command (the engine's bundle check, the GPU probe) that never blocks its
+    caller: ``pump()`` from a timer until it returns False (``wait()`` in scripts), then read
+    ``stdout``, ``stderr`` and ``exit_code`` (None when it ran past ``timeout_s`` and was ended)."""
+
+    def __init__(self, runner: ProcessRunner, program: str, args: list[str], env: dict | None = None,
+                 timeout_s: float = 300.0):
+        self.runner, self.timeout_s = runner, timeout_s
+        self._out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.timed_out = False
+        self._deadline = time.monotonic() + timeout_s
+        runner.start(program, list(args), env=env)
+
+    def pump(self) -> bool:
+        """Collect what arrived; True while the command still runs."""
+        for stream, text in self.runner.poll():
+            self._out[stream].append(text)
+        if self.runner.is_finished():
+            return False
+        if time.monotonic() > self._deadline:
+            self.timed_out = True
+            self.runner.signal_stop(force=True)
+        return True
+
+    def wait(self, poll_s: float = 0.05) -> "BackgroundCommand":
+        while self.pump():
+            time.sleep(poll_s)
+        return self
+
+    def stop(self) -> None:
+        self.runner.signal_stop(force=True)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out["stdout"])
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._out["stderr"])
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.timed_out else self.runner.exit_code
 
 
 def inside_slicer_app() -> bool:

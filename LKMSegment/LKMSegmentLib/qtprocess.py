@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import qt
 
-from .process import ProcessRunner, end_process_tree, psutil_available
+from .process import ProcessRunner, ProcessTreeSignal, end_process_tree, psutil_available
 
 
 class QProcessRunner(ProcessRunner):
@@ -22,6 +22,7 @@ class QProcessRunner(ProcessRunner):
         self._chunks = []
         self._finished = False
         self._exit_code = None
+        self._tree = None
 
     def start(self, program, args, env=None, cwd=None):
         process = qt.QProcess()
@@ -83,6 +84,22 @@ class QProcessRunner(ProcessRunner):
             return True
         done = self._process.waitForFinished(-1 if timeout_s is None else int(timeout_s * 1000))
         return done or self._finished
+
+    def signal_stop(self, force=False):
+        if self._tree is not None:  # also after the launcher has ended: the engine it orphaned
+            self._tree.send(force)
+            return
+        if self._process is None or self._finished:
+            return
+        pid = self.pid
+        if pid and psutil_available():
+            if self._tree is None:
+                self._tree = ProcessTreeSignal(pid)
+            self._tree.send(force)
+        elif force:  # psutil missing (the install plan adds it): the launcher alone
+            self._process.kill()
+        else:
+            self._process.terminate()
 
     def stop(self, grace_s=3.0):
         if self._process is None or self._finished:

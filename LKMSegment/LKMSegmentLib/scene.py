@@ -28,6 +28,8 @@ import vtk
 from vtk.util import numpy_support
 
 from .confidence import copy_confidence
+from .enginecontract import contract
+from .nodeattributes import made_by_module
 
 BINARY = "Binary labelmap"
 
@@ -44,6 +46,9 @@ def _seg_logic():
 def check_input_volume(volume) -> None:
     if volume is None or not volume.IsA("vtkMRMLScalarVolumeNode") or volume.IsA("vtkMRMLLabelMapVolumeNode"):
         raise ValueError("Choose a scalar (CT or MR) volume as input; labelmaps cannot be segmented.")
+    if made_by_module(volume):
+        raise ValueError(f"'{volume.GetName()}' is a confidence map made by LKMSegment, not an image "
+                         "to segment; choose the CT or MR volume.")
     image = volume.GetImageData()
     if image is None:
         raise ValueError(f"The volume '{volume.GetName()}' has no image data.")
@@ -52,6 +57,14 @@ def check_input_volume(volume) -> None:
                          "components (colour or vector image); the model needs a grey-level volume.")
     if 0 in image.GetDimensions():
         raise ValueError(f"The volume '{volume.GetName()}' is empty.")
+
+
+def segmentable_volumes(scene) -> list:
+    """The scene's volumes a user can segment: scalar volumes, neither labelmaps nor the
+    module's own confidence maps."""
+    volumes = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+    return [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode") and not made_by_module(v)]
 
 
 def write_volume(volume, path) -> None:
@@ -238,6 +251,30 @@ def place_like_volume(scene, node, volume) -> None:
         sh.SetItemParent(node_item, parent)
 
 
+def in_scene(scene, node) -> bool:
+    """``node`` is still one of ``scene``'s nodes (a user may delete it while the engine runs)."""
+    return node is not None and bool(scene.IsNodePresent(node))
+
+
+def placement_problem(target, volume) -> str | None:
+    """Why segments written into ``target`` would not land on ``volume`` (None: they would).
+
+    Results are on the volume's grid in the coordinates of its parent transform; an existing
+    segmentation with segments under another transform would show them somewhere else."""
+    if target.GetTransformNodeID() == volume.GetTransformNodeID():
+        return None
+    if target.GetSegmentation().GetNumberOfSegments() == 0:
+        return None  # nothing of the user's to move: it is placed like the volume on import
+
+    def where(node):
+        transform = node.GetParentTransformNode()
+        return f"under the transform '{transform.GetName()}'" if transform else "under no transform"
+    return (f"The segmentation '{target.GetName()}' is {where(target)} but the volume "
+            f"'{volume.GetName()}' is {where(volume)}: the results would land in the wrong place. "
+            "Choose 'Create new segmentation' as output, or put both under the same transform "
+            "(Data module).")
+
+
 def new_segmentation_node(scene, volume, name: str | None = None):
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                    scene.GenerateUniqueName(name or f"{volume.GetName()} segmentation"))
@@ -277,6 +314,9 @@ def import_result(scene, volume, result_path, target=None, labels=None, replace_
         sid = src.GetNthSegmentID(i)
         segments.append((sid, src.GetSegment(sid)))
     # Everything that can fail happens before the scene is touched.
+    problem = placement_problem(target, volume) if target is not None else None
+    if problem:
+        raise ResultImportError(problem)
     reference = reference_image(volume)
     images = {sid: segment_image(source, sid, volume, reference) for sid, _ in segments}
 
@@ -285,6 +325,7 @@ def import_result(scene, volume, result_path, target=None, labels=None, replace_
         report.created_node = True
     elif target.GetSegmentation().GetNumberOfSegments() == 0:
         target.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        place_like_volume(scene, target, volume)
     if target.GetDisplayNode() is None:
         target.CreateDefaultDisplayNodes()
     report.node = target

@@ -5,7 +5,11 @@ enters the test process): the module's EngineJob with its QProcessRunner on a re
 (PyQt5, see pythonqt_qprocess/qt.py), pumped by a QTimer in a Qt event loop like the panel's,
 the engine started through a launcher that forwards no signal. Prints one JSON line.
 
-    python qprocess_stop_driver.py MODULE_DIR BUNDLE IMAGE LAUNCHER TEMP_ROOT OVERLOAD
+    python qprocess_stop_driver.py MODULE_DIR BUNDLE IMAGE LAUNCHER TEMP_ROOT OVERLOAD [no-psutil]
+
+Stop is the panel's: ``request_stop()`` on the GUI thread, then the timer's ``pump()`` until the
+job has ended. Reported: the time from the click until every process of the tree is gone, and
+the longest the GUI thread was held by the Stop call or by any timer tick after it.
 """
 
 import json
@@ -15,14 +19,19 @@ from pathlib import Path
 
 here = Path(__file__).resolve().parent
 module_dir, bundle, image, launcher, temp_root, overload = sys.argv[1:7]
+without_psutil = sys.argv[7:] == ["no-psutil"]
 sys.path.insert(0, str(here.parent / "pythonqt_qprocess"))
 sys.path.insert(0, module_dir)
 
-import psutil  # noqa: E402
 import qt  # noqa: E402  (the stand-in)
+from process_check import alive, process_tree  # noqa: E402
 
 from LKMSegmentLib.engine import EngineJob, PredictOptions  # noqa: E402
+from LKMSegmentLib import process, qtprocess  # noqa: E402
 from LKMSegmentLib.qtprocess import QProcessRunner  # noqa: E402
+
+if without_psutil:  # a Slicer where psutil is not installed: the module must not use it
+    process.psutil_available = qtprocess.psutil_available = lambda: False
 
 NETWORK_WAIT_S = 8.0
 qt.FINISHED_OVERLOAD = overload
@@ -32,27 +41,28 @@ job = EngineJob(PredictOptions(model=bundle, device="cpu", threads=1), runner=QP
 job.input_path("case").write_bytes(Path(image).read_bytes())
 report = {"workdir": str(job.workdir)}
 network_since = None
+stop_clicked = None  # time.monotonic() of the Stop click
+tree = []
 
 
-def process_tree(pid):
-    """Found here with psutil, independently of the module's own code under test."""
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def alive(pids):
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+def after_stop():
+    """A timer tick after Stop: pump as the panel does, and see whether everything is gone."""
+    t0 = time.monotonic()
+    running = job.pump()
+    report["longest_tick_s"] = max(report.get("longest_tick_s", 0), round(time.monotonic() - t0, 3))
+    if "gone_s" not in report and not alive(tree):
+        report["gone_s"] = round(time.monotonic() - stop_clicked, 2)
+    if (not running and "gone_s" in report) or time.monotonic() - stop_clicked > 30:
+        report["alive_after"] = alive(tree)
+        report["workdir_exists"] = Path(job.workdir).exists()
+        report["state"] = job.state
+        app.quit()
 
 
 def tick():
-    global network_since
+    global network_since, stop_clicked, tree
+    if stop_clicked is not None:
+        return after_stop()
     job.pump()
     if job.state != "running":
         report["ended_before_stop"] = job.state
@@ -66,16 +76,9 @@ def tick():
         report["tree"] = tree
         report["names"] = [p.name() for p in process_tree(job.runner.pid)]
         report["progress_text"] = job.progress_text
-        t0 = time.monotonic()
-        job.stop()  # what the panel's Stop button calls
-        report["stop_s"] = round(time.monotonic() - t0, 2)
-        while alive(tree) and time.monotonic() - t0 < 5.0:
-            time.sleep(0.05)
-        report["alive_after"] = alive(tree)
-        report["gone_s"] = round(time.monotonic() - t0, 2)
-        report["workdir_exists"] = Path(job.workdir).exists()
-        report["state"] = job.state
-        app.quit()
+        stop_clicked = time.monotonic()
+        job.request_stop()  # what the panel's Stop button calls
+        report["stop_call_s"] = round(time.monotonic() - stop_clicked, 3)
 
 
 timer = qt.QTimer()

@@ -25,8 +25,10 @@ def plan(work: Path) -> dict:
     # a fresh Slicer: no PyTorch extension, no GPU
     p = deps.make_plan(pytorch_extension=lambda: False, gpu=lambda: False)
     constraints = deps.write_constraints(work)
-    return {"steps": [vars(s) for s in p.steps], "text": p.text(),
-            "pip_arguments": deps.pip_arguments(p.pip_requirements, constraints)}
+    # the speed-ups too (numba installs here): the replica runs the engine as a user's would
+    everything = p.pip_requirements + [s.requirement for s in p.speedups]
+    return {"steps": [vars(s) for s in p.steps], "speedups": [vars(s) for s in p.speedups],
+            "text": p.text(), "pip_arguments": deps.pip_arguments(everything, constraints)}
 
 
 def segment(ct: str, work: Path) -> dict:
