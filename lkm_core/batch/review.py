@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..contract import distinct_color
 from ..errors import InputError
 from ..files import atomic_path
 
@@ -121,7 +122,7 @@ def case_picture(c: ReviewedCase):
     from ..outputs.reading import read_seg_nrrd
     from ..inputs.images import read_image
     from ..outputs.pictures import LegendEntry, Row, confidence_legend, labelled_views_picture
-    from ..terminology import lookup
+    from ..terminology import NEUTRAL_COLOR, lookup
 
     source = c.summary.get("input_path")
     labels_path = c.labels_path()
@@ -138,7 +139,7 @@ def case_picture(c: ReviewedCase):
     colors, legend = {}, []
     for value, name in sorted(names.items()):
         structure = lookup(name)
-        color = structure.color if structure else (0.5, 0.5, 0.5)
+        color = distinct_color(structure.color if structure else NEUTRAL_COLOR, colors.values())
         colors[value] = color
         legend.append(LegendEntry(name, color))
     # slices through the least sure structure the model found (a missing one has no voxels)
