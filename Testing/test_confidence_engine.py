@@ -104,8 +104,11 @@ def test_cli_writes_scores_tags_and_map_and_review_ranks_the_batch(tmp_path):
         inputs.append(str(path))
     out = tmp_path / "out"
     proc = run_cli("predict", *inputs, "-o", str(out), "--model", str(bundle), "--device", "cpu",
-                   "--threads", "1", "--uncertainty", "--progress", "none")
+                   "--threads", "1", "--uncertainty", "--progress", "none", "--report",
+                   "--keep-paths")  # the review picture reads the inputs again
     assert proc.returncode == 0, proc.stderr
+    with open(out / "batch_report.csv", encoding="utf-8") as f:
+        report = {r["case"]: r for r in csv.DictReader(f)}
     for n in range(2):
         summary = json.loads((out / f"case{n}.json").read_text(encoding="utf-8"))
         confidence = summary["confidence"]
@@ -115,10 +118,17 @@ def test_cli_writes_scores_tags_and_map_and_review_ranks_the_batch(tmp_path):
         assert conf_map.GetSize() == (40, 40, 32) and conf_map.GetPixelID() == sitk.sitkUInt8
         segments = {s["name"]: s for s in slicerio.read_segmentation(
             str(out / f"case{n}.seg.nrrd"), skip_voxels=True)["segments"]}
+        row = report[f"case{n}"]   # the batch report carries the same scores
+        assert row["case_score"] == f"{confidence['case_score']:.4f}"
+        assert row["absent"] == " ".join(confidence["absent"])
         for name, scores in confidence["structures"].items():
             tags = segments[name]["tags"]
+            if scores["score"] is None:   # absent: an empty segment without a score
+                assert CONFIDENCE_TAG not in tags and row[f"{name}_score"] == ""
+                continue
             assert abs(float(tags[CONFIDENCE_TAG]) - scores["score"]) < 1e-4
             assert tags[FLAGGED_TAG] == ("1" if scores["flagged"] else "0")
+            assert row[f"{name}_score"] == f"{scores['score']:.4f}"
 
     proc = run_cli("review", str(out), "--worst", "2")
     assert proc.returncode == 0, proc.stderr

@@ -70,8 +70,9 @@ DEFAULT_FORMAT = "seg.nrrd"
 SUMMARY_SUFFIX = ".json"
 
 # -- confidence (review triage) -------------------------------------------------------------------
-# The summary's "confidence" section: {"case_score": float | None, "structures": {name: {...,
-# "score": 0-1, "flagged": bool}}, "map": file name of the confidence map or None}.
+# The summary's "confidence" section: {"case_score": float | None (least sure structure found),
+# "absent": [names not found], "structures": {name: {..., "found": bool, "score": 0-1, or None
+# when not found, "flagged": bool}}, "map": file name of the confidence map or None}.
 # Each segment of a .seg.nrrd carries its score and flag as segment tags (kept when Slicer saves).
 CONFIDENCE_TAG = "LKMSegment.Confidence"     # "0.8312": the structure's score, 0-1
 FLAGGED_TAG = "LKMSegment.Flagged"           # "1" when the score is below FLAG_BELOW, else "0"

@@ -45,7 +45,7 @@ def segment_tags(lab, confidence: dict | None) -> dict:
     """A segment's tags: its terminology and, when scored, its confidence and review flag."""
     tags = {"TerminologyEntry": slicer_terminology_string(lab.terminology)}
     scored = (confidence or {}).get("structures", {}).get(lab.name)
-    if scored is not None:
+    if scored is not None and scored.get("score") is not None:  # absent: no score, an empty segment
         tags[CONFIDENCE_TAG] = f"{float(scored['score']):.4f}"
         tags[FLAGGED_TAG] = "1" if scored.get("flagged") else "0"
     return tags
