@@ -98,9 +98,9 @@ def write_labelmap(labels: sitk.Image, path) -> Path:
 def write_labels(labels: sitk.Image, label_list, path, fmt: str = "seg.nrrd", *,
                  source=None, bundle=None, confidence: dict | None = None) -> Path:
     """``source`` (the input: a DicomSeries) and ``bundle`` are needed by ``dicom-seg`` only;
-    ``confidence`` tags the segments of a ``.seg.nrrd``."""
+    ``confidence`` tags the segments of a ``.seg.nrrd`` and describes those of a DICOM SEG."""
     if fmt == dicom_seg.FORMAT:
-        return dicom_seg.write_dicom_seg(labels, label_list, path, source, bundle)
+        return dicom_seg.write_dicom_seg(labels, label_list, path, source, bundle, confidence)
     if fmt == "seg.nrrd":
         return write_seg_nrrd(labels, label_list, path, confidence)
     return write_labelmap(labels, path)
