@@ -145,3 +145,30 @@ def test_review_of_a_folder_without_summaries_is_one_clear_error(tmp_path):
     proc = run_cli("review", str(tmp_path))
     assert proc.returncode == 1
     assert "holds no case summaries" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_review_ranks_by_what_was_found_and_lists_absent_structures_apart(tmp_path):
+    """A case missing an organ (partial field of view) is not ranked first for it; the absent
+    organ is named apart; a summary without input path (the private default) still ranks, and
+    the overview picture says how to get it."""
+    def summary(case, found: dict, absent=()):
+        structures = {n: {"found": True, "score": s, "flagged": s < 0.6} for n, s in found.items()}
+        structures.update({n: {"found": False, "score": None, "flagged": False} for n in absent})
+        return {"case": case, "labels": [], "model": {"name": "m"},
+                "confidence": {"case_score": min(found.values()), "absent": list(absent),
+                               "structures": structures}}
+
+    cases = {"partial_fov": summary("partial_fov", {"liver": 0.9}, absent=("kidney_left",)),
+             "unsure": summary("unsure", {"liver": 0.5, "kidney_left": 0.7})}
+    for name, data in cases.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+    proc = run_cli("review", str(tmp_path), "--worst", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].split()[1] == "unsure" and lines[2].split()[1] == "partial_fov"
+    assert "absent: kidney_left" in lines[2]
+    assert "--keep-paths" in proc.stderr and not (tmp_path / "review.png").exists()
+    with open(tmp_path / "review.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["case"] == "partial_fov"]
+    assert [(r["structure"], r["score"], r["found"]) for r in rows] == [
+        ("liver", "0.9", "True"), ("kidney_left", "", "False")]
