@@ -5,8 +5,8 @@ Gaussian-weighted mean of the softmax over patches, mirrors and folds); no secon
 
 - Voxel confidence: the largest class probability (1 = every pass agrees on one class;
   1/C = no preference), stored as uint8 0-100. It ranks the voxels the model *labelled*: inside
-  its structures, wrong voxels are less confident than right ones (held-out voxel AUROC about
-  0.8, Testing/benchmarks/confidence_vs_dice.py). It cannot point at organ the model missed
+  its structures, wrong voxels are less confident than right ones (held-out voxel AUROC 0.815,
+  Testing/benchmarks/confidence_vs_dice.py). It cannot point at organ the model missed
   (called background there, often with more confidence than its right voxels): misses show as
   ``absent`` structures and low structure scores, not in the map.
 - Per structure (label value v, mask = voxels labelled v):
