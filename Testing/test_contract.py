@@ -146,7 +146,7 @@ def _far_apart(colors) -> bool:
 
 def test_every_structure_gets_its_own_colour_in_every_label_set_the_project_ships():
     from lkm_core.bundle import default_bundle_path
-    from lkm_core.sample_data import REFERENCE_LABELS
+    from lkm_core.inputs.sample_data import REFERENCE_LABELS
     from lkm_core.terminology import TABLE, label_entry
     from lkm_core.training.tiny_dataset import DEFAULT_ORGANS
 

@@ -207,7 +207,7 @@ def test_summaries_and_reports_name_no_path_folder_or_uid_unless_asked(dicom_sou
     import csv
 
     from lkm_core import cli
-    from lkm_core.io import describe_input
+    from lkm_core.inputs.images import describe_input
 
     study = tmp_path / "Doe_Jane_1957"
     study.mkdir()

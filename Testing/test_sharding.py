@@ -167,7 +167,7 @@ def test_merge_unites_structure_columns_and_lists_skipped_objects_once(tmp_path)
 
 
 def test_report_rows_name_the_case_not_its_path_unless_paths_are_kept(tmp_path):
-    from lkm_core.batch_report import private_row, scores_from_summary
+    from lkm_core.batch.report import private_row, scores_from_summary
     path = tmp_path / "Doe_Jane_1957" / "ct.nii.gz"
     message = f"Could not read {path.absolute()} as an image (bad header)."
     assert private_row("ct", path, message, False) == (
