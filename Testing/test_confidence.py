@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lkm_core.inference.confidence import FLAG_BELOW, case_score, structure_scores, voxel_confidence
+from lkm_core.inference.confidence import (FLAG_BELOW, absent, case_score, structure_scores,
+                                           voxel_confidence)
 
 
 @dataclass
@@ -67,10 +68,26 @@ def test_stray_pieces_lower_the_score_and_are_counted():
     assert abs(two["liver"]["score"] - one["liver"]["score"]) < 1e-6
 
 
-def test_missing_structure_scores_zero_and_is_flagged():
+def test_absent_structure_is_kept_apart_from_uncertain_ones():
+    """An organ the model did not find (left out of the field of view, removed) has no score and
+    does not make its case the least sure one: the case is judged by what was found."""
+    with_both = _scores(_class_scores(6.0))
     scores = _scores(_class_scores(6.0, with_spleen=False))
-    assert scores["spleen"]["found"] is False and scores["spleen"]["score"] == 0.0
-    assert scores["spleen"]["flagged"] and case_score(scores) == 0.0
+    assert scores["spleen"]["found"] is False and scores["spleen"]["score"] is None
+    assert not scores["spleen"]["flagged"] and absent(scores) == ["spleen"]
+    assert absent(with_both) == []
+    assert case_score(scores) == scores["liver"]["score"] > 0
+    # a blurred (unsure) case with every organ still ranks before the sure one missing an organ
+    blurred = _scores(_class_scores(0.4))
+    assert case_score(blurred) < case_score(scores)
+
+
+def test_structure_cut_by_the_edge_of_the_image_is_marked():
+    logits = _class_scores(6.0)
+    whole = _scores(logits)
+    assert not whole["liver"]["cut_by_field_of_view"]
+    cut = _scores(logits[:, :, 4:, :])     # the liver ball (y 2-18) now starts at the edge
+    assert cut["liver"]["cut_by_field_of_view"] and not cut["spleen"]["cut_by_field_of_view"]
 
 
 def test_volume_outside_the_training_range_halves_the_score():

@@ -104,8 +104,11 @@ def test_cli_writes_scores_tags_and_map_and_review_ranks_the_batch(tmp_path):
         inputs.append(str(path))
     out = tmp_path / "out"
     proc = run_cli("predict", *inputs, "-o", str(out), "--model", str(bundle), "--device", "cpu",
-                   "--threads", "1", "--uncertainty", "--progress", "none")
+                   "--threads", "1", "--uncertainty", "--progress", "none", "--report",
+                   "--keep-paths")  # the review picture reads the inputs again
     assert proc.returncode == 0, proc.stderr
+    with open(out / "batch_report.csv", encoding="utf-8") as f:
+        report = {r["case"]: r for r in csv.DictReader(f)}
     for n in range(2):
         summary = json.loads((out / f"case{n}.json").read_text(encoding="utf-8"))
         confidence = summary["confidence"]
@@ -115,10 +118,17 @@ def test_cli_writes_scores_tags_and_map_and_review_ranks_the_batch(tmp_path):
         assert conf_map.GetSize() == (40, 40, 32) and conf_map.GetPixelID() == sitk.sitkUInt8
         segments = {s["name"]: s for s in slicerio.read_segmentation(
             str(out / f"case{n}.seg.nrrd"), skip_voxels=True)["segments"]}
+        row = report[f"case{n}"]   # the batch report carries the same scores
+        assert row["case_score"] == f"{confidence['case_score']:.4f}"
+        assert row["absent"] == " ".join(confidence["absent"])
         for name, scores in confidence["structures"].items():
             tags = segments[name]["tags"]
+            if scores["score"] is None:   # absent: an empty segment without a score
+                assert CONFIDENCE_TAG not in tags and row[f"{name}_score"] == ""
+                continue
             assert abs(float(tags[CONFIDENCE_TAG]) - scores["score"]) < 1e-4
             assert tags[FLAGGED_TAG] == ("1" if scores["flagged"] else "0")
+            assert row[f"{name}_score"] == f"{scores['score']:.4f}"
 
     proc = run_cli("review", str(out), "--worst", "2")
     assert proc.returncode == 0, proc.stderr
@@ -135,3 +145,30 @@ def test_review_of_a_folder_without_summaries_is_one_clear_error(tmp_path):
     proc = run_cli("review", str(tmp_path))
     assert proc.returncode == 1
     assert "holds no case summaries" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_review_ranks_by_what_was_found_and_lists_absent_structures_apart(tmp_path):
+    """A case missing an organ (partial field of view) is not ranked first for it; the absent
+    organ is named apart; a summary without input path (the private default) still ranks, and
+    the overview picture says how to get it."""
+    def summary(case, found: dict, absent=()):
+        structures = {n: {"found": True, "score": s, "flagged": s < 0.6} for n, s in found.items()}
+        structures.update({n: {"found": False, "score": None, "flagged": False} for n in absent})
+        return {"case": case, "labels": [], "model": {"name": "m"},
+                "confidence": {"case_score": min(found.values()), "absent": list(absent),
+                               "structures": structures}}
+
+    cases = {"partial_fov": summary("partial_fov", {"liver": 0.9}, absent=("kidney_left",)),
+             "unsure": summary("unsure", {"liver": 0.5, "kidney_left": 0.7})}
+    for name, data in cases.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+    proc = run_cli("review", str(tmp_path), "--worst", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].split()[1] == "unsure" and lines[2].split()[1] == "partial_fov"
+    assert "absent: kidney_left" in lines[2]
+    assert "--keep-paths" in proc.stderr and not (tmp_path / "review.png").exists()
+    with open(tmp_path / "review.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["case"] == "partial_fov"]
+    assert [(r["structure"], r["score"], r["found"]) for r in rows] == [
+        ("liver", "0.9", "True"), ("kidney_left", "", "False")]

@@ -139,6 +139,46 @@ def test_label_colours_in_every_form_and_the_table_fallback(tmp_path):
         contract.label_records({"labels": [{"value": 1, "name": "a"}, {"value": 1, "name": "b"}]})
 
 
+def _far_apart(colors) -> bool:
+    return all(contract.color_distance(a, b) >= contract.MIN_COLOR_DISTANCE
+               for i, a in enumerate(colors) for b in colors[i + 1:])
+
+
+def test_every_structure_gets_its_own_colour_in_every_label_set_the_project_ships():
+    from lkm_core.bundle import default_bundle_path
+    from lkm_core.inputs.sample_data import REFERENCE_LABELS
+    from lkm_core.terminology import TABLE, label_entry
+    from lkm_core.training.tiny_dataset import DEFAULT_ORGANS
+
+    assert _far_apart([s.color for s in TABLE.values()])  # the table itself: left != right
+    shipped = {"default model": json.loads((default_bundle_path() / "model.json").read_text()),
+               "tiny dataset": {"labels": [label_entry(v, n) for v, n in
+                                           enumerate(DEFAULT_ORGANS, 1)]},
+               "sample reference": {"labels": [label_entry(v, n) for v, n in
+                                               enumerate(REFERENCE_LABELS, 1)]}}
+    for name, meta in shipped.items():
+        records = contract.label_records(meta)
+        assert _far_apart([r.color for r in records]), name
+        if name == "default model":  # the file itself already carries distinct colours
+            assert [tuple(lab["color"]) for lab in meta["labels"]] == [r.color for r in records]
+    kidneys = {r.name: r.color for r in contract.label_records(shipped["default model"])}
+    assert kidneys["kidney_left"] != kidneys["kidney_right"]
+
+
+def test_colliding_bundle_colours_are_replaced_by_distinct_ones_the_same_way_each_time():
+    same = [0.7255, 0.4, 0.3255]  # an old bundle: both kidneys in one colour
+    meta = {"labels": [{"value": 1, "name": "kidney_right", "color": same},
+                       {"value": 2, "name": "kidney_left", "color": same},
+                       {"value": 3, "name": "lesion_a"}, {"value": 4, "name": "lesion_b"},
+                       {"value": 5, "name": "lesion_c", "color": "#808080"}]}
+    records = contract.label_records(meta)
+    assert records[0].color == tuple(same)          # the first keeps the bundle's colour
+    assert _far_apart([r.color for r in records])   # unknown names are no longer all grey
+    assert [r.color for r in contract.label_records(meta)] == [r.color for r in records]
+    # the module reads the same colours as the engine (one function, contract.label_records)
+    assert all(0.0 <= c <= 1.0 for r in records for c in r.color)
+
+
 def test_module_and_engine_weigh_the_phases_alike():
     import io
     tracker, shown = ProgressTracker(["a"]), io.StringIO()

@@ -197,3 +197,46 @@ def test_cli_reports_a_refused_series_and_goes_on(dicom_sources, tmp_path, capsy
     assert rows["refused"]["case"].startswith("CT_s3_") and "missing" in rows["refused"]["message"]
     assert "model segments CT" in rows["skipped"]["message"]
     assert sorted(p.name for p in out.iterdir()) == ["batch_report.csv"]
+
+
+def test_summaries_and_reports_name_no_path_folder_or_uid_unless_asked(dicom_sources, tmp_path,
+                                                                        capsys):
+    """Hospital exports name folders by patient: by default neither the case summary's input
+    description nor the batch report holds a path, a folder name or a DICOM UID; --keep-paths
+    (local use) puts them back."""
+    import csv
+
+    from lkm_core import cli
+    from lkm_core.inputs.images import describe_input
+
+    study = tmp_path / "Doe_Jane_1957"
+    study.mkdir()
+    edited_copy(dicom_sources["ct"], study / "gappy", lambda k, ds: False if k in (5, 6) else None)
+    write_series(sitk.ReadImage(str(dicom_sources["mr_image"])), study / "mr")
+    found = discover_inputs([study], "CT")
+    series = found.cases[0][1]
+    uids = {series.series_uid, series.study_uid, series.frame_of_reference_uid} - {None, ""}
+    assert uids   # the copy has its UIDs restored: something to leak
+
+    def leaks(text: str) -> list:
+        return [w for w in ("Doe_Jane_1957", str(tmp_path), *uids) if w in text]
+
+    private = describe_input(series)
+    assert leaks(repr(private)) == [] and private["dicom"]["series_number"] == 3
+    assert describe_input(dicom_sources["mr_image"]) == {}
+    kept = describe_input(series, keep_paths=True)
+    assert kept["input_path"] == str(series.folder.absolute())
+    assert kept["dicom"]["series_instance_uid"] == series.series_uid
+
+    for keep, out in ((False, tmp_path / "out"), (True, tmp_path / "kept")):
+        cli.main(["predict", str(study), "-o", str(out), "--progress", "none", "--report"]
+                 + (["--keep-paths"] if keep else []))
+        capsys.readouterr()
+        text = (out / "batch_report.csv").read_text(encoding="utf-8")
+        with open(out / "batch_report.csv", newline="", encoding="utf-8") as f:
+            rows = {r["status"]: r for r in csv.DictReader(f)}
+        assert sorted(rows) == ["refused", "skipped"] and "missing" in rows["refused"]["message"]
+        if keep:
+            assert "Doe_Jane_1957" in text and series.series_uid in text
+        else:
+            assert leaks(text) == [], text

@@ -33,9 +33,10 @@ def ct_seg(sample_ct, tmp_path_factory):
     series = scan_folder(restore_uids(sample_ct.dicom_folder, root / "ct"), "CT").series[0]
     bundle = load_bundle(default_bundle_path())
     result = Predictor(bundle, device="cpu", threads=1).predict_file(series, series.name)
-    path = write_dicom_seg(result.labels, result.label_list, root / "ct.seg.dcm", series, bundle)
+    path = write_dicom_seg(result.labels, result.label_list, root / "ct.seg.dcm", series, bundle,
+                           result.confidence)
     return {"series": series, "bundle": bundle, "labels": result.labels,
-            "label_list": result.label_list, "path": path}
+            "label_list": result.label_list, "path": path, "confidence": result.confidence}
 
 
 def expected_masks(labels: sitk.Image, label_list) -> dict:
@@ -103,6 +104,14 @@ def test_ct_seg_references_the_source_and_describes_the_model(ct_seg):
                 lab.terminology["modifier"]["code"]
         rgb = hd.color.CIELabColor.from_dicom_value(s.RecommendedDisplayCIELabValue).to_rgb()
         assert np.allclose(rgb, [255 * c for c in lab.color], atol=2)
+        scored = ct_seg["confidence"]["structures"][lab.name]   # the review score, for any viewer
+        if scored["found"]:
+            assert s.SegmentDescription.startswith(f"LKM confidence {scored['score']:.4f}")
+            assert s.SegmentDescription.endswith("flagged for review") == scored["flagged"]
+        else:
+            assert s.SegmentDescription == "LKM not found, check it is absent"
+    colors = [tuple(s.RecommendedDisplayCIELabValue) for s in segments]
+    assert len(set(colors)) == len(colors)                       # left and right kidney differ
     assert ds.PatientID == source.PatientID                      # same patient as the source
 
 

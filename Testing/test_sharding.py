@@ -164,3 +164,18 @@ def test_merge_unites_structure_columns_and_lists_skipped_objects_once(tmp_path)
     assert reader.fieldnames[-2:] == ["liver_ml", "spleen_ml"]
     assert [r["case"] for r in rows] == ["a", "b", "c", "MR_s1_x"]
     assert rows[0]["message"] == "bad file" and rows[2]["liver_ml"] == ""
+
+
+def test_report_rows_name_the_case_not_its_path_unless_paths_are_kept(tmp_path):
+    from lkm_core.batch.report import private_row, scores_from_summary
+    path = tmp_path / "Doe_Jane_1957" / "ct.nii.gz"
+    message = f"Could not read {path.absolute()} as an image (bad header)."
+    assert private_row("ct", path, message, False) == (
+        "", "Could not read <ct> as an image (bad header).")
+    assert private_row("ct", path, message, True) == (str(path), message)
+    # the review scores of a summary, a structure not found without a score
+    summary = {"confidence": {"case_score": 0.41, "absent": ["gallbladder"], "structures": {
+        "liver": {"found": True, "score": 0.41}, "gallbladder": {"found": False, "score": None}}}}
+    assert scores_from_summary(summary) == {"case_score": "0.4100", "absent": "gallbladder",
+                                            "liver_score": "0.4100", "gallbladder_score": ""}
+    assert scores_from_summary({"labels": []}) == {}

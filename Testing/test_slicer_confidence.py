@@ -304,3 +304,18 @@ def test_a_real_run_brings_tags_the_map_and_a_ranking(bundle, ct_crop, tmp_path)
     assert [c.key for c in ranked] and {c.key for c in ranked} == {v.GetID() for v in volumes}
     scores = [c.score for c in ranked]
     assert scores == sorted(scores)
+
+
+def test_an_absent_structure_is_named_apart_and_does_not_rank_its_case_first():
+    """The engine gives an organ it did not find no score (absent is not uncertain): the panel
+    says to check it is absent and ranks the case by what was found."""
+    partial = {"confidence": {"case_score": 0.9, "absent": ["kidney_left"], "structures": {
+        "liver": {"found": True, "score": 0.9, "flagged": False},
+        "kidney_left": {"found": False, "score": None, "flagged": False}}}}
+    unsure = {"confidence": {"case_score": 0.5, "absent": [], "structures": {
+        "liver": {"found": True, "score": 0.5, "flagged": True}}}}
+    ranked = rank_cases([("v1", "partial field of view", partial), ("v2", "unsure", unsure)])
+    assert [c.label for c in ranked] == ["unsure", "partial field of view"]
+    liver, kidney = ranked[1].structures
+    assert liver.name == "liver" and kidney.text() == "kidney_left: not found, check it is really absent"
+    assert not kidney.flagged and ranked[1].text(2) == "2. partial field of view: 0.90 (least sure: liver 0.90)"

@@ -70,8 +70,9 @@ DEFAULT_FORMAT = "seg.nrrd"
 SUMMARY_SUFFIX = ".json"
 
 # -- confidence (review triage) -------------------------------------------------------------------
-# The summary's "confidence" section: {"case_score": float | None, "structures": {name: {...,
-# "score": 0-1, "flagged": bool}}, "map": file name of the confidence map or None}.
+# The summary's "confidence" section: {"case_score": float | None (least sure structure found),
+# "absent": [names not found], "structures": {name: {..., "found": bool, "score": 0-1, or None
+# when not found, "flagged": bool}}, "map": file name of the confidence map or None}.
 # Each segment of a .seg.nrrd carries its score and flag as segment tags (kept when Slicer saves).
 CONFIDENCE_TAG = "LKMSegment.Confidence"     # "0.8312": the structure's score, 0-1
 FLAGGED_TAG = "LKMSegment.Flagged"           # "1" when the score is below FLAG_BELOW, else "0"
@@ -177,6 +178,35 @@ def color_to_rgb01(color) -> tuple:
     return tuple(values)
 
 
+# Two structures whose colours lie closer than this (Euclidean, RGB 0-1) look alike in a view:
+# about 30/255 along one channel.
+MIN_COLOR_DISTANCE = 0.12
+
+
+def color_distance(a, b) -> float:
+    return sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5
+
+
+def distinct_color(color, taken) -> tuple:
+    """``color`` if it differs from every colour in ``taken``, else the nearest variant that does:
+    hue turned in steps of the golden angle, lightness nudged (deterministic, so the module and
+    the engine derive the same colour)."""
+    import colorsys
+
+    taken = list(taken)
+    if all(color_distance(color, t) >= MIN_COLOR_DISTANCE for t in taken):
+        return tuple(color)
+    h, lightness, s = colorsys.rgb_to_hls(*color)
+    s = max(s, 0.45)   # a grey has no hue to turn: give it some saturation
+    for step in range(1, 200):
+        hue = (h + step * 0.381966) % 1.0
+        light = min(0.8, max(0.25, lightness + (0.12, 0.0, -0.12)[step % 3]))
+        candidate = tuple(round(c, 4) for c in colorsys.hls_to_rgb(hue, light, s))
+        if all(color_distance(candidate, t) >= MIN_COLOR_DISTANCE for t in taken):
+            return candidate
+    return tuple(color)  # hundreds of structures: no distinct colour left, keep the bundle's
+
+
 # -- labels ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LabelRecord:
@@ -196,7 +226,10 @@ def label_records(meta: dict, where="model.json") -> list:
     """The labels of model.json (background excluded), sorted by value, validated.
 
     A label without colour or terminology gets them from the structure table
-    (:mod:`lkm_core.terminology`) by its name. Raises BundleContractError naming the label.
+    (:mod:`lkm_core.terminology`) by its name. A colour that looks like an earlier label's
+    (lower value) is replaced by a distinct one (:func:`distinct_color`): left and right
+    kidney, or two unknown structures, never share a colour. Raises BundleContractError naming
+    the label.
     """
     entries = meta.get("labels")
     if not isinstance(entries, list) or not entries:
@@ -235,4 +268,11 @@ def label_records(meta: dict, where="model.json") -> list:
         records.append(LabelRecord(value, name, tuple(color), terminology))
     if not records:
         raise BundleContractError(f"{where} lists no labels besides the background.")
-    return sorted(records, key=lambda r: r.value)
+    records.sort(key=lambda r: r.value)
+    taken = []
+    for i, record in enumerate(records):
+        color = distinct_color(record.color, taken)
+        taken.append(color)
+        if color != record.color:
+            records[i] = LabelRecord(record.value, record.name, color, record.terminology)
+    return records

@@ -176,33 +176,34 @@ def _rgb(r: int, g: int, b: int) -> tuple:
 
 
 # Colours follow the customary anatomical palette (liver brown-red, spleen purple, kidneys
-# orange, gallbladder green, vessels red/blue, ...).
+# orange, gallbladder green, vessels red/blue, ...), but every structure gets its own: left and
+# right differ (contract.MIN_COLOR_DISTANCE apart; a test checks the whole table).
 _STRUCTURES = [
     Structure("liver", "Liver", _rgb(221, 130, 101), code("10200004", "Liver")),
     Structure("spleen", "Spleen", _rgb(157, 108, 162), code("78961009", "Spleen")),
     Structure("kidney_right", "Right kidney", _rgb(185, 102, 83), code("64033007", "Kidney"), RIGHT),
-    Structure("kidney_left", "Left kidney", _rgb(185, 102, 83), code("64033007", "Kidney"), LEFT),
-    Structure("kidney", "Kidney", _rgb(185, 102, 83), code("64033007", "Kidney")),
+    Structure("kidney_left", "Left kidney", _rgb(212, 188, 120), code("64033007", "Kidney"), LEFT),
+    Structure("kidney", "Kidney", _rgb(200, 120, 60), code("64033007", "Kidney")),
     Structure("gallbladder", "Gallbladder", _rgb(139, 150, 98), code("28231008", "Gallbladder")),
-    Structure("stomach", "Stomach", _rgb(216, 132, 105), code("69695003", "Stomach")),
+    Structure("stomach", "Stomach", _rgb(245, 155, 190), code("69695003", "Stomach")),
     Structure("pancreas", "Pancreas", _rgb(249, 180, 111), code("15776009", "Pancreas")),
     Structure("aorta", "Aorta", _rgb(224, 97, 76), code("15825003", "Aorta")),
     Structure("inferior_vena_cava", "Inferior vena cava", _rgb(0, 151, 206),
               code("64131007", "Inferior vena cava")),
     Structure("portal_vein", "Portal vein", _rgb(0, 112, 165), code("32764006", "Portal vein")),
-    Structure("esophagus", "Esophagus", _rgb(211, 171, 143), code("32849002", "Esophagus")),
+    Structure("esophagus", "Esophagus", _rgb(180, 200, 230), code("32849002", "Esophagus")),
     Structure("duodenum", "Duodenum", _rgb(255, 253, 229), code("38848004", "Duodenum")),
     Structure("small_intestine", "Small intestine", _rgb(205, 167, 142),
               code("30315005", "Small intestine")),
-    Structure("colon", "Colon", _rgb(204, 168, 143), code("71854001", "Colon")),
-    Structure("urinary_bladder", "Urinary bladder", _rgb(222, 154, 132),
+    Structure("colon", "Colon", _rgb(130, 90, 40), code("71854001", "Colon")),
+    Structure("urinary_bladder", "Urinary bladder", _rgb(140, 190, 220),
               code("89837001", "Urinary bladder")),
     Structure("adrenal_gland_right", "Right adrenal gland", _rgb(249, 186, 150),
               code("23451007", "Adrenal gland"), RIGHT),
-    Structure("adrenal_gland_left", "Left adrenal gland", _rgb(249, 186, 150),
+    Structure("adrenal_gland_left", "Left adrenal gland", _rgb(200, 220, 140),
               code("23451007", "Adrenal gland"), LEFT),
-    Structure("prostate", "Prostate", _rgb(230, 158, 140), code("41216001", "Prostate")),
-    Structure("heart", "Heart", _rgb(206, 110, 84), code("80891009", "Heart")),
+    Structure("prostate", "Prostate", _rgb(120, 70, 140), code("41216001", "Prostate")),
+    Structure("heart", "Heart", _rgb(160, 30, 40), code("80891009", "Heart")),
 ]
 
 TABLE: dict[str, Structure] = {s.name: s for s in _STRUCTURES}

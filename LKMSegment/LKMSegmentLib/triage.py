@@ -24,10 +24,10 @@ class StructureConfidence:
     found: bool = True
 
     def text(self) -> str:
+        if not self.found:  # absent is not uncertain: it has no score
+            return f"{self.name}: not found, check it is really absent"
         if self.score is None:
             return f"{self.name}: no score"
-        if not self.found:
-            return f"{self.name}: not found ({self.score:.2f}), check it is really absent"
         return f"{self.name}: {self.score:.2f}" + ("  ⚑ check first" if self.flagged else "")
 
 

@@ -44,8 +44,9 @@ from lkm_core.bundle import default_bundle_path, load_bundle  # noqa: E402
 from lkm_core.outputs.reading import dice  # noqa: E402
 from lkm_core.inference.predictor import Predictor  # noqa: E402
 from lkm_core.inputs import images as lkm_io  # noqa: E402
+from lkm_core.files import cache_dir, sha256  # noqa: E402
 from lkm_core.inputs.sample_data import (MEMBER_PREFIX, REFERENCE_LABELS, SOURCE_ARCHIVE,  # noqa: E402
-                                  SOURCE_SHA256, _download_archive, _sha256, cache_dir)
+                                         SOURCE_SHA256, _download_archive)
 
 MEMBERS = [
     "example_ct.nii.gz",
@@ -68,7 +69,7 @@ def fetch_reference_files(folder: Path | None = None) -> Path:
     archive = folder / SOURCE_ARCHIVE
     if not archive.exists():
         archive = _download_archive(folder)
-    if _sha256(archive) != SOURCE_SHA256:
+    if sha256(archive) != SOURCE_SHA256:
         archive.unlink()
         raise SystemExit(f"{archive}: wrong sha256; deleted, run again")
     with tarfile.open(archive, "r:gz") as tar:

@@ -1,8 +1,12 @@
 """The batch report: one CSV row per case (and per skipped DICOM object), one file per part.
 
 Columns: ``case, series, status, seconds, device, message``, then one column per structure:
-``<name>_ml`` (volume in millilitres; ``<name>_mm2``, an area, for 2D results). ``series`` is
-the Series Instance UID for DICOM input and the input path otherwise. ``status`` is one of
+``<name>_ml`` (volume in millilitres; ``<name>_mm2``, an area, for 2D results), then the
+review scores: ``case_score`` (the least sure structure the model found), ``absent`` (structures
+it did not find) and ``<name>_score`` per structure. ``series`` is empty unless the run was
+asked to ``--keep-paths``: then the Series Instance UID for DICOM input and the input path
+otherwise (hospital exports often name folders by patient, so by default a report holds no
+path, folder name or UID, and messages name the case instead of its path). ``status`` is one of
 ``done``, ``exists`` (outputs were already there), ``failed``, ``refused`` (a DICOM series that
 is not one regular volume), ``skipped`` (a DICOM object that is not a CT/MR volume of the
 model's modality), ``cancelled``.
@@ -35,6 +39,18 @@ def report_path(out_dir, shard_label: str = "") -> Path:
                                        else f"{REPORT_STEM}.csv")
 
 
+def private_row(case: str, path, message: str, keep_paths: bool) -> tuple:
+    """(series column, message) for a case: with ``keep_paths`` the Series Instance UID (DICOM)
+    or the input path, else nothing, and the input's path in the message replaced by the case."""
+    if keep_paths:
+        return getattr(path, "series_uid", None) or str(getattr(path, "folder", path)), message
+    message = str(message)
+    where = Path(getattr(path, "folder", path))
+    for text in sorted({str(where.absolute()), str(where)}, key=len, reverse=True):
+        message = message.replace(text, f"<{case}>")
+    return "", message
+
+
 def volumes_from_summary(summary: dict | None) -> dict:
     """{"liver_ml": 1523.4, ...} from a case's JSON summary."""
     out = {}
@@ -46,12 +62,35 @@ def volumes_from_summary(summary: dict | None) -> dict:
     return out
 
 
+def scores_from_summary(summary: dict | None) -> dict:
+    """{"case_score": "0.4123", "absent": "gallbladder", "liver_score": "0.8312", ...} from a
+    case's JSON summary (empty without confidence scores; a structure not found has no score)."""
+    section = (summary or {}).get("confidence") or {}
+    if not section.get("structures"):
+        return {}
+
+    def text(value):
+        return "" if value is None else f"{float(value):.4f}"
+
+    out = {"case_score": text(section.get("case_score")),
+           "absent": " ".join(section.get("absent") or [])}
+    out.update({f"{name}_score": text(s.get("score"))
+                for name, s in section["structures"].items()})
+    return out
+
+
+def columns_from_summary(summary: dict | None) -> dict:
+    """A case's columns after the base ones: volumes, then review scores."""
+    return {**volumes_from_summary(summary), **scores_from_summary(summary)}
+
+
 class BatchReport:
     """Rows in memory, the CSV rewritten (atomically) after every added row; ``path`` None: kept
     in memory only (no report asked for)."""
 
-    def __init__(self, path):
+    def __init__(self, path, keep_paths: bool = False):
         self.path = Path(path) if path is not None else None
+        self.keep_paths = keep_paths  # series UIDs and input paths in the rows (--keep-paths)
         self.rows = []
 
     def add(self, case: str, series: str, status: str, *, seconds: float | None = None,

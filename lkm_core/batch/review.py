@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..contract import distinct_color
 from ..errors import InputError
 from ..files import atomic_path
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ["case_rank", "case", "case_score", "case_mean_score", "structure", "score", "flagged", "found",
                "mean_confidence", "boundary_confidence", "uncertain_fraction", "components",
-               "volume_ml", "volume_in_training_range"]
+               "cut_by_field_of_view", "volume_ml", "volume_in_training_range"]
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd")
 
 
@@ -51,6 +52,12 @@ class ReviewedCase:
         return path if path is not None and path.is_file() else None
 
 
+def _least_sure_first(item):
+    """Structures found, least sure first; then the absent ones (no score), by name."""
+    name, s = item
+    return (s.get("score") is None, s.get("score") or 0.0, name)
+
+
 def _is_case_summary(data) -> bool:
     return isinstance(data, dict) and "case" in data and "labels" in data and "model" in data
 
@@ -72,7 +79,7 @@ def collect(out_dir) -> tuple[list[ReviewedCase], list[str]]:
         if not confidence or not confidence.get("structures"):
             unscored.append(str(data["case"]))
             continue
-        structures = sorted(confidence["structures"].items(), key=lambda kv: kv[1]["score"])
+        structures = sorted(confidence["structures"].items(), key=_least_sure_first)
         cases.append(ReviewedCase(str(data["case"]), path, data, confidence.get("case_score"),
                                   structures))
     if not cases and not unscored:
@@ -89,12 +96,17 @@ def table(cases: list[ReviewedCase], structures_shown: int = 3) -> str:
     lines = [f"{'rank':>4}  {'case':<28} {'score':>6} {'mean':>6}  least sure structures"]
     for rank, c in enumerate(cases, 1):
         worst = ", ".join(f"{name} {s['score']:.2f}{' !' if s.get('flagged') else ''}"
-                          for name, s in c.structures[:structures_shown])
+                          for name, s in c.structures[:structures_shown]
+                          if s.get("score") is not None)
+        missing = [name for name, s in c.structures if s.get("found") is False]
+        if missing:
+            worst += ("; " if worst else "") + "absent: " + ", ".join(missing)
         score = "-" if c.score is None else f"{c.score:.2f}"
         mean = c.summary["confidence"].get("mean_score")
         mean = "-" if mean is None else f"{mean:.2f}"
         lines.append(f"{rank:>4}  {c.case:<28} {score:>6} {mean:>6}  {worst}")
-    lines.append("(score 0-1 from the model's own probabilities; '!' = flagged for review)")
+    lines.append("(score 0-1 from the model's own probabilities; '!' = flagged for review; "
+                 "absent = not found, check it is really absent)")
     return "\n".join(lines)
 
 
@@ -121,11 +133,14 @@ def case_picture(c: ReviewedCase):
     from ..outputs.reading import read_seg_nrrd
     from ..inputs.images import read_image
     from ..outputs.pictures import LegendEntry, Row, confidence_legend, labelled_views_picture
-    from ..terminology import lookup
+    from ..terminology import NEUTRAL_COLOR, lookup
 
     source = c.summary.get("input_path")
     labels_path = c.labels_path()
-    if not source or not Path(source).exists() or labels_path is None:
+    if not source:
+        raise InputError(f"{c.case}: the summary records no input path (left out by default for "
+                         "privacy); run predict with --keep-paths for the overview picture.")
+    if not Path(source).exists() or labels_path is None:
         raise InputError(f"{c.case}: the input image or the labels are no longer where the run "
                          "wrote them; the overview needs both.")
     image = read_image(source)
@@ -138,14 +153,16 @@ def case_picture(c: ReviewedCase):
     colors, legend = {}, []
     for value, name in sorted(names.items()):
         structure = lookup(name)
-        color = structure.color if structure else (0.5, 0.5, 0.5)
+        color = distinct_color(structure.color if structure else NEUTRAL_COLOR, colors.values())
         colors[value] = color
         legend.append(LegendEntry(name, color))
     # slices through the least sure structure the model found (a missing one has no voxels)
     worst_name, worst = next(((n, s) for n, s in c.structures if s.get("found")),
                              c.structures[0])
     focus = [v for v, n in names.items() if n == worst_name]
-    title = f"{c.case}: score {c.score:.2f}; least sure {worst_name} {worst['score']:.2f}"
+    worst_score = "absent" if worst.get("score") is None else f"{worst['score']:.2f}"
+    case_score = "-" if c.score is None else f"{c.score:.2f}"
+    title = f"{c.case}: score {case_score}; least sure {worst_name} {worst_score}"
     rows = [Row(title, labels, colors)]
     map_path = c.confidence_map_path()
     if map_path is not None:

@@ -46,6 +46,10 @@ def register(sub) -> None:
     pr.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
                     help="write the batch report OUTDIR/batch_report[_part-K-of-N].csv "
                     "(default: only when the batch is split into parts)")
+    pr.add_argument("--keep-paths", action="store_true",
+                    help="record input paths, folder names and DICOM UIDs in the summaries and "
+                    "the batch report (default: left out, since hospital exports often name "
+                    "folders by patient); for local use only")
     pr.add_argument("--uncertainty", action="store_true",
                     help="also write CASE.confidence.nrrd: the model's confidence per voxel "
                     "(0-100, on the input's grid); per-structure scores are in CASE.json always")
@@ -173,6 +177,7 @@ def _predict(args, cancel) -> int:
         if args.format == DICOM_SEG_FORMAT:
             _check_dicom_seg(cases)
         report = _start_report(args, shard, found.skipped)
+        report.keep_paths = args.keep_paths
     except UsageError as exc:
         return fail(None, exc, EXIT_USAGE)
     except LKMError as exc:
@@ -180,7 +185,7 @@ def _predict(args, cancel) -> int:
     except KeyboardInterrupt:
         return fail(None, Cancelled("Stopped by the user."), EXIT_FAILED)
 
-    from ..batch.report import volumes_from_summary
+    from ..batch.report import columns_from_summary
     from ..outputs.dicom_seg import check_source as check_dicom_seg_source
     from ..inputs.images import describe_input
     from ..outputs.labels import (output_paths, summarize, write_confidence_map, write_json,
@@ -202,7 +207,7 @@ def _predict(args, cancel) -> int:
                 summary = None
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary,
                       "skipped": True})
-            _report_row(report, case, path, "exists", volumes=volumes_from_summary(summary),
+            _report_row(report, case, path, "exists", volumes=columns_from_summary(summary),
                         device=(summary or {}).get("device", ""))
             continue
         started = time.perf_counter()
@@ -217,7 +222,7 @@ def _predict(args, cancel) -> int:
             write_labels(result.labels, result.label_list, paths["labels"], args.format,
                          source=path, bundle=bundle, confidence=result.confidence)
             try:
-                summary = summarize(result, bundle, {**describe_input(path),
+                summary = summarize(result, bundle, {**describe_input(path, args.keep_paths),
                                                      "quick": args.quick, "tta": args.tta})
                 if "confidence_map" in paths:
                     write_confidence_map(result.confidence_map, paths["confidence_map"])
@@ -232,7 +237,7 @@ def _predict(args, cancel) -> int:
             reporter({"event": "progress", "case": case, "phase": "write", "fraction": 1.0})
             reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary})
             _report_row(report, case, path, "done", seconds=time.perf_counter() - started,
-                        device=result.device, volumes=volumes_from_summary(summary))
+                        device=result.device, volumes=columns_from_summary(summary))
         except KeyboardInterrupt:
             exc = Cancelled("Stopped by the user; no output was written for this case.")
             fail(case, exc, 1)
@@ -262,11 +267,6 @@ def _predict(args, cancel) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _series_of(path) -> str:
-    """The report's ``series`` column: the Series Instance UID, or the input path."""
-    return getattr(path, "series_uid", None) or str(getattr(path, "folder", path))
-
-
 def _start_report(args, shard, skipped):
     """This part's batch report; part 0 (or an unsplit batch) also lists skipped DICOM objects."""
     from ..batch.report import BatchReport, report_path
@@ -276,8 +276,9 @@ def _start_report(args, shard, skipped):
         report.write()  # an unwritable output folder shows here, before any case runs
         if shard.part == 0:
             for s in skipped:
-                report.add(s.name, s.series_uid, "skipped",
-                           message=f"{s.reason} ({s.files} file(s) in {s.folder})")
+                where = f" in {s.folder}" if args.keep_paths else ""
+                report.add(s.name, s.series_uid if args.keep_paths else "", "skipped",
+                           message=f"{s.reason} ({s.files} file(s){where})")
     except OSError as exc:
         raise ResourceError(f"Cannot write the batch report {report.path}: "
                             f"{exc.strerror or exc}. Check the output folder.") from exc
@@ -285,8 +286,10 @@ def _start_report(args, shard, skipped):
 
 
 def _report_row(report, case, path, status, **row) -> None:
+    from ..batch.report import private_row
+    series, row["message"] = private_row(case, path, row.get("message", ""), report.keep_paths)
     try:
-        report.add(case, _series_of(path), status, **row)
+        report.add(case, series, status, **row)
     except OSError as err:  # a report that cannot be written must not change a case's outcome
         log.warning("could not write the batch report %s: %s", report.path, err)
 

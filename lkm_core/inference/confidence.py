@@ -4,7 +4,11 @@ Everything here comes from the class probabilities the sliding window already ag
 Gaussian-weighted mean of the softmax over patches, mirrors and folds); no second network pass.
 
 - Voxel confidence: the largest class probability (1 = every pass agrees on one class;
-  1/C = no preference), stored as uint8 0-100.
+  1/C = no preference), stored as uint8 0-100. It ranks the voxels the model *labelled*: inside
+  its structures, wrong voxels are less confident than right ones (held-out voxel AUROC 0.815,
+  Testing/benchmarks/confidence_vs_dice.py). It cannot point at organ the model missed
+  (called background there, often with more confidence than its right voxels): misses show as
+  ``absent`` structures and low structure scores, not in the map.
 - Per structure (label value v, mask = voxels labelled v):
   ``mean_confidence`` (mean probability of v inside the mask), ``boundary_confidence`` (mean
   voxel confidence in a one-voxel band on both sides of the mask's surface, where errors live),
@@ -12,8 +16,12 @@ Gaussian-weighted mean of the softmax over patches, mirrors and folds); no secon
   probability of v lies between 0.2 and 0.8: a thick uncertain shell means an unsure outline),
   ``components`` (connected pieces; an organ in several pieces is suspicious),
   ``volume_ml`` against the range seen in training (optional bundle field), and one ``score``
-  in 0-1 combining them, for ranking: lower means look first. A structure the model did not
-  find scores 0 (a reviewer should check that it is really absent).
+  in 0-1 combining them, for ranking: lower means look first; ``cut_by_field_of_view`` when
+  the structure touches the edge of the image (a partial organ: its volume says little).
+- Absent is not uncertain: a structure the model did not find has no score (``found`` false,
+  ``score`` None) and is listed in the case's ``absent``; it does not pull ``case_score``
+  down (a scan whose field of view leaves out an organ is not the least sure case). A reviewer
+  checks that it is really absent.
 """
 
 from __future__ import annotations
@@ -120,10 +128,11 @@ def structure_scores(scores, labels: np.ndarray, label_list, spacing: Sequence[f
             entry["training_volume_ml"] = [float(vrange[0]), float(vrange[1])]
             entry["volume_in_training_range"] = in_range
         if n == 0:
-            entry.update({"found": False, "score": 0.0, "flagged": True})
+            entry.update({"found": False, "score": None, "flagged": False})
             out[lab.name] = entry
             continue
         box = _bbox(mask, 2)
+        cut = any(s.start == 0 or s.stop == size for s, size in zip(_bbox(mask, 0), mask.shape))
         m = mask[box]
         p = class_probability(scores, lab.value, box)
         c = conf[box].astype(np.float32) / 100.0
@@ -142,6 +151,7 @@ def structure_scores(scores, labels: np.ndarray, label_list, spacing: Sequence[f
             "boundary_confidence": round(boundary_conf, 4),
             "uncertain_fraction": round(uncertain, 4),
             "components": pieces,
+            "cut_by_field_of_view": cut,
             "largest_component_share": round(largest, 4),
             "score": round(score, 4),
             "flagged": score < FLAG_BELOW,
@@ -150,8 +160,13 @@ def structure_scores(scores, labels: np.ndarray, label_list, spacing: Sequence[f
     return out
 
 
+def absent(scores: dict) -> list:
+    """The structures the model did not find (no score: apart from the uncertain ones)."""
+    return [name for name, s in scores.items() if s.get("found") is False]
+
+
 def case_score(scores: dict) -> float | None:
-    """A case is as sure as its least sure structure (None: no structure scored)."""
+    """A case is as sure as its least sure structure found (None: none found)."""
     values = [s["score"] for s in scores.values() if s.get("score") is not None]
     return min(values) if values else None
 
@@ -169,4 +184,4 @@ def assess_case(scores, labels: np.ndarray, label_list, spacing: Sequence[float]
     structures = structure_scores(scores, labels, label_list, spacing, volume_ranges,
                                   confidence=voxel_map)
     return ({"case_score": case_score(structures), "mean_score": mean_score(structures),
-             "structures": structures}, voxel_map)
+             "absent": absent(structures), "structures": structures}, voxel_map)

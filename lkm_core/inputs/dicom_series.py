@@ -312,8 +312,15 @@ def read_series(series: DicomSeries) -> sitk.Image:
     return image
 
 
+# describe()'s keys that can lead back to a patient (the folder name, the UIDs): written only
+# with --keep-paths
+IDENTIFYING_DICOM_KEYS = ("series_instance_uid", "study_instance_uid", "frame_of_reference_uid",
+                          "folder")
+
+
 def describe(series: DicomSeries) -> dict:
-    """What the JSON summary and the batch report record about the source (no patient data)."""
+    """What the JSON summary records about the source (no patient name or ID; the UIDs and the
+    folder are :data:`IDENTIFYING_DICOM_KEYS`)."""
     return {"series_instance_uid": series.series_uid, "study_instance_uid": series.study_uid,
             "frame_of_reference_uid": series.frame_of_reference_uid,
             "series_number": series.series_number, "modality": series.modality,

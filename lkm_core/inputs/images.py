@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom_series import DicomSeries, read_series, scan_folder
+from .dicom_series import IDENTIFYING_DICOM_KEYS, DicomSeries, read_series, scan_folder
 from ..contract import IMAGE_SUFFIXES, is_image_file, strip_image_suffix
 from ..errors import InputError
 
@@ -70,12 +70,17 @@ def expand_inputs(inputs, modality: str | None = None) -> list:
     return discover_inputs(inputs, modality).cases
 
 
-def describe_input(path) -> dict:
-    """What the JSON summary records about a case's source."""
+def describe_input(path, keep_paths: bool = False) -> dict:
+    """What the JSON summary records about a case's source. By default nothing that may name a
+    patient: no path, no folder name, no DICOM UID (hospital exports often name folders by
+    patient); ``keep_paths`` (``--keep-paths``, for local use) records them."""
     if isinstance(path, DicomSeries):
         from .dicom_series import describe
-        return {"input_path": str(path.folder.absolute()), "dicom": describe(path)}
-    return {"input_path": str(Path(path).absolute())}
+        dicom = describe(path)
+        if not keep_paths:
+            return {"dicom": {k: v for k, v in dicom.items() if k not in IDENTIFYING_DICOM_KEYS}}
+        return {"input_path": str(path.folder.absolute()), "dicom": dicom}
+    return {"input_path": str(Path(path).absolute())} if keep_paths else {}
 
 
 def read_image(path) -> sitk.Image:

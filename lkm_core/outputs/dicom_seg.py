@@ -5,7 +5,10 @@ to the source slice it was derived from (Derivation Image Sequence: the source S
 is BINARY, one segment per structure of the model (label, colour, SNOMED CT category and type,
 with the laterality as a type modifier), algorithm type AUTOMATIC with the model's name and
 version. Frames that are empty are left out (as highdicom does by default); a structure the model
-did not find is still described, with no frames. Written under a temporary name and renamed.
+did not find is still described, with no frames. With the review scores (``confidence``) each
+segment's standard Segment Description (0062,0006) says them, e.g. ``LKM confidence 0.8312``,
+``LKM confidence 0.4100, flagged for review`` or ``LKM not found, check it is absent``.
+Written under a temporary name and renamed.
 
 highdicom is an optional dependency: ``pip install "lkm_core[dicom]"``.
 """
@@ -103,8 +106,21 @@ def _code(entry: dict):
                         meaning=str(entry["meaning"])[:64])
 
 
-def segment_descriptions(label_list, bundle) -> list:
-    """One highdicom SegmentDescription per label, numbered 1..n in label order."""
+def review_text(scored: dict | None) -> str | None:
+    """The Segment Description text for a structure's review scores (None: not scored)."""
+    if not scored:
+        return None
+    if scored.get("found") is False:
+        return "LKM not found, check it is absent"
+    if scored.get("score") is None:
+        return None
+    flag = ", flagged for review" if scored.get("flagged") else ""
+    return f"LKM confidence {float(scored['score']):.4f}{flag}"
+
+
+def segment_descriptions(label_list, bundle, confidence: dict | None = None) -> list:
+    """One highdicom SegmentDescription per label, numbered 1..n in label order; ``confidence``
+    (the predictor's ``Result.confidence``) puts each structure's score in its description."""
     hd = require_highdicom()
     from pydicom.sr.codedict import codes
 
@@ -125,11 +141,15 @@ def segment_descriptions(label_list, bundle) -> list:
         if modifier:  # laterality: a modifier of the property type (highdicom has no argument)
             description.SegmentedPropertyTypeCodeSequence[0] \
                 .SegmentedPropertyTypeModifierCodeSequence = [_code(modifier)]
+        text = review_text((confidence or {}).get("structures", {}).get(lab.name))
+        if text:  # a standard type 3 attribute (LO): any DICOM viewer shows it
+            description.SegmentDescription = text[:64]
         out.append(description)
     return out
 
 
-def build_segmentation(labels: sitk.Image, label_list, source, bundle):
+def build_segmentation(labels: sitk.Image, label_list, source, bundle,
+                       confidence: dict | None = None):
     """The highdicom Segmentation for ``labels`` (on the source series' grid)."""
     hd = require_highdicom()
     import pydicom
@@ -156,7 +176,7 @@ def build_segmentation(labels: sitk.Image, label_list, source, bundle):
     seg = hd.seg.Segmentation(
         source_images=datasets, pixel_array=segments,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(label_list, bundle),
+        segment_descriptions=segment_descriptions(label_list, bundle, confidence),
         series_instance_uid=pydicom.uid.generate_uid(), series_number=number,
         sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=bundle.name[:64],
@@ -168,10 +188,11 @@ def build_segmentation(labels: sitk.Image, label_list, source, bundle):
     return seg
 
 
-def write_dicom_seg(labels: sitk.Image, label_list, path, source, bundle) -> Path:
-    """Write the DICOM SEG of ``labels`` for the source series ``source`` to ``path``."""
-
-    seg = build_segmentation(labels, label_list, source, bundle)
+def write_dicom_seg(labels: sitk.Image, label_list, path, source, bundle,
+                    confidence: dict | None = None) -> Path:
+    """Write the DICOM SEG of ``labels`` for the source series ``source`` to ``path``, with the
+    review scores in the segment descriptions when ``confidence`` is given."""
+    seg = build_segmentation(labels, label_list, source, bundle, confidence)
     path = Path(path)
     with atomic_path(path, ".dcm") as tmp:
         seg.save_as(str(tmp))

@@ -45,7 +45,7 @@ def segment_tags(lab, confidence: dict | None) -> dict:
     """A segment's tags: its terminology and, when scored, its confidence and review flag."""
     tags = {"TerminologyEntry": slicer_terminology_string(lab.terminology)}
     scored = (confidence or {}).get("structures", {}).get(lab.name)
-    if scored is not None:
+    if scored is not None and scored.get("score") is not None:  # absent: no score, an empty segment
         tags[CONFIDENCE_TAG] = f"{float(scored['score']):.4f}"
         tags[FLAGGED_TAG] = "1" if scored.get("flagged") else "0"
     return tags
@@ -98,9 +98,9 @@ def write_labelmap(labels: sitk.Image, path) -> Path:
 def write_labels(labels: sitk.Image, label_list, path, fmt: str = "seg.nrrd", *,
                  source=None, bundle=None, confidence: dict | None = None) -> Path:
     """``source`` (the input: a DicomSeries) and ``bundle`` are needed by ``dicom-seg`` only;
-    ``confidence`` tags the segments of a ``.seg.nrrd``."""
+    ``confidence`` tags the segments of a ``.seg.nrrd`` and describes those of a DICOM SEG."""
     if fmt == dicom_seg.FORMAT:
-        return dicom_seg.write_dicom_seg(labels, label_list, path, source, bundle)
+        return dicom_seg.write_dicom_seg(labels, label_list, path, source, bundle, confidence)
     if fmt == "seg.nrrd":
         return write_seg_nrrd(labels, label_list, path, confidence)
     return write_labelmap(labels, path)
