@@ -84,6 +84,13 @@ CONFIDENCE_BANDS = [(50, (0.85, 0.1, 0.1), "confidence < 50 %"),
                     (80, (1.0, 0.55, 0.0), "confidence 50-80 %"),
                     (95, (1.0, 0.9, 0.2), "confidence 80-95 %")]
 
+
+def least_confident_first(score, name: str, mean_score=None) -> tuple:
+    """The sort key of review order, for structures and cases alike (the CLI's review and the
+    Slicer panel): lowest score first, no score last; ties by the mean score, then by name."""
+    return (score is None, score if score is not None else 0.0,
+            mean_score if mean_score is not None else 0.0, str(name).casefold())
+
 # -- case names -----------------------------------------------------------------------------------
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -51,12 +51,8 @@ def parse_flag(value, score: float | None) -> bool:
     return score is not None and score < contract.FLAG_BELOW
 
 
-def _order_key(score: float | None, name: str):
-    return (score is None, score if score is not None else 0.0, name.casefold())
-
-
 def least_confident_first(structures) -> list[StructureConfidence]:
-    return sorted(structures, key=lambda s: _order_key(s.score, s.name))
+    return sorted(structures, key=lambda s: contract.least_confident_first(s.score, s.name))
 
 
 def structures_from_summary(summary: dict) -> list[StructureConfidence]:
@@ -108,8 +104,10 @@ def rank_cases(entries) -> list[RankedCase]:
     ranked = []
     for key, label, summary in entries:
         structures = structures_from_summary(summary)
-        ranked.append(RankedCase(str(key), str(label), case_score(summary, structures), structures))
-    return sorted(ranked, key=lambda c: _order_key(c.score, c.label))
+        mean = ((summary or {}).get("confidence") or {}).get("mean_score")
+        case = RankedCase(str(key), str(label), case_score(summary, structures), structures)
+        ranked.append((contract.least_confident_first(case.score, case.label, mean), case))
+    return [case for _, case in sorted(ranked, key=lambda pair: pair[0])]
 
 
 @dataclass(frozen=True)
@@ -132,4 +130,4 @@ def order_for_export(pairs, exported=frozenset()) -> list[ReviewPair]:
     """Least confident first, those already exported (``exported``: (volume ID, segmentation
     ID) pairs) after all others; pairs without scores after those with scores."""
     return sorted(pairs, key=lambda p: ((p.volume_id, p.segmentation_id) in exported,
-                                        *_order_key(p.score, p.label)))
+                                        *contract.least_confident_first(p.score, p.label)))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contract import distinct_color
+from ..contract import least_confident_first
 from ..errors import InputError
 from ..files import atomic_path
 
@@ -52,12 +53,6 @@ class ReviewedCase:
         return path if path is not None and path.is_file() else None
 
 
-def _least_sure_first(item):
-    """Structures found, least sure first; then the absent ones (no score), by name."""
-    name, s = item
-    return (s.get("score") is None, s.get("score") or 0.0, name)
-
-
 def _is_case_summary(data) -> bool:
     return isinstance(data, dict) and "case" in data and "labels" in data and "model" in data
 
@@ -79,16 +74,14 @@ def collect(out_dir) -> tuple[list[ReviewedCase], list[str]]:
         if not confidence or not confidence.get("structures"):
             unscored.append(str(data["case"]))
             continue
-        structures = sorted(confidence["structures"].items(), key=_least_sure_first)
+        structures = sorted(confidence["structures"].items(), 
+                            key=lambda item: least_confident_first(item[1].get("score"), item[0]))
         cases.append(ReviewedCase(str(data["case"]), path, data, confidence.get("case_score"),
                                   structures))
     if not cases and not unscored:
         raise InputError(f"{out_dir} holds no case summaries (CASE.json) of lkm-segment predict.")
-    def order(c):
-        mean = c.summary["confidence"].get("mean_score")
-        return (c.score is None, c.score or 0.0, mean if mean is not None else 0.0, c.case)
-
-    cases.sort(key=order)
+    cases.sort(key=lambda c: least_confident_first(c.score, c.case,
+                                                   c.summary["confidence"].get("mean_score")))
     return cases, unscored
 
 
