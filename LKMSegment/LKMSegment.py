@@ -25,14 +25,12 @@ from LKMSegmentLib import dependencies
 from LKMSegmentLib.confidence import node_confidences, review_pairs
 from LKMSegmentLib.confidencemap import (OVERLAY_OPACITY, ConfidenceMapError, confidence_map_of,
                                          show_confidence_map)
-from LKMSegmentLib.scene import segmentable_volumes
-from LKMSegmentLib.engine import engine_available, engine_environment, engine_search_path
-from LKMSegmentLib.export import ExportError
+from LKMSegmentLib.datasetexport import ExportError
+from LKMSegmentLib.enginecontract import contract, engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.models import start_verify, verify_outcome
 from LKMSegmentLib.panel import PanelState, controls
 from LKMSegmentLib.process import python_executable
-
-DEVICES = ["auto", "cuda", "cpu"]
+from LKMSegmentLib.scene import segmentable_volumes
 
 
 class LKMSegment(ScriptedLoadableModule):
@@ -58,7 +56,7 @@ class LKMSegmentParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     exportSegmentation: vtkMRMLSegmentationNode
     modelPath: str = ""
-    device: Annotated[str, Choice(DEVICES)] = "auto"
+    device: Annotated[str, Choice(list(contract.DEVICES))] = "auto"
     quick: bool = False
     tta: bool = False
     replaceExisting: bool = True

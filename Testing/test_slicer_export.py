@@ -14,7 +14,7 @@ from slicer_fixtures import (add_volume, bundle, ct_crop, new_scene, oblique_fli
 import slicer  # noqa: E402  (slicer-core: CI installs it)
 
 from LKMSegmentLib import LKMSegmentCore, read_model_info  # noqa: E402
-from LKMSegmentLib.export import ExportError, NnUNetDatasetExporter  # noqa: E402
+from LKMSegmentLib.datasetexport import ExportError, NnUNetDatasetExporter  # noqa: E402
 from LKMSegmentLib.scene import set_segment_array  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from slicer_fixtures import add_volume, bundle, new_scene, oblique_flipped_ijk_t
 import slicer  # noqa: E402
 
 from LKMSegmentLib import LKMSegmentCore  # noqa: E402
-from LKMSegmentLib.export import ExportError  # noqa: E402
+from LKMSegmentLib.datasetexport import ExportError  # noqa: E402
 from LKMSegmentLib.scene import set_segment_array  # noqa: E402
 
 SHAPE = (12, 16, 20)

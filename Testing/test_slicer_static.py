@@ -174,7 +174,7 @@ def test_logic_imports_neither_torch_nor_qt_and_of_the_engine_only_its_contract(
     # no PYTHONPATH, run from elsewhere: the module must find the lkm_core it came with by itself
     code = (
         "import sys; sys.path.insert(0, %r)\n"
-        "import LKMSegmentLib, LKMSegmentLib.logic, LKMSegmentLib.export, LKMSegmentLib.scene\n"
+        "import LKMSegmentLib, LKMSegmentLib.logic, LKMSegmentLib.datasetexport, LKMSegmentLib.scene\n"
         "import LKMSegmentLib.dependencies, LKMSegmentLib.models, LKMSegmentLib.engine\n"
         "import lkm_core\n"
         "engine = sorted(m for m in sys.modules if m.split('.')[0] == 'lkm_core')\n"

@@ -60,6 +60,11 @@ def case_fraction(phase: str, fraction: float) -> float:
     return done  # unknown phase: count the known ones as done
 
 
+# -- devices --------------------------------------------------------------------------------------
+# what the module offers (the engine also takes cuda:N)
+DEVICES = ("auto", "cuda", "cpu")
+DEVICE_HELP = "auto (default: an NVIDIA GPU when PyTorch sees one, else the CPU), cuda, cuda:N or cpu"
+
 # -- outputs --------------------------------------------------------------------------------------
 OUTPUT_FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd",
                   "dicom-seg": ".seg.dcm"}

@@ -9,7 +9,7 @@ the tests drives EngineJob that way.
 import importlib
 
 _EXPORTS = {
-    "EngineJob": "engine", "PredictOptions": "engine", "engine_available": "engine",
+    "EngineJob": "engine", "PredictOptions": "engine", "engine_available": "enginecontract",
     "safe_case_name": "engine",
     "LKMSegmentCore": "logic", "SegmentationFailed": "logic", "SegmentationRun": "logic",
     "ModelBundleError": "models", "ModelInfo": "models", "ModelRegistry": "models",

@@ -17,13 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .enginecontract import contract, engine_available, engine_environment, engine_search_path  # noqa: F401
+from .enginecontract import contract, engine_environment
 from .process import ProcessRunner, SubprocessRunner, python_executable
 from .protocol import EngineEvent, ProgressTracker, ProtocolParser
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cuda", "cpu")
 
 # one contract with the engine: exit codes, formats and case names come from lkm_core.contract
 EXIT_OK, EXIT_CASE_FAILED, EXIT_USAGE = contract.EXIT_OK, contract.EXIT_FAILED, contract.EXIT_USAGE
@@ -48,8 +47,8 @@ class PredictOptions:
     uncertainty: bool = False  # also write the confidence map (CASE.confidence.nrrd)
 
     def arguments(self, inputs: list[str], output_dir: str, cancel_file: str | None = None) -> list[str]:
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        if self.device not in contract.DEVICES:
+            raise ValueError(f"device must be one of {contract.DEVICES}, not {self.device!r}")
         if self.output_format not in FORMATS:
             raise ValueError(f"output format must be one of {FORMATS}, not {self.output_format!r}")
         args = ["-m", "lkm_core", "predict", *inputs, "-o", output_dir, "--model", str(self.model),

@@ -16,7 +16,7 @@ from pathlib import Path
 from .confidence import node_confidences
 from .confidencemap import ConfidenceMapError, load_confidence_map
 from .engine import EngineJob, PredictOptions, safe_case_name
-from .export import NnUNetDatasetExporter
+from .datasetexport import NnUNetDatasetExporter
 from .models import ModelBundleError, read_model_info
 from .process import SubprocessRunner
 from .scene import (ImportReport, ResultImportError, check_input_volume, import_result, in_scene,

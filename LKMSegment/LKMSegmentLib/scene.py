@@ -28,7 +28,6 @@ import vtk
 from vtk.util import numpy_support
 
 from .confidence import copy_confidence
-from .enginecontract import contract
 from .nodeattributes import made_by_module
 
 BINARY = "Binary labelmap"

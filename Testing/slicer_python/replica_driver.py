@@ -34,7 +34,8 @@ def plan(work: Path) -> dict:
 def segment(ct: str, work: Path) -> dict:
     import SimpleITK as sitk
 
-    from LKMSegmentLib.engine import EngineJob, PredictOptions, engine_search_path, safe_case_name
+    from LKMSegmentLib.engine import EngineJob, PredictOptions, safe_case_name
+    from LKMSegmentLib.enginecontract import engine_search_path
     from LKMSegmentLib.models import ModelRegistry
     from LKMSegmentLib.process import SubprocessRunner, python_executable
 
@@ -71,7 +72,7 @@ def add_model(work: Path) -> dict:
     import os
 
     from LKMSegmentLib import dependencies as deps
-    from LKMSegmentLib.engine import engine_search_path
+    from LKMSegmentLib.enginecontract import engine_search_path
     from LKMSegmentLib.models import ModelRegistry
     from LKMSegmentLib.process import python_executable
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import EXIT_OK
+from ..contract import DEVICE_HELP, EXIT_OK
 from ..outputs.reading import organ_dice, read_seg_nrrd
 from . import predict
 
@@ -35,7 +35,7 @@ def register_cli(subparsers) -> None:
                    help="output folder (default: ./lkm-segment-demo)")
     p.add_argument("--model", metavar="BUNDLE", help="model bundle (default: the installed "
                    "default model)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK")
     p.add_argument("--progress", default="bar", choices=["bar", "none"],
                    help="progress bar on stderr (default) or nothing")

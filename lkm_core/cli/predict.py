@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..contract import (DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
+from ..contract import (DEVICE_HELP, DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
                         OUTPUT_FORMATS)
 from ..errors import Cancelled, InputError, LKMError, ResourceError
 from .common import UsageError, run_command
@@ -27,7 +27,7 @@ def register(sub) -> None:
     pr.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     pr.add_argument("--model", metavar="BUNDLE", help="model bundle folder or .zip "
                     "(default: the model installed with lkm_core)")
-    pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
     pr.add_argument("--quick", action="store_true", help="coarser spacing (3 mm): fast on CPUs")
     pr.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (slower)")
     pr.add_argument("--step", type=float, default=None, help="sliding-window step as a fraction "
