@@ -106,7 +106,8 @@ def start_report(path, skipped=(), list_skipped: bool = True) -> BatchReport:
 # -- the loop ---------------------------------------------------------------------------------
 def run_batch(cases, predictor, bundle, settings: BatchSettings, *, reporter, report,
               cancel, on_failure) -> int:
-    """Run every ``(case, source)``; returns the exit code. ``reporter(event)`` gets the
+    """Run every ``(case, source)`` into ``settings.out_dir`` (which must exist:
+    :func:`check_output_folder_or_fail` makes it); returns the exit code. ``reporter(event)`` gets the
     progress protocol's ``done``/``error`` events, ``on_failure(case, error, exc_info)`` each
     failure (``exc_info`` set for errors that are not the user's: bugs)."""
     return _Batch(list(cases), predictor, bundle, settings, reporter, report, cancel,
