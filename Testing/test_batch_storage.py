@@ -23,22 +23,13 @@ import pytest
 import SimpleITK as sitk
 
 from engine_helpers import oblique_direction, run_cli, sphere_image
+from test_cli_bad_input import run, small_bundle  # noqa: F401  (a fixture: tiny untrained model)
 from lkm_core import contract, outputs
 from lkm_core.batch import BatchSettings, run_batch
 from lkm_core.batch.runner import check_output_folder_or_fail
 from lkm_core.batch_report import BatchReport
 from lkm_core.bundle import load_bundle
-from lkm_core.cli import main
 from lkm_core.inference import Predictor
-
-
-@pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory):
-    """An untrained 3d_small bundle at 6 mm (a tiny network grid keeps runs short)."""
-    folder = tmp_path_factory.mktemp("bundles") / "small"
-    assert main(["bundle", "init", "--preset", "3d_small", "--labels", "liver,spleen",
-                 "-o", str(folder), "--spacing", "6,6,6"]) == 0
-    return folder
 
 
 def _ct(size, spacing=(2.0, 2.0, 2.5), direction=None, seed=0):
@@ -80,12 +71,6 @@ class NetworkCalls:
         monkeypatch.setattr(Predictor, "infer", infer)
 
 
-def predict(capsys, inputs, out, bundle, *extra):
-    code = main(["predict", *map(str, inputs), "-o", str(out), "--model", str(bundle),
-                 "--progress", "none", "--device", "cpu", "--threads", "1", *extra])
-    return code, capsys.readouterr().err
-
-
 def report_rows(out):
     with open(out / "batch_report.csv", newline="", encoding="utf-8") as f:
         return {row["case"]: row for row in csv.DictReader(f)}
@@ -104,7 +89,7 @@ def test_unwritable_output_folder_is_refused_before_any_network_call(tmp_path, c
         return real_mkstemp(*args, dir=dir, **kwargs)
     monkeypatch.setattr(tempfile, "mkstemp", refusing_mkstemp)
     calls = NetworkCalls(monkeypatch)
-    status, err = predict(capsys, cases, out, small_bundle)
+    status, err = run(capsys, cases, out, small_bundle)
     assert status == 1 and calls.cases == []
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
@@ -147,7 +132,7 @@ def test_full_disk_on_the_second_case_stops_the_batch(tmp_path, capsys, monkeypa
         return real_write(labels, label_list, path, confidence)
     monkeypatch.setattr(outputs, "write_seg_nrrd", filling_disk)
     calls = NetworkCalls(monkeypatch)
-    status, err = predict(capsys, cases, out, small_bundle, "--report", "--pipeline", pipeline)
+    status, err = run(capsys, cases, out, small_bundle, "--report", "--pipeline", pipeline)
     assert status == 1
     # sequential: no case computed after the failing one; pipelined: at most the one in flight
     assert len(calls.cases) == (2 if pipeline == "off" else 3), calls.cases
@@ -173,7 +158,7 @@ def test_removed_output_folder_stops_the_batch(tmp_path, capsys, monkeypatch, sm
         return written
     monkeypatch.setattr(outputs, "write_json", then_remove)
     calls = NetworkCalls(monkeypatch)
-    status, err = predict(capsys, cases, out, small_bundle, "--pipeline", "off")
+    status, err = run(capsys, cases, out, small_bundle, "--pipeline", "off")
     assert status == 1 and len(calls.cases) == 2
     assert not out.exists()  # not silently recreated
     assert "removed" in err and "Traceback" not in err
@@ -185,11 +170,11 @@ def test_os_error_is_one_line_and_the_traceback_only_with_verbose(tmp_path, caps
     def too_long(labels, label_list, path, confidence=None):
         raise OSError(errno.ENAMETOOLONG, "File name too long", str(path))
     monkeypatch.setattr(outputs, "write_seg_nrrd", too_long)
-    status, err = predict(capsys, cases[:1], tmp_path / "a", small_bundle)
+    status, err = run(capsys, cases[:1], tmp_path / "a", small_bundle)
     assert status == 1
     assert err.strip().count("\n") == 0, err
     assert "case0.seg.nrrd" in err and "too long" in err and "Traceback" not in err
-    status, err = predict(capsys, cases[:1], tmp_path / "b", small_bundle, "--verbose")
+    status, err = run(capsys, cases[:1], tmp_path / "b", small_bundle, "--verbose")
     assert status == 1 and "Traceback" in err
 
 
@@ -198,7 +183,7 @@ def test_a_bug_keeps_unexpected_error_and_its_traceback(tmp_path, capsys, monkey
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
     monkeypatch.setattr(outputs, "summarize", broken)
-    status, err = predict(capsys, cases[:1], tmp_path / "out", small_bundle)
+    status, err = run(capsys, cases[:1], tmp_path / "out", small_bundle)
     assert status == 1 and "Unexpected error" in err and "Traceback" in err
 
 
@@ -267,7 +252,7 @@ def test_pipelined_outputs_are_bit_identical_to_sequential(tmp_path, capsys, sma
     folders = {}
     for mode in ("off", "on"):
         folders[mode] = tmp_path / mode
-        status, err = predict(capsys, cases, folders[mode], small_bundle, "--pipeline", mode,
+        status, err = run(capsys, cases, folders[mode], small_bundle, "--pipeline", mode,
                               "--uncertainty")
         assert status == 0, err
     names = sorted(p.name for p in folders["off"].iterdir())
