@@ -265,6 +265,19 @@ def test_pipelined_outputs_are_bit_identical_to_sequential(tmp_path, capsys, sma
             assert _without_write_date(a) == _without_write_date(b), name
 
 
+def test_pipelined_rerun_computes_only_the_missing_cases(tmp_path, capsys, monkeypatch,
+                                                         small_bundle, cases):
+    out = tmp_path / "out"
+    assert run(capsys, cases[:3], out, small_bundle, "--pipeline", "on")[0] == 0
+    for p in [*out.glob("case0.*"), *out.glob("case2.*")]:
+        p.unlink()
+    calls = NetworkCalls(monkeypatch)  # case2 is read ahead past case1, which is there
+    assert run(capsys, cases[:3], out, small_bundle, "--pipeline", "on", "--report")[0] == 0
+    assert calls.cases == ["case0", "case2"]
+    rows = report_rows(out)
+    assert [rows[c]["status"] for c in ("case0", "case1", "case2")] == ["done", "exists", "done"]
+
+
 def _run_pipelined(bundle_path, cases, out, cancel, events):
     bundle = load_bundle(bundle_path)
     predictor = Predictor(bundle, device="cpu", threads=1, progress=events.append, cancel=cancel)

@@ -277,7 +277,8 @@ class _Batch:
             for index, (case, source) in enumerate(self.cases):
                 if self.cancel():
                     raise Cancelled("Stopped by the user before this case.")
-                if self.ahead is None and self.already_done(case):
+                loading = self.ahead is not None and self.ahead[0] == index
+                if not loading and self.already_done(case):
                     self.report_existing(case, source)
                     continue
                 started = time.perf_counter()
