@@ -338,3 +338,31 @@ class _Recorder(list):
     def append(self, event):
         super().append(event)
         self.on_event(event)
+
+
+def test_cancel_file_stops_a_pipelined_cli_run_at_once(tmp_path, small_bundle, cases):
+    """The real command line in a child process: the cancel file appears while case1's network
+    runs; the run ends (the main thread is interrupted, the read-ahead abandoned) with every case
+    all its files or none."""
+    import subprocess
+    out, stop = tmp_path / "out", tmp_path / "cancel"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lkm_core", "predict", *map(str, cases), "-o",
+                             str(out), "--model", str(small_bundle), "--device", "cpu",
+                             "--threads", "1", "--progress", "json", "--pipeline", "on",
+                             "--cancel-file", str(stop)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1].get("case") == "case1" and events[-1].get("phase") == "network":
+            stop.touch()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in proc.stderr.read()
+    assert any(e["event"] == "error" and e["kind"] == "cancelled" for e in events)
+    files = sorted(p.name for p in out.iterdir())
+    assert not [f for f in files if "partial" in f or f.startswith(".")], files
+    for case in ("case0", "case1"):
+        assert [f for f in files if f.split(".")[0] == case] in ([], [f"{case}.json",
+                                                                    f"{case}.seg.nrrd"]), files
+    assert not any(f.startswith(("case2", "case3")) for f in files), files
