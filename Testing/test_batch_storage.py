@@ -118,7 +118,7 @@ def test_free_space_below_the_estimate_is_warned_about(tmp_path, monkeypatch, sm
 
 
 # -- 2. stop cleanly ------------------------------------------------------------------------------
-@pytest.mark.parametrize("pipeline", ["off", "on"])
+@pytest.mark.parametrize("pipeline", ["off", pytest.param("on", marks=pytest.mark.slow)])
 def test_full_disk_on_the_second_case_stops_the_batch(tmp_path, capsys, monkeypatch, small_bundle,
                                                       cases, pipeline):
     out = tmp_path / "out"
@@ -248,6 +248,7 @@ def _without_timings(path):
     return data
 
 
+@pytest.mark.slow
 def test_pipelined_outputs_are_bit_identical_to_sequential(tmp_path, capsys, small_bundle, cases):
     folders = {}
     for mode in ("off", "on"):
@@ -265,6 +266,7 @@ def test_pipelined_outputs_are_bit_identical_to_sequential(tmp_path, capsys, sma
             assert _without_write_date(a) == _without_write_date(b), name
 
 
+@pytest.mark.slow
 def test_pipelined_rerun_computes_only_the_missing_cases(tmp_path, capsys, monkeypatch,
                                                          small_bundle, cases):
     out = tmp_path / "out"
@@ -340,6 +342,7 @@ class _Recorder(list):
         self.on_event(event)
 
 
+@pytest.mark.slow
 def test_cancel_file_stops_a_pipelined_cli_run_at_once(tmp_path, small_bundle, cases):
     """The real command line in a child process: the cancel file appears while case1's network
     runs; the run ends (the main thread is interrupted, the read-ahead abandoned) with every case

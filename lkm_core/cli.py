@@ -83,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="also write CASE.confidence.nrrd: the model's confidence per voxel "
                     "(0-100, on the input's grid); per-structure scores are in CASE.json always")
     pr.add_argument("--pipeline", default="auto", choices=["auto", "on", "off"],
-                    help="overlap reading and writing cases with the network: auto (default: on "
-                    "a GPU, not on the CPU, where it does not pay), on, off")
+                    help="read the next case and write the last one while the network runs: "
+                    "auto (default: on), on, off (strictly one case after the other)")
     pr.add_argument("--cancel-file", default=None, metavar="PATH",
                     help="stop (writing nothing more) as soon as this file exists")
     pr.add_argument("-v", "--verbose", action="store_true")
@@ -261,7 +261,7 @@ def _predict(args, cancel) -> int:
             print(f"lkm-segment: {error}", file=sys.stderr)
 
     settings = BatchSettings(Path(args.output).absolute(), args.format, args.overwrite,
-                             args.uncertainty, use_pipeline(args.pipeline, predictor.device.type),
+                             args.uncertainty, use_pipeline(args.pipeline),
                              {"quick": args.quick, "tta": args.tta})
     return run_batch(cases, predictor, bundle, settings, reporter=reporter, report=report,
                      cancel=cancel, on_failure=on_failure)
