@@ -147,6 +147,42 @@ def test_full_disk_on_the_second_case_stops_the_batch(tmp_path, capsys, monkeypa
     assert "the next case needs about" in err and "MB" in err or "KB" in err
 
 
+@pytest.mark.slow
+def test_a_full_disk_stops_the_network_already_running_on_the_next_case(tmp_path, capsys,
+                                                                       monkeypatch, small_bundle,
+                                                                       cases):
+    """Pipelined: case0's write fails while case1's network runs; case1 is not finished (its
+    network stops at its next check) and nothing of it is written."""
+    out = tmp_path / "out"
+    case1_running = threading.Event()
+    outcomes = {}
+    original = Predictor.infer
+
+    def infer(predictor, loaded):
+        if loaded.case == "case1":
+            case1_running.set()
+        try:
+            result = original(predictor, loaded)
+        except BaseException as exc:
+            outcomes[loaded.case] = type(exc).__name__
+            raise
+        outcomes[loaded.case] = "finished"
+        return result
+    monkeypatch.setattr(Predictor, "infer", infer)
+
+    def full_disk(labels, label_list, path, confidence=None):
+        assert case1_running.wait(60)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(outputs, "write_seg_nrrd", full_disk)
+    status, err = run(capsys, cases, out, small_bundle, "--report", "--pipeline", "on")
+    assert status == 1
+    assert outcomes == {"case0": "finished", "case1": "Cancelled"}, outcomes
+    rows = report_rows(out)
+    assert rows["case0"]["status"] == "failed"
+    assert [rows[c]["status"] for c in ("case1", "case2", "case3")] == ["not done"] * 3
+    assert sorted(p.name for p in out.iterdir()) == ["batch_report.csv"]
+
+
 def test_removed_output_folder_stops_the_batch(tmp_path, capsys, monkeypatch, small_bundle, cases):
     import shutil
     out = tmp_path / "out"

@@ -155,6 +155,9 @@ class _Batch:
         self.failed = 0
         self.ahead = None    # (index, _Background loading it)
         self.behind = None   # (index, started, _Background exporting it)
+        # set by an export that met a full or read-only disk: the network in flight stops at
+        # its next patch instead of computing a case that could not be written
+        self.halt = threading.Event()
 
     # -- outputs of one case ------------------------------------------------------------------
     def paths(self, case):
@@ -271,6 +274,14 @@ class _Batch:
 
     # -- running ------------------------------------------------------------------------------
     def run(self) -> int:
+        asked = self.predictor.cancel
+        self.predictor.cancel = lambda: self.halt.is_set() or _is_set(asked)
+        try:
+            return self._run()
+        finally:
+            self.predictor.cancel = asked
+
+    def _run(self) -> int:
         pipelined = self.settings.pipeline
         log.info("%d case(s), %s", len(self.cases), "pipelined" if pipelined else "sequential")
         index = 0
@@ -316,6 +327,8 @@ class _Batch:
         except KeyboardInterrupt:
             return Cancelled("Stopped by the user; no output was written for this case.")
         except BaseException as exc:  # settled in case order by the main thread
+            if stops_the_batch(exc):
+                self.halt.set()
             return exc
 
     def take_loaded(self, index):
@@ -373,6 +386,12 @@ class _Batch:
         if not isinstance(error, Cancelled):
             self.not_done(first, str(error))
         return EXIT_FAILED
+
+
+def _is_set(cancel) -> bool:
+    if cancel is None:
+        return False
+    return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
 
 
 def _as_user_error(exc: BaseException, source):
