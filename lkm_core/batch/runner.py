@@ -11,7 +11,8 @@ What holds in both modes:
 - a case is all its files or none (atomic writes; a failed or cancelled export removes its files);
 - one case's failure is its own (reported, the batch goes on), except when the operating system
   refuses a write that every later case would meet too (a full or read-only disk, a removed
-  output folder): then the batch stops before computing another case, the cases not reached are
+  output folder): then the batch stops before computing another case (pipelined: the network
+  already running on the next case stops at its next patch), the cases not finished are
   reported ``not done`` with the reason, and the message says how much room the next case needs;
 - a cancel request stops at once: the read-ahead is abandoned (it writes nothing), an export in
   progress removes what it wrote;
