@@ -11,6 +11,21 @@ the summaries, their ratio (1.0 = the network never waits) and the child's peak 
     python Testing/benchmarks/batch_pipeline.py                   # 8 cases, CPU, 2 threads
     python Testing/benchmarks/batch_pipeline.py --device cuda     # on a GPU
     python Testing/benchmarks/batch_pipeline.py --cases 4 --crop 0.5  # a quick look
+
+Measured (2026-12-07, 2 CPU cores shared with other jobs, load 9-14; 3d_small untrained, full
+mode; 8 cases cropped 0.30-0.45 of the clinical-size CT, 139-206 x 112-169 x 68-100 voxels:
+``--cases 8 --crop 0.3 --largest-crop 0.45``; results/batch_pipeline_3d_small_cpu*.json):
+
+- 2 threads: sequential 305 s for a network sum of 122 s (wall / network 2.50), pipelined 80 s
+  for 78 s (1.03): pipelined / sequential wall 0.26; peak RSS 0.98 -> 1.22 GB.
+- 1 thread: sequential 135 s / 53 s (2.57), pipelined 71 s / 69 s (1.03): ratio 0.52; peak RSS
+  0.99 -> 1.22 GB.
+
+Most of the sequential loss is the postprocess (to the input grid), 10-22 s a case on the main
+thread but about 1-3 s on the export thread of the same process (seen directly too: 4-22 s vs
+0.7 s for one case, the main thread fast again with torch.set_num_threads(1)); the pipeline
+hides it behind the network either way. One full clinical-size case (412 x 341 x 202) took
+250 s network + 257 s postprocess sequentially, which is why the full 8-case run did not fit.
 """
 
 from __future__ import annotations
