@@ -77,6 +77,15 @@ def report_rows(out):
 
 
 # -- 1. fail fast ---------------------------------------------------------------------------------
+def test_a_write_error_names_the_final_file_not_its_temporary_name(tmp_path):
+    target = tmp_path / "case.json"
+    with pytest.raises(OSError) as caught:
+        with outputs.atomic_path(target) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
 def test_unwritable_output_folder_is_refused_before_any_network_call(tmp_path, capsys, monkeypatch,
                                                                      small_bundle, cases, code):
@@ -144,7 +153,7 @@ def test_full_disk_on_the_second_case_stops_the_batch(tmp_path, capsys, monkeypa
     assert sorted(p.name for p in out.iterdir()) == ["batch_report.csv", "case0.json",
                                                       "case0.seg.nrrd"]
     assert "Traceback" not in err and "Unexpected error" not in err
-    assert "the next case needs about" in err and "MB" in err or "KB" in err
+    assert "the next case needs about" in err and ("MB" in err or "KB" in err)
 
 
 @pytest.mark.slow
