@@ -74,6 +74,73 @@ DICOM_SEG_FORMAT = "dicom-seg"
 DEFAULT_FORMAT = "seg.nrrd"
 SUMMARY_SUFFIX = ".json"
 
+# -- the output folder: checked before the first case (engine) and before the engine starts
+# (module), so an unwritable or full disk is found before any network runs
+PROBE_PREFIX = ".lkm-write-probe-"
+# Output bytes per input byte, an overestimate: compressed label images are far smaller than
+# the images they segment; a DICOM SEG stores one bit-plane per structure, often uncompressed
+OUTPUT_BYTES_PER_INPUT_BYTE = {"seg.nrrd": 1.0, "nii.gz": 1.0, "nrrd": 1.0, "dicom-seg": 2.0}
+CONFIDENCE_MAP_BYTES_PER_INPUT_BYTE = 1.0
+SUMMARY_BYTES = 64 * 1024
+
+
+class OutputFolderError(Exception):
+    """The output folder cannot be created or written; the message is one line for the user."""
+
+
+def check_output_folder(folder) -> None:
+    """Create ``folder`` if needed and write and remove a probe file in it, or raise
+    :class:`OutputFolderError` naming the folder, the cause and what to do."""
+    import os
+    import tempfile
+    folder = Path(folder).absolute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
+        try:
+            os.write(fd, b"lkm")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        raise OutputFolderError(f"Cannot write to the output folder {folder}: {cause}. Choose a "
+                                "folder you can write to (and that has room for the results)."
+                                ) from exc
+
+
+def estimated_output_bytes(input_bytes: int, fmt: str = DEFAULT_FORMAT,
+                           uncertainty: bool = False) -> int:
+    """A conservative (high) estimate of one case's output size from its input's size."""
+    factor = OUTPUT_BYTES_PER_INPUT_BYTE.get(fmt, 2.0)
+    if uncertainty:
+        factor += CONFIDENCE_MAP_BYTES_PER_INPUT_BYTE
+    return int(input_bytes * factor) + SUMMARY_BYTES
+
+
+def free_bytes(folder) -> int:
+    import shutil
+    return shutil.disk_usage(folder).free
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            break
+        n /= 1000.0
+    return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+
+
+def free_space_warning(folder, needed_bytes: int) -> str | None:
+    """One line when ``folder``'s disk has less room than ``needed_bytes``, else None."""
+    free = free_bytes(folder)
+    if free >= needed_bytes:
+        return None
+    return (f"The output folder {Path(folder).absolute()} has {format_bytes(free)} free; the "
+            f"results may need up to {format_bytes(needed_bytes)} (an overestimate). The batch "
+            "stops cleanly if the disk fills up.")
+
+
 # -- confidence (review triage) -------------------------------------------------------------------
 # The summary's "confidence" section: {"case_score": float | None (least sure structure found),
 # "absent": [names not found], "structures": {name: {..., "found": bool, "score": 0-1, or None

@@ -24,6 +24,11 @@ def atomic_path(final: Path, suffix: str = ""):
     try:
         yield Path(tmp)
         os.replace(tmp, final)
+    except OSError as exc:
+        if exc.filename not in (tmp, None):
+            raise
+        # name the file the user asked for, not its temporary name
+        raise type(exc)(exc.errno, exc.strerror, str(final)) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -124,6 +124,13 @@ class EngineJob:
     def start(self):
         if not self.cases:
             raise ValueError("Nothing to segment: no input was prepared.")
+        # the engine's own check, before it starts: one line (OutputFolderError) if the work
+        # folder cannot be written, a warning if its disk looks too small for the results
+        contract.check_output_folder(self.output_dir)
+        needed = sum(contract.estimated_output_bytes(p.stat().st_size, self.options.output_format,
+                                                     self.options.uncertainty)
+                     for p in self.input_dir.iterdir())
+        self.warnings += filter(None, [contract.free_space_warning(self.output_dir, needed)])
         self.tracker = ProgressTracker(self.cases)
         cmd = self.command()
         log.info("Starting the engine: %s", " ".join(cmd))

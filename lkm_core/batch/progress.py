@@ -48,6 +48,7 @@ class BarReporter:
         self.width = width
         self.last = 0.0
         self.open_line = False
+        self.lock = threading.Lock()  # a pipelined batch reports from several threads
 
     def _line(self, text: str) -> None:
         if self.open_line:
@@ -57,6 +58,10 @@ class BarReporter:
         self.stream.flush()
 
     def __call__(self, event: dict) -> None:
+        with self.lock:
+            self._show(event)
+
+    def _show(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "progress":
             now = time.monotonic()

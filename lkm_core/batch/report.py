@@ -9,7 +9,8 @@ otherwise (hospital exports often name folders by patient, so by default a repor
 path, folder name or UID, and messages name the case instead of its path). ``status`` is one of
 ``done``, ``exists`` (outputs were already there), ``failed``, ``refused`` (a DICOM series that
 is not one regular volume), ``skipped`` (a DICOM object that is not a CT/MR volume of the
-model's modality), ``cancelled``.
+model's modality), ``cancelled``, ``not done`` (the batch stopped before this case: a full or
+read-only disk, the output folder removed; the message says why).
 
 Every part of a sharded batch writes ``batch_report_part-K-of-N.csv`` into the output folder
 (an unsplit batch writes ``batch_report.csv`` when asked: ``--report``) and rewrites it after
@@ -30,7 +31,7 @@ from ..files import atomic_path
 log = logging.getLogger(__name__)
 
 BASE_COLUMNS = ["case", "series", "status", "seconds", "device", "message"]
-STATUSES = ("done", "exists", "failed", "refused", "skipped", "cancelled")
+STATUSES = ("done", "exists", "failed", "refused", "skipped", "cancelled", "not done")
 REPORT_STEM = "batch_report"
 
 

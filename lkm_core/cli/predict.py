@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
-from ..contract import (DEVICE_HELP, DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
+from ..contract import (DEVICE_HELP, DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_USAGE,
                         OUTPUT_FORMATS)
-from ..errors import Cancelled, InputError, LKMError, ResourceError
+from ..errors import Cancelled, InputError, LKMError
 from .common import UsageError, run_command
 
 log = logging.getLogger("lkm_core")
@@ -53,6 +51,9 @@ def register(sub) -> None:
     pr.add_argument("--uncertainty", action="store_true",
                     help="also write CASE.confidence.nrrd: the model's confidence per voxel "
                     "(0-100, on the input's grid); per-structure scores are in CASE.json always")
+    pr.add_argument("--pipeline", default="auto", choices=["auto", "on", "off"],
+                    help="read the next case and write the last one while the network runs: "
+                    "auto (default: on), on, off (strictly one case after the other)")
     pr.add_argument("--cancel-file", default=None, metavar="PATH",
                     help="stop (writing nothing more) as soon as this file exists")
     pr.add_argument("-v", "--verbose", action="store_true")
@@ -162,6 +163,7 @@ def _predict(args, cancel) -> int:
         from ..bundle import default_bundle_path, load_bundle
         from ..inference.predictor import Predictor
         from ..inputs.images import discover_inputs
+        from ..batch.runner import check_output_folder_or_fail
         bundle = load_bundle(args.model if args.model else default_bundle_path())
         subset = [s.strip() for s in args.subset.split(",") if s.strip()] if args.subset else None
         try:
@@ -176,8 +178,10 @@ def _predict(args, cancel) -> int:
         cases = _shard(found.cases, args, shard)
         if args.format == DICOM_SEG_FORMAT:
             _check_dicom_seg(cases)
+        # an unwritable output folder is refused here, before any case is computed
+        check_output_folder_or_fail(args.output, [source for _, source in cases], args.format,
+                                    args.uncertainty)
         report = _start_report(args, shard, found.skipped)
-        report.keep_paths = args.keep_paths
     except UsageError as exc:
         return fail(None, exc, EXIT_USAGE)
     except LKMError as exc:
@@ -185,117 +189,28 @@ def _predict(args, cancel) -> int:
     except KeyboardInterrupt:
         return fail(None, Cancelled("Stopped by the user."), EXIT_FAILED)
 
-    from ..batch.report import columns_from_summary
-    from ..outputs.dicom_seg import check_source as check_dicom_seg_source
-    from ..inputs.images import describe_input
-    from ..outputs.labels import (output_paths, summarize, write_confidence_map, write_json,
-                          write_labels)
-    out_dir = Path(args.output).absolute()
-    failed = 0
+    from ..batch.runner import BatchSettings, run_batch, use_pipeline
     log.info("model %s %s (%s), %d case(s), device %s", bundle.name, bundle.version,
              "trained" if bundle.trained else "UNTRAINED: random weights", len(cases),
              predictor.device)
-    for case, path in cases:
-        if cancel():
-            return fail(case, Cancelled("Stopped by the user before this case."), EXIT_FAILED)
-        paths = output_paths(out_dir, case, args.format, args.uncertainty)
-        outputs = [str(p) for p in paths.values()]
-        if not args.overwrite and all(p.exists() for p in paths.values()):
-            try:
-                summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                summary = None
-            reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary,
-                      "skipped": True})
-            _report_row(report, case, path, "exists", volumes=columns_from_summary(summary),
-                        device=(summary or {}).get("device", ""))
-            continue
-        started = time.perf_counter()
-        try:
-            if args.format == DICOM_SEG_FORMAT:
-                check_dicom_seg_source(path)  # before the network runs, not after
-            result = predictor.predict_file(path, case)
-            if cancel():
-                raise Cancelled("Stopped by the user; no output was written for this case.")
-            reporter({"event": "progress", "case": case, "phase": "write", "fraction": 0.0})
-            t0 = time.perf_counter()
-            write_labels(result.labels, result.label_list, paths["labels"], args.format,
-                         source=path, bundle=bundle, confidence=result.confidence)
-            try:
-                summary = summarize(result, bundle, {**describe_input(path, args.keep_paths),
-                                                     "quick": args.quick, "tta": args.tta})
-                if "confidence_map" in paths:
-                    write_confidence_map(result.confidence_map, paths["confidence_map"])
-                    summary["confidence"]["map"] = paths["confidence_map"].name
-                result.timings["write"] = time.perf_counter() - t0
-                summary["timings"]["write"] = round(result.timings["write"], 3)
-                write_json(summary, paths["summary"])
-            except BaseException:  # a case is all its files, or nothing
-                for p in paths.values():
-                    p.unlink(missing_ok=True)
-                raise
-            reporter({"event": "progress", "case": case, "phase": "write", "fraction": 1.0})
-            reporter({"event": "done", "case": case, "outputs": outputs, "summary": summary})
-            _report_row(report, case, path, "done", seconds=time.perf_counter() - started,
-                        device=result.device, volumes=columns_from_summary(summary))
-        except KeyboardInterrupt:
-            exc = Cancelled("Stopped by the user; no output was written for this case.")
-            fail(case, exc, 1)
-            _report_failure(report, case, path, exc, started)
-            return EXIT_FAILED
-        except Cancelled as exc:
-            fail(case, exc, 1)
-            _report_failure(report, case, path, exc, started)
-            return EXIT_FAILED
-        except LKMError as exc:
-            failed += 1
-            fail(case, exc, 1)
-            _report_failure(report, case, path, exc, started)
-        except MemoryError:
-            failed += 1
-            exc = ResourceError(f"Out of memory on {path}: try --quick, fewer --threads "
-                                "or close other programs.")
-            fail(case, exc, 1)
-            _report_failure(report, case, path, exc, started)
-        except Exception as exc:  # a bug: keep the traceback for the report
-            failed += 1
-            traceback.print_exc(file=sys.stderr)
-            err = LKMError(f"Unexpected error on {path}: {type(exc).__name__}: {exc}")
-            err.kind = "internal"
-            fail(case, err, 1)
-            _report_failure(report, case, path, err, started)
-    return EXIT_FAILED if failed else EXIT_OK
+
+    def on_failure(case, error, exc_info):
+        if exc_info is not None and (error.kind == "internal" or args.verbose):
+            traceback.print_exception(*exc_info, file=sys.stderr)  # a bug, or asked for
+        if args.progress != "bar":
+            print(f"lkm-segment: {error}", file=sys.stderr)
+
+    settings = BatchSettings(Path(args.output).absolute(), args.format, args.overwrite,
+                             args.uncertainty, use_pipeline(args.pipeline),
+                             {"quick": args.quick, "tta": args.tta}, args.keep_paths)
+    return run_batch(cases, predictor, bundle, settings, reporter=reporter, report=report,
+                     cancel=cancel, on_failure=on_failure)
 
 
 def _start_report(args, shard, skipped):
     """This part's batch report; part 0 (or an unsplit batch) also lists skipped DICOM objects."""
-    from ..batch.report import BatchReport, report_path
+    from ..batch.report import report_path
+    from ..batch.runner import start_report
     wanted = args.report if args.report is not None else shard.source != "none"
-    report = BatchReport(report_path(args.output, shard.label) if wanted else None)
-    try:
-        report.write()  # an unwritable output folder shows here, before any case runs
-        if shard.part == 0:
-            for s in skipped:
-                where = f" in {s.folder}" if args.keep_paths else ""
-                report.add(s.name, s.series_uid if args.keep_paths else "", "skipped",
-                           message=f"{s.reason} ({s.files} file(s){where})")
-    except OSError as exc:
-        raise ResourceError(f"Cannot write the batch report {report.path}: "
-                            f"{exc.strerror or exc}. Check the output folder.") from exc
-    return report
-
-
-def _report_row(report, case, path, status, **row) -> None:
-    from ..batch.report import private_row
-    series, row["message"] = private_row(case, path, row.get("message", ""), report.keep_paths)
-    try:
-        report.add(case, series, status, **row)
-    except OSError as err:  # a report that cannot be written must not change a case's outcome
-        log.warning("could not write the batch report %s: %s", report.path, err)
-
-
-def _report_failure(report, case, path, exc, started) -> None:
-    refused = getattr(path, "problem", None) and isinstance(exc, InputError)
-    status = "cancelled" if isinstance(exc, Cancelled) else "refused" if refused else "failed"
-    _report_row(report, case, path, status, seconds=time.perf_counter() - started,
-                message=str(exc))
+    return start_report(report_path(args.output, shard.label) if wanted else None, skipped,
+                        list_skipped=shard.part == 0, keep_paths=args.keep_paths)

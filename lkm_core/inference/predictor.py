@@ -68,6 +68,21 @@ class NetworkScores:
         return torch.softmax(self.scores, 0)
 
 
+@dataclass
+class Loaded:
+    """One case between the predictor's stages: read and preprocessed (``Predictor.load_*``),
+    then with the network's scores (``Predictor.infer``)."""
+    case: str
+    image: sitk.Image                  # the validated input (float32, 3D)
+    prepared: Prepared                 # the network input and the geometry to go back
+    two_d_input: bool
+    timings: dict
+    scores: torch.Tensor | None = None
+    device: object = None
+    network_shape: tuple = ()
+    scan_backend: str = ""
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
     device = (device or "auto").lower()
@@ -168,7 +183,20 @@ class Predictor:
         return self.bundle.quick_spacing if self.quick else self.bundle.spacing
 
     # --- the pipeline ------------------------------------------------------------------------
+    # Three stages a batch can overlap (lkm_core.batch): load (read + preprocess, no network),
+    # infer (the network) and finish (back to the input grid). predict_* run them in turn.
     def predict_file(self, path, case: str | None = None) -> Result:
+        return self.finish(self.infer(self.load_file(path, case)))
+
+    def predict_image(self, image: sitk.Image, case: str = "image",
+                      timings: dict | None = None, *, two_d_input: bool | None = None) -> Result:
+        """``two_d_input``: the image was read as 2D (already made a one-slice volume by
+        validate_image); default: ``image`` itself is 2D."""
+        return self.finish(self.infer(self.load_image(image, case, timings,
+                                                      two_d_input=two_d_input)))
+
+    def load_file(self, path, case: str | None = None) -> "Loaded":
+        """Read and preprocess one input file: everything before the network."""
         case = case or lkm_io.case_name(path)
         self._emit(case, "read", 0.0)
         t0 = time.perf_counter()
@@ -177,12 +205,10 @@ class Predictor:
         image = lkm_io.validate_image(image, path, self.bundle.dimension)
         timings = {"read": time.perf_counter() - t0}
         self._emit(case, "read", 1.0)
-        return self.predict_image(image, case=case, timings=timings, two_d_input=two_d_input)
+        return self.load_image(image, case, timings, two_d_input=two_d_input)
 
-    def predict_image(self, image: sitk.Image, case: str = "image",
-                      timings: dict | None = None, *, two_d_input: bool | None = None) -> Result:
-        """``two_d_input``: the image was read as 2D (already made a one-slice volume by
-        validate_image); default: ``image`` itself is 2D."""
+    def load_image(self, image: sitk.Image, case: str = "image", timings: dict | None = None, *,
+                   two_d_input: bool | None = None) -> "Loaded":
         timings = dict(timings or {})
         # A true 2D image (one slice, accepted by 2d models only) runs as a one-slice volume and
         # gets a 2D label image back, with its own 2D geometry: 2D in, 2D out.
@@ -200,6 +226,11 @@ class Predictor:
                            source=f"The image {case}")
         timings["preprocess"] = time.perf_counter() - t0
         self._emit(case, "preprocess", 1.0)
+        return Loaded(case, image, prepared, two_d_input, timings)
+
+    def infer(self, loaded: "Loaded") -> "Loaded":
+        """Run the network on a loaded case (its network input is freed; its scores kept)."""
+        case, prepared, timings = loaded.case, loaded.prepared, loaded.timings
         if self._should_stop():
             from ..errors import Cancelled
             raise Cancelled("Stopped by the user.")
@@ -207,14 +238,20 @@ class Predictor:
         t0 = time.perf_counter()
         self._emit(case, "network", 0.0)
         reset_backends_used()
-        scores, used = self._run_network(prepared.array, case)
-        network_shape = tuple(prepared.array.shape[1:])
+        loaded.scores, loaded.device = self._run_network(prepared.array, case)
+        loaded.scan_backend = backend_report()
+        loaded.network_shape = tuple(prepared.array.shape[1:])
         prepared.array = None  # the network input is no longer needed: free it before the way back
         timings["network"] = time.perf_counter() - t0
         if self._should_stop():  # a cancel request that came during the last patch
             from ..errors import Cancelled
             raise Cancelled("Stopped by the user.")
+        return loaded
 
+    def finish(self, loaded: "Loaded") -> Result:
+        """Labels (and confidence) on the input grid from an inferred case."""
+        case, prepared, image, timings = loaded.case, loaded.prepared, loaded.image, loaded.timings
+        scores, b = loaded.scores, self.bundle
         t0 = time.perf_counter()
         self._emit(case, "postprocess", 0.0)
         labels = scores_to_labels(scores)
@@ -230,7 +267,7 @@ class Predictor:
         if self.confidence:
             confidence, confidence_map = self._assess(scores, labels, prepared, image)
         del labels
-        if two_d_input:
+        if loaded.two_d_input:
             # JoinSeries put the 2D geometry in the top-left of the 3D one; slicing undoes it
             label_image = label_image[:, :, 0]
             if confidence_map is not None:
@@ -238,12 +275,12 @@ class Predictor:
         timings["postprocess"] = time.perf_counter() - t0
         self._emit(case, "postprocess", 1.0)
         return Result(case=case, labels=label_image, label_list=list(self.labels),
-                      device=str(used), timings=timings,
-                      network_shape=network_shape,
+                      device=str(loaded.device), timings=timings,
+                      network_shape=loaded.network_shape,
                       network_spacing=prepared.network_spacing_xyz,
                       scores=NetworkScores(scores, prepared) if self.keep_scores else None,
                       confidence=confidence, confidence_map=confidence_map,
-                      scan_backend=backend_report())
+                      scan_backend=loaded.scan_backend)
 
     def _assess(self, scores, labels, prepared, image):
         """Per-structure confidence on the network grid; the voxel map on the input grid."""
