@@ -62,7 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                     "(default: the model installed with lkm_core)")
     pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     pr.add_argument("--quick", action="store_true", help="coarser spacing (3 mm): fast on CPUs")
-    pr.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (slower)")
+    pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="mirroring test-time augmentation along the axes the model was trained "
+                    "to mirror (default: on where the model records them, as nnUNetv2_predict; "
+                    "--tta refuses a model that records none; --no-tta: off, faster)")
+    pr.add_argument("--folds", default=None, metavar="F[,F...]",
+                    help="average only these folds of the model (e.g. 0,2; default: all)")
     pr.add_argument("--step", type=float, default=None, help="sliding-window step as a fraction "
                     "of the patch (default 0.5)")
     pr.add_argument("--subset", default=None, metavar="NAME[,NAME...]",
@@ -101,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--modality", default="CT", choices=["CT", "MR"])
     init.add_argument("--spacing", default=None, help="comma-separated mm, nnU-Net axis order")
     init.add_argument("--folds", type=int, default=1)
+    init.add_argument("--mirror-axes", default="", metavar="A[,A...]",
+                      help="axes the model may be mirrored along at test time (default: none)")
     verify = bsub.add_parser("verify", help="check model.json and the weights' checksums")
     verify.add_argument("bundle")
 
@@ -221,10 +228,11 @@ def _predict(args, cancel) -> int:
         from .inference import Predictor
         from .io import discover_inputs
         bundle = load_bundle(args.model if args.model else default_bundle_path())
-        subset = [s.strip() for s in args.subset.split(",") if s.strip()] if args.subset else None
+        subset = _list_option(args.subset)
         try:
             predictor = Predictor(bundle, device=_device(args), threads=args.threads,
                                   quick=args.quick, tta=args.tta, step=args.step,
+                                  folds=_list_option(args.folds),
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
                                   cancel=cancel, confidence_map=args.uncertainty)
         except InputError as exc:  # unknown --subset names, bad step: a usage error
@@ -280,7 +288,10 @@ def _predict(args, cancel) -> int:
                          source=path, bundle=bundle, confidence=result.confidence)
             try:
                 summary = summarize(result, bundle, {**describe_input(path),
-                                                     "quick": args.quick, "tta": args.tta})
+                                                     "quick": args.quick,
+                                                     "tta": bool(predictor.mirror_axes),
+                                                     "mirror_axes": list(predictor.mirror_axes),
+                                                     "folds": predictor.folds})
                 if "confidence_map" in paths:
                     write_confidence_map(result.confidence_map, paths["confidence_map"])
                     summary["confidence"]["map"] = paths["confidence_map"].name
@@ -322,6 +333,11 @@ def _predict(args, cancel) -> int:
             fail(case, err, 1)
             _report_failure(report, case, path, err, started)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _list_option(text):
+    """"a, b,c" -> ["a", "b", "c"]; None or "" -> None."""
+    return ([s.strip() for s in text.split(",") if s.strip()] or None) if text else None
 
 
 def _series_of(path) -> str:
@@ -411,6 +427,12 @@ def cmd_bundle_init(args) -> int:
                else PRESET_SPACING.get(args.preset, [1.0] * len(patch)))
     if len(spacing) != len(patch):
         raise UsageError(f"--spacing needs {len(patch)} values for a {dimension} preset.")
+    try:
+        mirror_axes = [int(a) for a in _list_option(args.mirror_axes) or []]
+    except ValueError:
+        raise UsageError(f"--mirror-axes needs axis numbers like 0,1,2, not {args.mirror_axes!r}.")
+    if any(not 0 <= a < len(patch) for a in mirror_axes):
+        raise UsageError(f"--mirror-axes: a {dimension} model has axes 0 to {len(patch) - 1}.")
     config = preset_config(args.preset, 1, len(names) + 1)
     weights = {}
     for fold in range(args.folds):
@@ -432,7 +454,7 @@ def cmd_bundle_init(args) -> int:
         "normalization": [CT_NORMALIZATION if args.modality == "CT" else {"scheme": "zscore"}],
         "network": config,
         "labels": [label_entry(i + 1, n) for i, n in enumerate(names)],
-        "inference": {"step": 0.5, "mirror_axes": list(range(len(patch)))},
+        "inference": {"step": 0.5, "mirror_axes": mirror_axes},
         "provenance": {"trained": False, "trainer": None, "data": None, "seed": args.seed,
                        "preset": args.preset,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

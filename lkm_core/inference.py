@@ -107,9 +107,52 @@ def resolve_subset(bundle: Bundle, subset: Sequence[str] | None) -> list:
     return sorted({lab.value: lab for lab in chosen}.values(), key=lambda lab: lab.value)
 
 
+def mirror_axes_for(bundle: Bundle, tta: bool | None) -> tuple:
+    """The axes test-time augmentation mirrors: exactly those the checkpoint recorded
+    (``inference.mirror_axes``), never more. A model trained without mirroring has not learnt
+    that left and right look alike, so mirroring it blends left and right organs.
+
+    ``tta`` None: the recorded axes, nothing where none are recorded (nnUNetv2_predict's
+    default); True: the recorded axes, refused where there are none; False: no mirroring."""
+    if tta is False:
+        return ()
+    recorded = bundle.inference_defaults.get("mirror_axes")
+    n_axes = 3 if bundle.dimension == "3d" else 2
+    if recorded is None or not list(recorded):
+        if tta:
+            why = ("was trained without mirroring" if recorded is not None
+                   else "records no mirror axes")
+            raise InputError(f"Test-time mirroring (--tta) is refused: the model {bundle.name} "
+                             f"{why}, and mirroring an axis it did not learn would blend left and "
+                             "right structures. Run without --tta.")
+        return ()
+    axes = tuple(int(a) for a in recorded)
+    if any(not 0 <= a < n_axes for a in axes) or len(set(axes)) != len(axes):
+        raise InputError(f"The model {bundle.name} records mirror axes {list(axes)}, not distinct "
+                         f"axes of a {bundle.dimension} model; re-export it.")
+    return axes
+
+
+def resolve_folds(bundle: Bundle, folds: Sequence | None) -> list:
+    """The bundle's folds to average: all by default; ``folds`` as nnU-Net names them
+    (0, "0" or "fold_0"; "all" is nnU-Net's fold_all)."""
+    if not folds:
+        return list(bundle.folds)
+    chosen = []
+    for fold in folds:
+        name = str(fold).strip()
+        name = name if name.startswith("fold_") else f"fold_{name}"
+        if name not in bundle.folds:
+            raise InputError(f"The model {bundle.name} has no fold {fold!r}; it has "
+                             f"{', '.join(bundle.folds)}.")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
 class Predictor:
     def __init__(self, bundle: Bundle, *, device: str = "auto", threads: int | None = None,
-                 quick: bool = False, tta: bool = False, step: float | None = None,
+                 quick: bool = False, tta: bool | None = False, step: float | None = None,
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
@@ -132,13 +175,12 @@ class Predictor:
         self.step = float(step if step is not None else defaults.get("step", 0.5))
         if not 0 < self.step <= 1:
             raise InputError(f"--step must be in (0, 1], not {self.step}.")
-        n_axes = 3 if bundle.dimension == "3d" else 2
-        self.mirror_axes = tuple(defaults.get("mirror_axes", range(n_axes))) if tta else ()
+        self.mirror_axes = mirror_axes_for(bundle, tta)
         self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.labels = resolve_subset(bundle, subset)
         self.progress = progress
         self.cancel = cancel
-        self.folds = list(folds) if folds else bundle.folds
+        self.folds = resolve_folds(bundle, folds)
         self._networks = list(networks) if networks is not None else None
         self._networks_device = None
 

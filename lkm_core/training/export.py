@@ -401,8 +401,10 @@ def read_folds(results: Path, folds, checkpoint_name: str, trust: bool, convert=
         out["epochs"][fold] = int(ckpt.get("current_epoch", 0))
         out["trainer"] = out["trainer"] or ckpt.get("trainer_name")
         out["configuration"] = out["configuration"] or (ckpt.get("init_args") or {}).get("configuration")
-        if out["mirror_axes"] is None and ckpt.get("inference_allowed_mirroring_axes") is not None:
-            out["mirror_axes"] = [int(a) for a in ckpt["inference_allowed_mirroring_axes"]]
+        # recorded None (nnUNetTrainerNoMirroring and friends): trained without mirroring, so
+        # nnU-Net mirrors nothing; an absent key (old checkpoints) records nothing
+        if out["mirror_axes"] is None and "inference_allowed_mirroring_axes" in ckpt:
+            out["mirror_axes"] = [int(a) for a in ckpt["inference_allowed_mirroring_axes"] or ()]
     return out
 
 
