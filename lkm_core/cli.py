@@ -152,7 +152,7 @@ def _json_stdout():
 
 
 def _resolve_shard(args):
-    """The part this process runs: options, then torchrun, then SLURM (lkm_core.sharding)."""
+    """The part this process runs: options, else SLURM arrays, torchrun, srun (lkm_core.sharding)."""
     from .sharding import ShardError, resolve_shard
     try:
         return resolve_shard(args.num_parts, args.part_id)
@@ -164,7 +164,7 @@ def _shard(cases: list, args, shard=None) -> list:
     shard = shard or _resolve_shard(args)
     selected = shard.select(cases)
     # implicit sharding (from the environment) is easy to miss: say so above info level
-    log.log(logging.WARNING if shard.source in ("torchrun", "slurm") else logging.INFO,
+    log.log(logging.WARNING if shard.source not in ("options", "none") else logging.INFO,
             "%s", shard.describe(len(selected), len(cases)))
     return selected
 
@@ -185,10 +185,12 @@ def _check_dicom_seg(cases: list) -> None:
 
 def _device(args) -> str:
     device = args.device
-    if device == "auto" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+    # torchrun (LOCAL_RANK) or srun (SLURM_LOCALID): one GPU per process of a node
+    local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID"))
+    if device == "auto" and local is not None and local.isdigit():
         import torch
         if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+            device = f"cuda:{int(local) % torch.cuda.device_count()}"
     return device
 
 
