@@ -12,7 +12,8 @@
     lkm-segment review OUTDIR [--csv F] [--png F] [--worst N]   (least confident cases first)
 
 Exit codes: 0 every case succeeded (or was already done), 1 a case failed (or the run was
-cancelled, or the model could not be loaded), 2 usage errors (bad options, unknown --subset).
+cancelled, or the model could not be loaded), 2 usage errors (bad options, unknown --subset),
+3 nothing to segment (every input was skipped; each skip is said on stderr).
 With ``--progress json`` stdout carries only JSON lines (the protocol of lkm_core.contract);
 anything else any library prints goes to stderr. Ctrl-C, SIGTERM or the appearance of the
 ``--cancel-file`` (the way that works through launchers and on Windows) stop the run; outputs are
@@ -31,8 +32,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .contract import (DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
-                       OUTPUT_FORMATS)
+from .contract import (DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_NOTHING, EXIT_OK,
+                       EXIT_USAGE, OUTPUT_FORMATS)
 from .errors import Cancelled, InputError, LKMError, ResourceError
 
 log = logging.getLogger("lkm_core")
@@ -44,6 +45,10 @@ CT_NORMALIZATION = {"scheme": "ct", "clip": [-958.0, 327.0], "mean": 82.0, "std"
 
 class UsageError(LKMError):
     kind = "usage"
+
+
+class NothingToSegment(LKMError):
+    kind = "bad_input"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,6 +250,13 @@ def _predict(args, cancel) -> int:
         if args.format == DICOM_SEG_FORMAT:
             _check_dicom_seg(cases)
         report = _start_report(args, shard, found.skipped)
+        if args.progress != "bar":  # the bar shows the log's warnings on stderr already
+            _say_skipped(found.skipped)
+        if not found.cases:
+            from .io import nothing_to_segment
+            raise NothingToSegment(nothing_to_segment(found.skipped))
+    except NothingToSegment as exc:
+        return fail(None, exc, EXIT_NOTHING)
     except UsageError as exc:
         return fail(None, exc, EXIT_USAGE)
     except LKMError as exc:
@@ -335,6 +347,13 @@ def _predict(args, cancel) -> int:
             fail(case, err, 1)
             _report_failure(report, case, path, err, started)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _say_skipped(skipped) -> None:
+    """Every skipped input on stderr, whatever the progress display."""
+    from .io import skip_message
+    for s in skipped:
+        print(f"lkm-segment: {skip_message(s)}", file=sys.stderr)
 
 
 def _list_option(text):

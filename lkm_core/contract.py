@@ -35,6 +35,7 @@ from pathlib import Path, PurePath
 EXIT_OK = 0          # every case succeeded (or was already done)
 EXIT_FAILED = 1      # a case failed, the run was stopped, or the model could not be loaded
 EXIT_USAGE = 2       # bad options (unknown --subset name, bad --step, ...)
+EXIT_NOTHING = 3     # nothing to segment: every input was skipped (each skip is said on stderr)
 
 # -- progress protocol (``--progress json``) -------------------------------------------------------
 EVENTS = ("progress", "log", "done", "error")
