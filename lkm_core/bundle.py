@@ -74,6 +74,10 @@ NORMALIZATION_ALIASES = {"ct": "ct", "ctnormalization": "ct", "zscore": "zscore"
                          "zscorenormalization": "zscore", "none": "none",
                          "nonormalization": "none"}
 MAX_ZIP_BYTES = 20 * 1024 ** 3  # refuse zip bombs: no real model needs more
+NO_ORIENTATION_WARNING = (
+    "The model {name} records no orientation: it sees each input in its storage order, so "
+    "left and right in its results depend on how the input is stored. Re-export it with "
+    "`lkm-segment bundle export --orientation CODE` (how its training images were stored).")
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class Bundle:
     spacing = property(lambda self: tuple(float(v) for v in self.meta["spacing"]))
     transpose = property(lambda self: tuple(int(v) for v in self.meta["transpose"]))
     network_config = property(lambda self: self.meta["network"])
-    orientation = property(lambda self: self.meta.get("orientation"))
+    orientation = property(lambda self: check_orientation(self.meta.get("orientation")))
     modality = property(lambda self: self.meta.get("modality", ""))
     description = property(lambda self: self.meta.get("description", ""))
     licence = property(lambda self: self.meta.get("licence", ""))
@@ -242,6 +246,19 @@ def _normalization_list(value) -> list:
     return out
 
 
+def check_orientation(code, where="model.json"):
+    """``code`` upper-cased if it is a 3-letter orientation (one of R/L, A/P, S/I per axis, e.g.
+    LPS or RAS), None for None; else ModelError."""
+    if code is None:
+        return None
+    text = str(code).upper()
+    axes = sorted({"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}.get(c, -1) for c in text)
+    if len(text) != 3 or axes != [0, 1, 2]:
+        raise ModelError(f"{where}: orientation {code!r} is not a 3-letter code with one of R/L, "
+                         "A/P and S/I each (e.g. LPS, RAS).")
+    return text
+
+
 def validate_meta(meta: dict, where="model.json") -> None:
     """Raise ModelError if model.json is incomplete or inconsistent."""
     if not isinstance(meta, dict):
@@ -264,6 +281,7 @@ def validate_meta(meta: dict, where="model.json") -> None:
             raise ModelError(f"{where}: {key} must be a list of {n} numbers for a {dim} model.")
     if sorted(meta["transpose"]) != [0, 1, 2]:
         raise ModelError(f"{where}: transpose must be a permutation of 0, 1, 2.")
+    check_orientation(meta.get("orientation"), where)
     norm = _normalization_list(meta["normalization"])
     if len(norm) != int(meta["input_channels"]):
         raise ModelError(f"{where}: {len(norm)} normalisation entries for "

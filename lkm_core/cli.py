@@ -407,7 +407,7 @@ def cmd_report_merge(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .bundle import load_bundle
+    from .bundle import NO_ORIENTATION_WARNING, load_bundle
     bundle = load_bundle(args.bundle)
     info = bundle.summary()
     if args.json:
@@ -422,8 +422,7 @@ def cmd_info(args) -> int:
              f"transpose {info['transpose']}",
              f"  licence {bundle.licence or 'not stated'}",
              f"  orientation {bundle.orientation}: inputs are reoriented to it" if bundle.orientation
-             else "  WARNING: no orientation recorded: the model sees each input in its storage "
-                  "order, so its results (left/right!) depend on how the input is stored",
+             else "  WARNING: " + NO_ORIENTATION_WARNING.format(name=bundle.name),
              "  labels:"]
     lines += [f"    {lab.value:3d}  {lab.name}" for lab in bundle.labels]
     print("\n".join(line for line in lines if line is not None))

@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .bundle import Bundle
+from .bundle import NO_ORIENTATION_WARNING, Bundle
 from .ssm.backend import backend_report, reset_backends_used
 from .errors import InputError, ResourceError
 from . import io as lkm_io
@@ -176,6 +176,8 @@ class Predictor:
         if not 0 < self.step <= 1:
             raise InputError(f"--step must be in (0, 1], not {self.step}.")
         self.mirror_axes = mirror_axes_for(bundle, tta)
+        if bundle.orientation is None:  # on every run: the module shows it as a warning too
+            log.warning("%s", NO_ORIENTATION_WARNING.format(name=bundle.name))
         self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.labels = resolve_subset(bundle, subset)
         self.progress = progress

@@ -298,7 +298,8 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
                 licence: str | None = None, provenance: dict | None = None,
                 mirror_axes=None, orientation="auto") -> dict:
     """model.json (without folds) for an LKM configuration of these plans. ``orientation``:
-    "auto" finds the training images' (:func:`training_orientation`), None records none."""
+    "auto" finds the training images' (:func:`training_orientation`), a code ("RAS", "LPS", ...)
+    records that one (the user knows how the training images were stored), None records none."""
     config = resolve_configuration(plans, configuration)
     labels, num_classes = labels_from_dataset(dataset_json)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": "image"}
@@ -328,11 +329,22 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
     if orientation == "auto":
         orientation, found = training_orientation(plans, dataset_json)
         meta["provenance"]["orientation_from"] = found
+    elif orientation is not None:
+        orientation = _orientation_option(orientation)
+        meta["provenance"]["orientation_from"] = "given at export (--orientation)"
     meta["orientation"] = orientation
     ranges = training_volume_ranges(plans, dataset_json, labels)
     if ranges:  # optional: the review compares each structure's volume with it
         meta["volume_range_ml"] = ranges
     return meta
+
+
+def _orientation_option(code: str) -> str:
+    from ..bundle import check_orientation
+    try:
+        return check_orientation(code, "--orientation")
+    except ModelError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _slug(text: str) -> str:
@@ -351,8 +363,9 @@ def _nnunet_version() -> str | None:
 def export_results(results, output, *, folds=None, checkpoint_name: str = "checkpoint_final.pth",
                    name: str | None = None, version: str = "1.0.0", description: str | None = None,
                    licence: str | None = None, data: str | None = None, parent: str | None = None,
-                   trust_checkpoint: bool = False) -> Path:
-    """Write a bundle (folder, or .zip when ``output`` ends with .zip) from a results folder."""
+                   trust_checkpoint: bool = False, orientation="auto") -> Path:
+    """Write a bundle (folder, or .zip when ``output`` ends with .zip) from a results folder.
+    ``orientation``: see :func:`bundle_meta`."""
     results = Path(results)
     if not results.is_dir():
         raise InputError(f"{results} is not a folder; give nnU-Net's Trainer__Plans__Configuration folder.")
@@ -384,7 +397,7 @@ def export_results(results, output, *, folds=None, checkpoint_name: str = "check
         provenance["fine_tuned_from"] = parent
     meta = bundle_meta(plans, dataset_json, fingerprint, configuration, name=name, version=version,
                        description=description, licence=licence, provenance=provenance,
-                       mirror_axes=mirror_axes)
+                       mirror_axes=mirror_axes, orientation=orientation)
     return save_bundle(output, meta, weights)
 
 

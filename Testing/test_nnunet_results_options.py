@@ -1,0 +1,71 @@
+"""What a real nnU-Net results folder (trained by nnU-Net's stock trainer, the session's
+trained_smoke) brings into a bundle and a prediction: the checkpoint's mirror axes, an
+orientation given at export, the folds, probabilities saved as nnU-Net saves them, and
+nnU-Net's postprocessing."""
+
+import json
+
+import pytest
+
+from lkm_core.bundle import load_bundle
+from lkm_core.cli import main
+from lkm_core.training.export import export_results, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(trained_smoke):
+    return trained_smoke  # trained once per session (conftest.py)
+
+
+def test_the_bundle_records_the_checkpoints_mirror_axes(trained):
+    ckpt = load_checkpoint(trained.results / "fold_0" / "checkpoint_final.pth")
+    bundle = load_bundle(trained.bundle)
+    assert bundle.inference_defaults["mirror_axes"] == \
+        [int(a) for a in ckpt["inference_allowed_mirroring_axes"]] == [0, 1, 2]
+
+
+def test_a_checkpoint_trained_without_mirroring_records_none_and_refuses_tta(trained, tmp_path):
+    # what nnUNetTrainerNoMirroring writes: the key, set to None
+    import shutil
+    import torch
+
+    results = tmp_path / trained.results.name
+    shutil.copytree(trained.results, results)
+    path = results / "fold_0" / "checkpoint_final.pth"
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    ckpt["inference_allowed_mirroring_axes"] = None
+    torch.save(ckpt, str(path))
+    out = export_results(results, tmp_path / "bundle", orientation=None)
+    bundle = load_bundle(out)
+    assert bundle.inference_defaults["mirror_axes"] == []
+    image = next((trained.raw / "imagesTr").iterdir())
+    code = main(["predict", str(image), "-o", str(tmp_path / "o"), "--model", str(out), "--tta",
+                 "--progress", "none"])
+    assert code == 2
+
+
+@pytest.mark.parametrize("option, recorded, source", [
+    ("LPS", "LPS", "given at export (--orientation)"),
+    ("ras", "RAS", "given at export (--orientation)"),
+    ("none", None, None),
+])
+def test_bundle_export_records_the_orientation_given(trained, tmp_path, monkeypatch, option,
+                                                     recorded, source):
+    # the training images are gone (no nnUNet_raw / nnUNet_preprocessed): only the option knows
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    out = tmp_path / "bundle"
+    assert main(["bundle", "export", str(trained.results), "-o", str(out),
+                 "--orientation", option]) == 0
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    assert meta["orientation"] == recorded
+    assert meta["provenance"].get("orientation_from") == source
+
+
+def test_bundle_export_refuses_a_bad_orientation(trained, tmp_path, capsys):
+    assert main(["bundle", "export", str(trained.results), "-o", str(tmp_path / "b"),
+                 "--orientation", "RAX"]) == 1
+    assert "not a 3-letter code" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
