@@ -69,3 +69,30 @@ def test_bundle_export_refuses_a_bad_orientation(trained, tmp_path, capsys):
                  "--orientation", "RAX"]) == 1
     assert "not a 3-letter code" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_saved_probabilities_are_those_nnunet_saves(trained, tmp_path):
+    """--save-probabilities against nnUNetPredictor's own (same checkpoint, no mirroring): the
+    same key, shape, axis order and dtype, and values within interpolation rounding."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from lkm_core.training import smoke
+
+    image = sorted((trained.raw / "imagesTr").iterdir())[0]
+    out = tmp_path / "o"
+    assert main(["predict", str(image), "-o", str(out), "--model", str(trained.bundle),
+                 "--no-tta", "--threads", "1", "--progress", "none", "--format", "nii.gz",
+                 "--save-probabilities"]) == 0
+    (npz_path,) = out.glob("*.npz")
+    with np.load(npz_path) as npz:
+        assert list(npz.keys()) == ["probabilities"]
+        ours = npz["probabilities"]
+    _, theirs = smoke.nnunet_predict(trained.results, image, probabilities=True)
+    assert ours.shape == theirs.shape == (theirs.shape[0], *sitk.ReadImage(str(image)).GetSize()[::-1])
+    assert ours.dtype == theirs.dtype == np.float32
+    difference = np.abs(ours - theirs)
+    assert difference.mean() < 0.01 and np.percentile(difference, 99.9) < 0.1, \
+        (difference.mean(), difference.max())
+    (labels,) = out.glob("*.nii.gz")
+    assert (ours.argmax(0) == sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))).mean() > 0.999

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--uncertainty", action="store_true",
                     help="also write CASE.confidence.nrrd: the model's confidence per voxel "
                     "(0-100, on the input's grid); per-structure scores are in CASE.json always")
+    pr.add_argument("--save-probabilities", action="store_true",
+                    help="also write CASE.npz as nnUNetv2_predict --save_probabilities does: "
+                    "key 'probabilities', float32 (classes, z, y, x) on the input's grid")
     pr.add_argument("--cancel-file", default=None, metavar="PATH",
                     help="stop (writing nothing more) as soon as this file exists")
     pr.add_argument("-v", "--verbose", action="store_true")
@@ -241,7 +244,8 @@ def _predict(args, cancel) -> int:
                                   quick=args.quick, tta=args.tta, step=args.step,
                                   folds=_list_option(args.folds),
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
-                                  cancel=cancel, confidence_map=args.uncertainty)
+                                  cancel=cancel, confidence_map=args.uncertainty,
+                                  probabilities=args.save_probabilities)
         except InputError as exc:  # unknown --subset names, bad step: a usage error
             raise UsageError(str(exc)) from exc
         found = discover_inputs(args.inputs, bundle.modality or None)
@@ -268,7 +272,7 @@ def _predict(args, cancel) -> int:
     from .dicom_seg import check_source as check_dicom_seg_source
     from .io import describe_input
     from .outputs import (output_paths, summarize, write_confidence_map, write_json,
-                          write_labels)
+                          write_labels, write_probabilities)
     out_dir = Path(args.output).absolute()
     failed = 0
     log.info("model %s %s (%s), %d case(s), device %s", bundle.name, bundle.version,
@@ -277,7 +281,8 @@ def _predict(args, cancel) -> int:
     for case, path in cases:
         if cancel():
             return fail(case, Cancelled("Stopped by the user before this case."), EXIT_FAILED)
-        paths = output_paths(out_dir, case, args.format, args.uncertainty)
+        paths = output_paths(out_dir, case, args.format, args.uncertainty,
+                             args.save_probabilities)
         outputs = [str(p) for p in paths.values()]
         if not args.overwrite and all(p.exists() for p in paths.values()):
             try:
@@ -309,6 +314,8 @@ def _predict(args, cancel) -> int:
                 if "confidence_map" in paths:
                     write_confidence_map(result.confidence_map, paths["confidence_map"])
                     summary["confidence"]["map"] = paths["confidence_map"].name
+                if "probabilities" in paths:
+                    write_probabilities(result.probabilities, paths["probabilities"])
                 result.timings["write"] = time.perf_counter() - t0
                 summary["timings"]["write"] = round(result.timings["write"], 3)
                 write_json(summary, paths["summary"])

@@ -34,7 +34,7 @@ from .bundle import NO_ORIENTATION_WARNING, Bundle
 from .ssm.backend import backend_report, reset_backends_used
 from .errors import InputError, ResourceError
 from . import io as lkm_io
-from .preprocessing import Prepared, prepare, to_input_grid
+from .preprocessing import Prepared, prepare, probabilities_on_input_grid, to_input_grid
 from .sliding_window import (DeviceOutOfMemory, fit_patch, scores_to_labels,
                              sliding_window_scores)
 
@@ -56,6 +56,7 @@ class Result:
     confidence: dict | None = None          # {"case_score", "structures"}: confidence=True
     confidence_map: sitk.Image | None = None  # uint8 0-100 on the input grid: confidence_map=True
     scan_backend: str = ""                  # which selective scan ran ("numba", "torch", ...)
+    probabilities: np.ndarray | None = None  # (classes, *input array shape): probabilities=True
 
 
 @dataclass
@@ -157,7 +158,8 @@ class Predictor:
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
                  shrink_patch: bool = False, keep_scores: bool = False,
-                 confidence: bool = True, confidence_map: bool = False):
+                 confidence: bool = True, confidence_map: bool = False,
+                 probabilities: bool = False):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
@@ -171,6 +173,7 @@ class Predictor:
         self.keep_scores = keep_scores
         self.confidence = confidence or confidence_map
         self.confidence_map = confidence_map
+        self.probabilities = probabilities
         defaults = bundle.inference_defaults
         self.step = float(step if step is not None else defaults.get("step", 0.5))
         if not 0 < self.step <= 1:
@@ -275,6 +278,8 @@ class Predictor:
         if self.confidence:
             confidence, confidence_map = self._assess(scores, labels, prepared, image)
         del labels
+        probabilities = (probabilities_on_input_grid(scores, prepared, image)
+                         if self.probabilities else None)
         if two_d_input:
             # JoinSeries put the 2D geometry in the top-left of the 3D one; slicing undoes it
             label_image = label_image[:, :, 0]
@@ -288,7 +293,7 @@ class Predictor:
                       network_spacing=prepared.network_spacing_xyz,
                       scores=NetworkScores(scores, prepared) if self.keep_scores else None,
                       confidence=confidence, confidence_map=confidence_map,
-                      scan_backend=backend_report())
+                      scan_backend=backend_report(), probabilities=probabilities)
 
     def _assess(self, scores, labels, prepared, image):
         """Per-structure confidence on the network grid; the voxel map on the input grid."""

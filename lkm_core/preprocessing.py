@@ -426,6 +426,14 @@ def to_input_grid(labels: np.ndarray, prepared: Prepared, reference: sitk.Image,
                 _resolve_band(part, index, first, scores, taps, prepared, on_band)
         out[first:first + rows] = part if lut is None else lut[part]
     del out
+    return _to_reference(full, prepared, reference, sitk.sitkNearestNeighbor)
+
+
+def _to_reference(full: np.ndarray, prepared: Prepared, reference: sitk.Image,
+                  interpolator) -> sitk.Image:
+    """An array on the reoriented input's voxels (transposed axes) -> an image on
+    ``reference``'s exact grid (exact axis permutations and flips; ``interpolator`` only where
+    reorientation left the grid slightly different)."""
     inverse = tuple(int(i) for i in np.argsort(prepared.transpose))
     image = sitk.GetImageFromArray(np.ascontiguousarray(full.transpose(inverse)))
     del full
@@ -435,9 +443,38 @@ def to_input_grid(labels: np.ndarray, prepared: Prepared, reference: sitk.Image,
     if _same_grid(image, reference):
         image.CopyInformation(reference)
         return image
-    log.debug("label grid differs from the input's after reorientation: nearest-neighbour resample")
-    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+    log.debug("grid differs from the input's after reorientation: resampled")
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0,
                          image.GetPixelID())
+
+
+def probabilities_on_input_grid(scores, prepared: Prepared, reference: sitk.Image) -> np.ndarray:
+    """nnU-Net's saved probabilities: every class's scores (torch (classes, *network shape))
+    resampled as its ``resampling_fn_probabilities`` does (linear, nearest across a separately
+    resampled axis), then softmax; outside the crop the background is certain. float32
+    (classes, *reference array shape), i.e. (c, z, y, x) as nnU-Net's SimpleITK reader gives."""
+    import torch
+
+    crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
+    axis = separate_axis(prepared.target, prepared.spacing)
+    x = scores.detach().float().cpu()
+    for a, n_out in enumerate(crop_shape):
+        taps = _axis_taps(x.shape[a + 1], n_out, a != axis)
+        lo = x.index_select(a + 1, torch.from_numpy(taps.i0))
+        if taps.linear:
+            hi = x.index_select(a + 1, torch.from_numpy(taps.i1))
+            w = torch.from_numpy(taps.w).reshape([-1 if d == a + 1 else 1 for d in range(x.ndim)])
+            lo = lo.add_((hi - lo).mul_(w))
+        x = lo
+    probabilities = torch.softmax(x, 0).numpy()
+    del x
+    out = []
+    for c, p in enumerate(probabilities):
+        full = np.full(prepared.full_shape, 1.0 if c == 0 else 0.0, dtype=np.float32)
+        full[prepared.bbox] = p
+        image = _to_reference(full, prepared, reference, sitk.sitkLinear)
+        out.append(sitk.GetArrayFromImage(image))
+    return np.stack(out)
 
 
 def _gather(array: np.ndarray, taps, rows: slice) -> np.ndarray:
