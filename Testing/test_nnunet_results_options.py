@@ -26,6 +26,16 @@ def test_the_bundle_records_the_checkpoints_mirror_axes(trained):
         [int(a) for a in ckpt["inference_allowed_mirroring_axes"]] == [0, 1, 2]
 
 
+
+def test_the_bundle_records_the_plans_resampling(trained):
+    plans = json.loads((trained.results / "plans.json").read_text(encoding="utf-8"))
+    config = plans["configurations"]["3d_fullres"]        # the LKM configuration inherits it
+    recorded = load_bundle(trained.bundle).meta["resampling"]
+    for what in ("data", "probabilities"):
+        assert recorded[what] == {"function": config[f"resampling_fn_{what}"],
+                                  "kwargs": config[f"resampling_fn_{what}_kwargs"]}
+
+
 def test_a_checkpoint_trained_without_mirroring_records_none_and_refuses_tta(trained, tmp_path):
     # what nnUNetTrainerNoMirroring writes: the key, set to None
     import shutil

@@ -43,7 +43,12 @@ Optional keys::
                       permutation and flips only, exact) before preprocessing, and back after;
                       ``bundle export`` records the training images' (their storage order)
     quick_spacing     spacing (mm, scalar or list like ``spacing``) for quick mode; default 3.0
-    inference         {"step": 0.5, "mirror_axes": [0, 1, 2]} defaults for the predictor
+    inference         {"step": 0.5, "mirror_axes": [0, 1, 2]} defaults for the predictor;
+                      mirror_axes are the checkpoint's (nnU-Net's inference_allowed_mirroring_axes;
+                      [] = trained without mirroring): test-time mirroring never goes beyond them
+    resampling        the plans' resampling functions and kwargs, as nnU-Net names them:
+                      {"data": {"function": "resample_data_or_seg_to_shape", "kwargs": {...}},
+                       "probabilities": {...}}; absent = nnU-Net's defaults (lkm_core.preprocessing)
     provenance        {"trained": bool, "data": ..., "trainer": ..., "date": ..., "note": ...}
                       ``trained: false`` marks random, untrained weights (``bundle init``)
 """
@@ -62,6 +67,7 @@ from pathlib import Path, PurePosixPath
 
 from .contract import META_FILE, BundleContractError, label_records
 from .errors import ModelError
+from .preprocessing import Resampling
 from .sample_data import _sha256
 
 log = logging.getLogger(__name__)
@@ -126,6 +132,10 @@ class Bundle:
         if isinstance(q, (int, float)):
             return tuple(max(float(q), s) for s in self.spacing)
         return tuple(float(v) for v in q)
+
+    @property
+    def resampling(self) -> Resampling:
+        return _resampling(self.meta)
 
     @property
     def inference_defaults(self) -> dict:
@@ -282,6 +292,7 @@ def validate_meta(meta: dict, where="model.json") -> None:
     if sorted(meta["transpose"]) != [0, 1, 2]:
         raise ModelError(f"{where}: transpose must be a permutation of 0, 1, 2.")
     check_orientation(meta.get("orientation"), where)
+    _resampling(meta, where)
     norm = _normalization_list(meta["normalization"])
     if len(norm) != int(meta["input_channels"]):
         raise ModelError(f"{where}: {len(norm)} normalisation entries for "
@@ -296,6 +307,13 @@ def validate_meta(meta: dict, where="model.json") -> None:
             raise ModelError(f"{where}: every fold needs name, file and sha256.")
         _safe_relative(f["file"], where)
     _labels(meta, where)  # values, names, colours, terminology: the module's own rules
+
+
+def _resampling(meta: dict, where="model.json") -> Resampling:
+    try:
+        return Resampling.from_meta(meta.get("resampling"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{where}: {exc}") from None
 
 
 def _safe_relative(name: str, where) -> PurePosixPath:

@@ -245,7 +245,7 @@ class Predictor:
                            dimension=b.dimension, normalization=b.normalization,
                            orientation=b.orientation, timings=timings,
                            num_classes=b.num_classes, patch_size=b.patch_size,
-                           source=f"The image {case}")
+                           source=f"The image {case}", resampling=b.resampling)
         timings["preprocess"] = time.perf_counter() - t0
         self._emit(case, "preprocess", 1.0)
         if self._should_stop():

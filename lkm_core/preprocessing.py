@@ -13,7 +13,8 @@ nnU-Net sees here what it saw in training:
    across slices when the spacing is anisotropic (ratio > 3), as nnU-Net's
    ``resample_data_or_seg_to_shape`` does (its ``skimage.transform.resize`` is
    ``scipy.ndimage.zoom`` with ``grid_mode=True`` clipped to the input's range, which this
-   module does directly).
+   module does directly). Plans that name other resampling functions or arguments are followed
+   as :class:`Resampling` reads them (nnU-Net's shipped functions; others are refused).
 
 Back on the input grid (:func:`to_input_grid`), the labels are what nnU-Net's predictor gives:
 the argmax of the class scores resampled linearly (nearest across slices when anisotropic) onto
@@ -68,6 +69,95 @@ class Geometry:
         return image
 
 
+KNOWN_RESAMPLING = ("resample_data_or_seg_to_shape", "resample_torch_fornnunet",
+                    "no_resampling_hack")
+# arguments that change nothing in the values (threads, device, memory strategy, seg flag)
+_NEUTRAL_KWARGS = {"is_seg", "num_threads", "device", "memefficient_seg_resampling"}
+
+
+@dataclass(frozen=True)
+class ResampleStep:
+    """One of nnU-Net's resampling calls: spline ``order`` (linear = 1), nearest neighbour
+    across a separately resampled axis, chosen like determine_do_sep_z_and_axis."""
+    resample: bool = True                 # False: no_resampling_hack
+    order: int = 3
+    force_separate_z: bool | None = None
+    threshold: float = ANISOTROPY_THRESHOLD
+
+    def separate_axis(self, current, new) -> int | None:
+        if self.force_separate_z is None:
+            return separate_axis(current, new, self.threshold)
+        if not self.force_separate_z:
+            return None
+        spacing = np.asarray(current, dtype=float)
+        coarse = np.where(spacing == spacing.max())[0]
+        return int(coarse[0]) if len(coarse) == 1 else None
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """The plans' ``resampling_fn_data`` (input image) and ``resampling_fn_probabilities``
+    (scores back to the input grid) with their kwargs; model.json's ``resampling`` holds them as
+    nnU-Net names them: {"data": {"function": ..., "kwargs": {...}}, "probabilities": {...}}
+    (absent: nnU-Net's defaults)."""
+    data: ResampleStep = ResampleStep(order=3)
+    probabilities: ResampleStep = ResampleStep(order=1)
+
+    @classmethod
+    def from_meta(cls, entry) -> "Resampling":
+        """Raises ValueError (one line) for functions or arguments the predictor cannot follow."""
+        entry = entry or {}
+        data = _step(entry.get("data"), "data", (0, 1, 2, 3, 4, 5), 3)
+        back = _step(entry.get("probabilities"), "probabilities", (0, 1), 1)
+        if data.resample and not back.resample:
+            raise ValueError("The plans resample the image but not the probabilities back "
+                             "(no_resampling_hack): the scores would not fit the input's grid.")
+        return cls(data, back)
+
+
+def _step(spec, what: str, orders, default_order: int) -> ResampleStep:
+    spec = spec or {}
+    fn = spec.get("function", "resample_data_or_seg_to_shape")
+    kwargs = dict(spec.get("kwargs") or {})
+    where = f"resampling_fn_{what} {fn}"
+    if fn not in KNOWN_RESAMPLING:
+        raise ValueError(f"The plans' {where} is not one of nnU-Net's resampling functions that "
+                         f"lkm_core follows ({', '.join(KNOWN_RESAMPLING)}).")
+    if fn == "no_resampling_hack":
+        if kwargs:
+            raise ValueError(f"The plans' {where} takes no arguments, not {sorted(kwargs)}.")
+        return ResampleStep(resample=False, order=default_order)
+    force = kwargs.pop("force_separate_z", None)
+    threshold = float(kwargs.pop("separate_z_anisotropy_threshold", ANISOTROPY_THRESHOLD))
+    if force not in (None, True, False):
+        raise ValueError(f"The plans' {where}: force_separate_z must be true, false or null.")
+    if fn == "resample_torch_fornnunet":
+        # torch's linear interpolation (align_corners=False) is the centre-aligned order-1
+        # spline; 'nearest-exact' across the separate axis is the order-0 one
+        mode, aniso = kwargs.pop("mode", "linear"), kwargs.pop("aniso_axis_mode", "nearest-exact")
+        if mode != "linear" or aniso != "nearest-exact":
+            raise ValueError(f"The plans' {where} with mode={mode!r}, aniso_axis_mode={aniso!r}: "
+                             "lkm_core follows only mode 'linear' with 'nearest-exact'.")
+        order = 1
+    else:
+        order = int(kwargs.pop("order", default_order))
+        order_z = int(kwargs.pop("order_z", 0))
+        if order not in orders:
+            raise ValueError(f"The plans' {where} with order {order}: lkm_core follows orders "
+                             f"{', '.join(map(str, orders))} here.")
+        if order_z != 0:
+            raise ValueError(f"The plans' {where} with order_z {order_z}: lkm_core follows only "
+                             "nearest neighbour (order_z 0, nnU-Net's default) across slices.")
+    unknown = sorted(set(kwargs) - _NEUTRAL_KWARGS)
+    if unknown:
+        raise ValueError(f"The plans' {where} has arguments lkm_core does not know: "
+                         f"{', '.join(unknown)}.")
+    return ResampleStep(True, order, force, threshold)
+
+
+DEFAULT_RESAMPLING = Resampling()
+
+
 @dataclass
 class Prepared:
     array: np.ndarray | None   # (C, *spatial) float32, axes transposed (None once used)
@@ -79,6 +169,7 @@ class Prepared:
     bbox: tuple = ()           # slices of the nonzero crop in that transposed array
     spacing: tuple = ()        # transposed spacing of the input (mm)
     target: tuple = ()         # transposed spacing of the network grid (mm)
+    resampling: Resampling = DEFAULT_RESAMPLING
 
     @property
     def network_spacing_xyz(self) -> tuple:
@@ -93,9 +184,12 @@ def _untranspose(values, transpose) -> tuple:
     return tuple(out)
 
 
-def target_spacing(spacing_t, spacing, dimension: str) -> tuple:
+def target_spacing(spacing_t, spacing, dimension: str, resample: bool = True) -> tuple:
     """The network spacing in transposed order. A 2d model gives only the in-plane spacing; the
-    slice axis (first transposed axis) keeps the image's."""
+    slice axis (first transposed axis) keeps the image's; plans that do not resample
+    (``resample`` False) keep the image's own spacing."""
+    if not resample:
+        return tuple(float(v) for v in spacing_t)
     return tuple(float(v) for v in spacing) if dimension == "3d" else \
         (float(spacing_t[0]), *(float(v) for v in spacing))
 
@@ -162,7 +256,8 @@ def available_memory() -> int | None:
 
 def check_input_size(image: sitk.Image, *, spacing, transpose, dimension: str,
                      orientation: str | None = None, num_classes: int = 2,
-                     patch_size=None, source="the image") -> tuple:
+                     patch_size=None, source="the image",
+                     resampling: Resampling = DEFAULT_RESAMPLING) -> tuple:
     """Refuse (InputError / ResourceError, one line naming size and spacing) an image that would
     have fewer than 4 voxels on an axis the network convolves at the model's spacing (for a 2d
     model the two in-plane axes), or whose resampled volume or class scores would not fit in the
@@ -170,7 +265,7 @@ def check_input_size(image: sitk.Image, *, spacing, transpose, dimension: str,
     size, sp = oriented_size_spacing(image, orientation)
     shape_t = tuple(size[::-1][t] for t in transpose)
     spacing_t = tuple(sp[::-1][t] for t in transpose)
-    target_t = target_spacing(spacing_t, spacing, dimension)
+    target_t = target_spacing(spacing_t, spacing, dimension, resampling.data.resample)
     new = network_shape(shape_t, spacing_t, target_t)
     convolved = range(3) if dimension == "3d" else range(1, 3)
     size_txt = "x".join(map(str, image.GetSize()))
@@ -267,13 +362,17 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return np.clip(np.floor(c + 0.5), 0, n_in - 1).astype(np.intp)
 
 
-def resample_array(array: np.ndarray, shape, spacing, target, order: int = 3) -> np.ndarray:
+def resample_array(array: np.ndarray, shape, spacing, target, order: int = 3,
+                   step: ResampleStep | None = None) -> np.ndarray:
     """(D, H, W) float32 -> ``shape``: cubic splines (mode edge), across an anisotropic axis
-    apart with nearest neighbour, as nnU-Net resamples images."""
+    apart with nearest neighbour, as nnU-Net resamples images (``step``: the plans' own order
+    and separate-axis rule)."""
     shape = tuple(int(v) for v in shape)
     if tuple(array.shape) == shape:
         return array
-    axis = separate_axis(spacing, target)
+    step = step or ResampleStep(order=order)
+    order = step.order
+    axis = step.separate_axis(spacing, target)
     if axis is None:
         return _zoom(array, shape, order)
     in_plane = list(shape)
@@ -289,7 +388,8 @@ def resample_array(array: np.ndarray, shape, spacing, target, order: int = 3) ->
 # --- the way in --------------------------------------------------------------------------------
 def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalization: list,
             orientation: str | None = None, timings: dict | None = None, num_classes: int = 2,
-            patch_size=None, source="the image") -> Prepared:
+            patch_size=None, source="the image",
+            resampling: Resampling = DEFAULT_RESAMPLING) -> Prepared:
     """Input image (float32, 3D, validated) -> network array with its geometry. Refuses (see
     :func:`check_input_size`) before allocating anything."""
     if len(normalization) != 1:
@@ -298,7 +398,7 @@ def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalizat
     transpose = tuple(int(t) for t in transpose)
     check_input_size(image, spacing=spacing, transpose=transpose, dimension=dimension,
                      orientation=orientation, num_classes=num_classes, patch_size=patch_size,
-                     source=source)
+                     source=source, resampling=resampling)
     t0 = time.perf_counter()
     own = image_orientation(image)
     oriented = reorient(image, orientation)
@@ -310,13 +410,13 @@ def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalizat
     array = array.transpose(transpose)
     full_shape = array.shape
     spacing_t = tuple(geometry.spacing[::-1][t] for t in transpose)
-    target_t = target_spacing(spacing_t, spacing, dimension)
+    target_t = target_spacing(spacing_t, spacing, dimension, resampling.data.resample)
     bbox = nonzero_bbox(array)
     array = np.ascontiguousarray(array[bbox])
     new_shape = network_shape(array.shape, spacing_t, target_t)
     normalize(array, normalization[0])
     t1 = time.perf_counter()
-    array = resample_array(array, new_shape, spacing_t, target_t)[None]
+    array = resample_array(array, new_shape, spacing_t, target_t, step=resampling.data)[None]
     if timings is not None:
         timings["normalize"] = timings.get("normalize", 0.0) + t1 - t0
         timings["resample"] = timings.get("resample", 0.0) + time.perf_counter() - t1
@@ -324,7 +424,8 @@ def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalizat
     log.debug("network grid %s at %s mm", grid.GetSize(), grid.GetSpacing())
     return Prepared(array=array, grid=grid, transpose=transpose, oriented=geometry,
                     orientation=own if orientation and own != orientation else None,
-                    full_shape=tuple(full_shape), bbox=bbox, spacing=spacing_t, target=target_t)
+                    full_shape=tuple(full_shape), bbox=bbox, spacing=spacing_t, target=target_t,
+                    resampling=resampling)
 
 
 def _network_grid(geometry: Geometry, bbox, new_shape, transpose) -> sitk.Image:
@@ -397,7 +498,9 @@ def to_input_grid(labels: np.ndarray, prepared: Prepared, reference: sitk.Image,
     in the reoriented input array and their interpolated scores (classes, n), for callers that
     want probabilities where labels meet."""
     crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
-    axis = separate_axis(prepared.target, prepared.spacing)
+    back = prepared.resampling.probabilities
+    axis = back.separate_axis(prepared.target, prepared.spacing)
+    scores = scores if back.order == 1 else None   # the plans' order 0: nearest
     taps = [_axis_taps(n, m, scores is not None and a != axis)
             for a, (n, m) in enumerate(zip(labels.shape, crop_shape))]
     linear = [a for a, t in enumerate(taps) if t.linear]
@@ -456,10 +559,11 @@ def probabilities_on_input_grid(scores, prepared: Prepared, reference: sitk.Imag
     import torch
 
     crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
-    axis = separate_axis(prepared.target, prepared.spacing)
+    back = prepared.resampling.probabilities
+    axis = back.separate_axis(prepared.target, prepared.spacing)
     x = scores.detach().float().cpu()
     for a, n_out in enumerate(crop_shape):
-        taps = _axis_taps(x.shape[a + 1], n_out, a != axis)
+        taps = _axis_taps(x.shape[a + 1], n_out, back.order == 1 and a != axis)
         lo = x.index_select(a + 1, torch.from_numpy(taps.i0))
         if taps.linear:
             hi = x.index_select(a + 1, torch.from_numpy(taps.i1))

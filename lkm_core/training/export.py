@@ -322,6 +322,7 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
         "network": network_config(config, len(channels), num_classes),
         "labels": labels,
         "inference": {"step": 0.5},
+        "resampling": resampling_from_plans(config),
         "provenance": {"trained": True, **(provenance or {})},
     }
     if mirror_axes is not None:
@@ -337,6 +338,24 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
     if ranges:  # optional: the review compares each structure's volume with it
         meta["volume_range_ml"] = ranges
     return meta
+
+
+def resampling_from_plans(config: dict) -> dict:
+    """The configuration's resampling_fn_data / _probabilities and kwargs, as model.json records
+    them; functions or arguments the predictor cannot follow are refused here, at export."""
+    from ..preprocessing import Resampling
+
+    entry = {}
+    for what in ("data", "probabilities"):
+        fn = config.get(f"resampling_fn_{what}")
+        if fn is not None:
+            entry[what] = {"function": str(fn),
+                           "kwargs": dict(config.get(f"resampling_fn_{what}_kwargs") or {})}
+    try:
+        Resampling.from_meta(entry)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return entry
 
 
 def _orientation_option(code: str) -> str:
