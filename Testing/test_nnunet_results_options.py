@@ -106,3 +106,28 @@ def test_saved_probabilities_are_those_nnunet_saves(trained, tmp_path):
         (difference.mean(), difference.max())
     (labels,) = out.glob("*.nii.gz")
     assert (ours.argmax(0) == sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))).mean() > 0.999
+
+
+def test_export_records_the_postprocessing_nnunet_determined_for_the_folds(trained, tmp_path):
+    import shutil
+
+    from batchgenerators.utilities.file_and_folder_operations import save_pickle
+    from nnunetv2.postprocessing.remove_connected_components import \
+        remove_all_but_largest_component_from_segmentation as nnunet_fn
+
+    results = tmp_path / trained.results.name
+    shutil.copytree(trained.results, results)
+    (results / "crossval_results_folds_0").mkdir()
+    save_pickle(([nnunet_fn], [{"labels_or_regions": [1, 2]}]),
+                str(results / "crossval_results_folds_0" / "postprocessing.pkl"))
+    out = tmp_path / "bundle"
+    assert main(["bundle", "export", str(results), "-o", str(out), "--orientation", "none"]) == 0
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    assert meta["postprocessing"] == [{"function": nnunet_fn.__name__,
+                                       "kwargs": {"labels_or_regions": [1, 2]}}]
+    assert meta["provenance"]["postprocessing_from"] == "crossval_results_folds_0/postprocessing.pkl"
+    assert list(out.glob("*.pkl")) == []
+    out_none = tmp_path / "bundle-none"
+    assert main(["bundle", "export", str(results), "-o", str(out_none), "--orientation", "none",
+                 "--postprocessing", "none"]) == 0
+    assert "postprocessing" not in json.loads((out_none / "model.json").read_text(encoding="utf-8"))

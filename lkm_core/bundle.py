@@ -49,6 +49,10 @@ Optional keys::
     resampling        the plans' resampling functions and kwargs, as nnU-Net names them:
                       {"data": {"function": "resample_data_or_seg_to_shape", "kwargs": {...}},
                        "probabilities": {...}}; absent = nnU-Net's defaults (lkm_core.preprocessing)
+    postprocessing    nnU-Net's postprocessing (postprocessing.pkl of the results folder, read at
+                      export, kept as JSON): [{"function":
+                      "remove_all_but_largest_component_from_segmentation", "kwargs":
+                      {"labels_or_regions": [1, [2, 3]], "background_label": 0}}, ...]
     provenance        {"trained": bool, "data": ..., "trainer": ..., "date": ..., "note": ...}
                       ``trained: false`` marks random, untrained weights (``bundle init``)
 """
@@ -67,7 +71,7 @@ from pathlib import Path, PurePosixPath
 
 from .contract import META_FILE, BundleContractError, label_records
 from .errors import ModelError
-from .preprocessing import Resampling
+from .preprocessing import Resampling, check_postprocessing
 from .sample_data import _sha256
 
 log = logging.getLogger(__name__)
@@ -136,6 +140,11 @@ class Bundle:
     @property
     def resampling(self) -> Resampling:
         return _resampling(self.meta)
+
+    @property
+    def postprocessing(self) -> list:
+        """nnU-Net's postprocessing recorded at export (checked steps; [] when none)."""
+        return _postprocessing(self.meta)
 
     @property
     def inference_defaults(self) -> dict:
@@ -293,6 +302,7 @@ def validate_meta(meta: dict, where="model.json") -> None:
         raise ModelError(f"{where}: transpose must be a permutation of 0, 1, 2.")
     check_orientation(meta.get("orientation"), where)
     _resampling(meta, where)
+    _postprocessing(meta, where)
     norm = _normalization_list(meta["normalization"])
     if len(norm) != int(meta["input_channels"]):
         raise ModelError(f"{where}: {len(norm)} normalisation entries for "
@@ -312,6 +322,13 @@ def validate_meta(meta: dict, where="model.json") -> None:
 def _resampling(meta: dict, where="model.json") -> Resampling:
     try:
         return Resampling.from_meta(meta.get("resampling"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{where}: {exc}") from None
+
+
+def _postprocessing(meta: dict, where="model.json") -> list:
+    try:
+        return check_postprocessing(meta.get("postprocessing"))
     except (ValueError, TypeError, AttributeError) as exc:
         raise ModelError(f"{where}: {exc}") from None
 

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--uncertainty", action="store_true",
                     help="also write CASE.confidence.nrrd: the model's confidence per voxel "
                     "(0-100, on the input's grid); per-structure scores are in CASE.json always")
+    pr.add_argument("--postprocessing", action=argparse.BooleanOptionalAction, default=True,
+                    help="apply nnU-Net's postprocessing (keep the largest component of the "
+                    "structures it names) where the model records it (default: on)")
     pr.add_argument("--save-probabilities", action="store_true",
                     help="also write CASE.npz as nnUNetv2_predict --save_probabilities does: "
                     "key 'probabilities', float32 (classes, z, y, x) on the input's grid")
@@ -245,7 +248,8 @@ def _predict(args, cancel) -> int:
                                   folds=_list_option(args.folds),
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
                                   cancel=cancel, confidence_map=args.uncertainty,
-                                  probabilities=args.save_probabilities)
+                                  probabilities=args.save_probabilities,
+                                  postprocessing=args.postprocessing)
         except InputError as exc:  # unknown --subset names, bad step: a usage error
             raise UsageError(str(exc)) from exc
         found = discover_inputs(args.inputs, bundle.modality or None)
@@ -310,7 +314,9 @@ def _predict(args, cancel) -> int:
                                                      "quick": args.quick,
                                                      "tta": bool(predictor.mirror_axes),
                                                      "mirror_axes": list(predictor.mirror_axes),
-                                                     "folds": predictor.folds})
+                                                     "folds": predictor.folds,
+                                                     "postprocessing": bool(
+                                                         predictor.postprocessing)})
                 if "confidence_map" in paths:
                     write_confidence_map(result.confidence_map, paths["confidence_map"])
                     summary["confidence"]["map"] = paths["confidence_map"].name

@@ -34,7 +34,8 @@ from .bundle import NO_ORIENTATION_WARNING, Bundle
 from .ssm.backend import backend_report, reset_backends_used
 from .errors import InputError, ResourceError
 from . import io as lkm_io
-from .preprocessing import Prepared, prepare, probabilities_on_input_grid, to_input_grid
+from .preprocessing import (Prepared, postprocess_labels, prepare, probabilities_on_input_grid,
+                            to_input_grid)
 from .sliding_window import (DeviceOutOfMemory, fit_patch, scores_to_labels,
                              sliding_window_scores)
 
@@ -108,6 +109,13 @@ def resolve_subset(bundle: Bundle, subset: Sequence[str] | None) -> list:
     return sorted({lab.value: lab for lab in chosen}.values(), key=lambda lab: lab.value)
 
 
+def _postprocessed(label_image: sitk.Image, steps: list) -> sitk.Image:
+    array = postprocess_labels(sitk.GetArrayFromImage(label_image), steps)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(label_image)
+    return out
+
+
 def mirror_axes_for(bundle: Bundle, tta: bool | None) -> tuple:
     """The axes test-time augmentation mirrors: exactly those the checkpoint recorded
     (``inference.mirror_axes``), never more. A model trained without mirroring has not learnt
@@ -159,7 +167,7 @@ class Predictor:
                  progress: Callable[[dict], None] | None = None, cancel=None,
                  shrink_patch: bool = False, keep_scores: bool = False,
                  confidence: bool = True, confidence_map: bool = False,
-                 probabilities: bool = False):
+                 probabilities: bool = False, postprocessing: bool = True):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
@@ -174,6 +182,9 @@ class Predictor:
         self.confidence = confidence or confidence_map
         self.confidence_map = confidence_map
         self.probabilities = probabilities
+        # nnU-Net's postprocessing where the bundle records it (on by default, as the results
+        # folder's inference instructions apply it)
+        self.postprocessing = bundle.postprocessing if postprocessing else []
         defaults = bundle.inference_defaults
         self.step = float(step if step is not None else defaults.get("step", 0.5))
         if not 0 < self.step <= 1:
@@ -274,6 +285,8 @@ class Predictor:
                 lut[v] = v
         label_image = to_input_grid(labels, prepared, image, lut=lut,
                                     scores=None if self.quick else scores)
+        if self.postprocessing:
+            label_image = _postprocessed(label_image, self.postprocessing)
         confidence, confidence_map = None, None
         if self.confidence:
             confidence, confidence_map = self._assess(scores, labels, prepared, image)

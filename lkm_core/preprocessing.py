@@ -635,3 +635,48 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-4 * min(b.GetSpacing()))
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
 
+
+
+# --- nnU-Net's postprocessing (nnUNetv2_find_best_configuration / apply_postprocessing) ---------
+KNOWN_POSTPROCESSING = ("remove_all_but_largest_component_from_segmentation",)
+
+
+def check_postprocessing(steps) -> list:
+    """model.json's ``postprocessing`` (a list of {"function", "kwargs"} as nnU-Net's
+    postprocessing.json names them) checked; ValueError (one line) for what is not followed."""
+    out = []
+    for step in steps or []:
+        fn = step.get("function") if isinstance(step, dict) else None
+        if fn not in KNOWN_POSTPROCESSING:
+            raise ValueError(f"The postprocessing step {fn or step!r} is not one lkm_core follows "
+                             f"({', '.join(KNOWN_POSTPROCESSING)}).")
+        kwargs = dict(step.get("kwargs") or {})
+        unknown = sorted(set(kwargs) - {"labels_or_regions", "background_label"})
+        if unknown or "labels_or_regions" not in kwargs:
+            raise ValueError(f"The postprocessing step {fn} needs labels_or_regions (and at most "
+                             f"background_label), not {sorted(kwargs)}.")
+        items = kwargs["labels_or_regions"]
+        items = items if isinstance(items, list) else [items]
+        regions = [tuple(int(v) for v in i) if isinstance(i, (list, tuple)) else (int(i),)
+                   for i in items]
+        out.append({"function": fn, "regions": regions,
+                    "background_label": int(kwargs.get("background_label", 0))})
+    return out
+
+
+def postprocess_labels(labels: np.ndarray, steps: list) -> np.ndarray:
+    """nnU-Net's remove_all_but_largest_component_from_segmentation, per step of
+    :func:`check_postprocessing`: the union of the step's labels/regions keeps only its largest
+    connected component (full connectivity, as skimage's label; ties all kept), the rest becomes
+    the background label. ``labels`` is changed in place and returned."""
+    from scipy.ndimage import label as connected
+
+    for step in steps:
+        mask = np.isin(labels, [v for region in step["regions"] for v in region])
+        components, n = connected(mask, structure=np.ones((3,) * labels.ndim, bool))
+        if n < 2:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        keep = np.flatnonzero(sizes == sizes.max()) + 1
+        labels[mask & ~np.isin(components, keep)] = step["background_label"]
+    return labels

@@ -76,6 +76,10 @@ def register_bundle_cli(bundle_subparsers) -> None:
     _bundle_out_args(p)
     p.add_argument("--description", help="one-line description")
     p.add_argument("--parent", help="bundle this model was fine-tuned from (recorded in provenance)")
+    p.add_argument("--postprocessing", default="auto", metavar="FILE|auto|none",
+                   help="nnU-Net's postprocessing.pkl to record (default auto: the one "
+                   "nnUNetv2_find_best_configuration wrote for the exported folds, if any); "
+                   "predict applies it unless --no-postprocessing")
     p.set_defaults(func=run_export)
 
     p = bundle_subparsers.add_parser(
@@ -130,6 +134,11 @@ def _orientation(text: str):
     return None if low == "none" else "auto" if low == "auto" else str(text).strip()
 
 
+def _postprocessing(text: str):
+    low = str(text).strip().lower()
+    return None if low == "none" else "auto" if low == "auto" else Path(text)
+
+
 def run_export(args) -> int:
     from .export import export_results
 
@@ -137,7 +146,8 @@ def run_export(args) -> int:
                          name=args.name, version=args.version, description=args.description,
                          licence=args.licence, data=args.data, parent=args.parent,
                          trust_checkpoint=args.trust_checkpoint,
-                         orientation=_orientation(args.orientation))
+                         orientation=_orientation(args.orientation),
+                         postprocessing=_postprocessing(args.postprocessing))
     print(f"Wrote bundle {out}")
     return 0
 

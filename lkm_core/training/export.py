@@ -244,6 +244,60 @@ def _properties_orientations(folder: Path, limit: int = 500) -> list:
     return out
 
 
+class _PostprocessingUnpickler(_PropertiesUnpickler):
+    """postprocessing.pkl: (functions, kwargs). A function comes back as its name (nothing of
+    nnU-Net is imported or run); only nnU-Net's own postprocessing functions are allowed."""
+    MODULE = "nnunetv2.postprocessing.remove_connected_components"
+
+    def find_class(self, module, name):
+        from ..preprocessing import KNOWN_POSTPROCESSING
+        if module == self.MODULE and name in KNOWN_POSTPROCESSING:
+            return name
+        return super().find_class(module, name)
+
+
+def find_postprocessing(results: Path, folds) -> Path | None:
+    """The postprocessing.pkl nnUNetv2_find_best_configuration wrote for these folds
+    (``crossval_results_folds_0_1_...``), or one in the results folder itself."""
+    names = sorted(str(f).replace("fold_", "") for f in folds)
+    for candidate in (results / f"crossval_results_folds_{'_'.join(names)}" / "postprocessing.pkl",
+                      results / "postprocessing.pkl"):
+        if candidate.is_file():
+            return candidate
+    others = sorted(results.glob("crossval_results_folds_*/postprocessing.pkl"))
+    if others:
+        log.warning("postprocessing was determined for other folds (%s), not for the exported "
+                    "%s: not recorded; pass --postprocessing FILE to use one",
+                    ", ".join(p.parent.name for p in others), ", ".join(names))
+    return None
+
+
+def postprocessing_from_pickle(path: Path) -> list:
+    """nnU-Net's postprocessing.pkl -> model.json's ``postprocessing`` (JSON, checked)."""
+    import numpy as np
+    from ..preprocessing import check_postprocessing
+
+    try:
+        with open(path, "rb") as f:
+            fns, kwargs = _PostprocessingUnpickler(f).load()
+    except (pickle.UnpicklingError, ValueError, TypeError, EOFError, OSError) as exc:
+        raise InputError(f"{path} is not a postprocessing.pkl of nnU-Net's that can be read "
+                         f"safely ({str(exc)[:200]}).") from None
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return int(value) if isinstance(value, (int, np.integer)) else value
+
+    steps = [{"function": str(fn), "kwargs": {k: plain(v) for k, v in dict(kw).items()}}
+             for fn, kw in zip(fns, kwargs)]
+    try:
+        check_postprocessing(steps)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return json.loads(json.dumps(steps))
+
+
 def labels_from_dataset(dataset_json: dict) -> tuple[list, int]:
     """dataset.json labels -> ([{value, name}], number of network outputs)."""
     labels = dataset_json.get("labels")
@@ -382,9 +436,12 @@ def _nnunet_version() -> str | None:
 def export_results(results, output, *, folds=None, checkpoint_name: str = "checkpoint_final.pth",
                    name: str | None = None, version: str = "1.0.0", description: str | None = None,
                    licence: str | None = None, data: str | None = None, parent: str | None = None,
-                   trust_checkpoint: bool = False, orientation="auto") -> Path:
+                   trust_checkpoint: bool = False, orientation="auto",
+                   postprocessing="auto") -> Path:
     """Write a bundle (folder, or .zip when ``output`` ends with .zip) from a results folder.
-    ``orientation``: see :func:`bundle_meta`."""
+    ``orientation``: see :func:`bundle_meta`. ``postprocessing``: "auto" records nnU-Net's
+    postprocessing.pkl for the exported folds where the results folder has one (see
+    :func:`find_postprocessing`), a path records that file's, None records none."""
     results = Path(results)
     if not results.is_dir():
         raise InputError(f"{results} is not a folder; give nnU-Net's Trainer__Plans__Configuration folder.")
@@ -417,6 +474,11 @@ def export_results(results, output, *, folds=None, checkpoint_name: str = "check
     meta = bundle_meta(plans, dataset_json, fingerprint, configuration, name=name, version=version,
                        description=description, licence=licence, provenance=provenance,
                        mirror_axes=mirror_axes, orientation=orientation)
+    pkl = find_postprocessing(results, weights) if postprocessing == "auto" else postprocessing
+    if pkl is not None:
+        meta["postprocessing"] = postprocessing_from_pickle(Path(pkl))
+        meta["provenance"]["postprocessing_from"] = Path(pkl).name if Path(pkl).parent == results \
+            else f"{Path(pkl).parent.name}/{Path(pkl).name}"
     return save_bundle(output, meta, weights)
 
 
