@@ -88,3 +88,19 @@ def test_folds_are_chosen_by_nnunet_names(tmp_path):
     assert resolve_folds(bundle, ["2", "fold_0", 2]) == ["fold_2", "fold_0"]
     with pytest.raises(InputError, match="has no fold '4'; it has fold_0, fold_1, fold_2"):
         resolve_folds(bundle, ["4"])
+
+
+def test_cli_refuses_tta_and_unknown_folds_as_usage_errors(tmp_path, capsys):
+    from lkm_core.cli import main
+
+    bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
+    image = tmp_path / "x.nrrd"
+    sitk.WriteImage(_image(), str(image))
+    base = ["predict", str(image), "-o", str(tmp_path / "o"), "--model", str(bundle.path),
+            "--progress", "none"]
+    assert main(base + ["--tta"]) == 2
+    assert "--tta) is refused: the model test-model records no mirror axes" in \
+        capsys.readouterr().err
+    assert main(base + ["--folds", "3"]) == 2
+    assert "has no fold '3'; it has fold_0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -1,9 +1,10 @@
 """The command line: ``lkm-segment`` / ``python -m lkm_core``.
 
     lkm-segment predict INPUT... -o OUTDIR --model BUNDLE [--device auto|cpu|cuda] [--quick]
-        [--tta] [--step 0.5] [--subset NAME[,NAME...]] [--threads N] [--overwrite]
-        [--format seg.nrrd|nii.gz|nrrd|dicom-seg] [--progress json|bar|none]
-        [--num-parts N --part-id K] [--report] [--uncertainty] [--cancel-file PATH]
+        [--tta|--no-tta] [--folds F[,F...]] [--step 0.5] [--subset NAME[,NAME...]] [--threads N]
+        [--overwrite] [--format seg.nrrd|nii.gz|nrrd|dicom-seg] [--progress json|bar|none]
+        [--num-parts N --part-id K] [--report] [--uncertainty] [--save-probabilities]
+        [--no-postprocessing] [--cancel-file PATH]
     lkm-segment info BUNDLE [--json]
     lkm-segment bundle init --preset NAME --labels liver,spleen,... -o DIR [--seed N]
     lkm-segment bundle verify BUNDLE

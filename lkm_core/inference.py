@@ -15,6 +15,10 @@ full run). ``keep_scores=True`` keeps the normalised class scores on the network
 comes from the same scores, with no second pass (:mod:`lkm_core.confidence`): per structure in
 ``Result.confidence`` (``confidence=True``, the default), and as a voxel map on the input grid in
 ``Result.confidence_map`` (``confidence_map=True``).
+Test-time mirroring (``tta``) follows the checkpoint exactly (:func:`mirror_axes_for`); the
+plans' resampling and nnU-Net's postprocessing come from the bundle (``Bundle.resampling``,
+``Bundle.postprocessing``); ``probabilities=True`` gives nnU-Net's saved probabilities on the
+input grid in ``Result.probabilities``.
 Progress goes to ``progress(event_dict)``; ``cancel`` (a threading.Event or a callable returning
 True) stops the run between patches with :class:`~lkm_core.errors.Cancelled`.
 """
