@@ -35,8 +35,10 @@ class ThresholdNet(torch.nn.Module):
 
 def make_bundle(folder: Path, *, dimension="3d", spacing=(1.0, 1.0, 1.0), patch=(16, 16, 16),
                 transpose=(0, 1, 2), orientation=None, labels=("liver",),
-                normalization=None, quick_spacing=None) -> "Bundle":
-    """A bundle whose weights are a placeholder (tests pass their own network callables)."""
+                normalization=None, quick_spacing=None, mirror_axes=None) -> "Bundle":
+    """A bundle whose weights are a placeholder (tests pass their own network callables);
+    ``mirror_axes``: the axes its "checkpoint" allows test-time mirroring along (None: none
+    recorded)."""
     meta = {
         "name": "test-model", "version": "1.2.3", "dimension": dimension, "input_channels": 1,
         "spacing": list(spacing), "patch_size": list(patch), "transpose": list(transpose),
@@ -48,6 +50,8 @@ def make_bundle(folder: Path, *, dimension="3d", spacing=(1.0, 1.0, 1.0), patch=
     }
     if quick_spacing is not None:
         meta["quick_spacing"] = quick_spacing
+    if mirror_axes is not None:
+        meta["inference"] = {"mirror_axes": list(mirror_axes)}
     write_bundle(folder, meta, {"fold_0": {"placeholder": torch.zeros(1)}})
     return load_bundle(folder)
 

@@ -30,7 +30,7 @@ def bundle_2d_small(tmp_path_factory):
     """A real, untrained 2D LKM-UNet bundle (64x64 patch, 3 mm in-plane)."""
     folder = tmp_path_factory.mktemp("b2d") / "untrained-2d_small"
     assert cli_main(["bundle", "init", "--preset", "2d_small", "--labels", "liver,spleen",
-                     "-o", str(folder)]) == 0
+                     "--mirror-axes", "0,1", "-o", str(folder)]) == 0
     return folder
 
 
@@ -114,7 +114,7 @@ def test_2d_model_puts_a_structure_back_on_its_voxels_through_in_plane_resamplin
     path = tmp_path / "sphere.nii.gz"
     sitk.WriteImage(image, str(path))
     bundle = make_bundle(tmp_path / "b", dimension="2d", spacing=(1.2, 1.2), patch=(16, 16),
-                         transpose=transpose)
+                         transpose=transpose, mirror_axes=(0, 1))
     net = ThresholdNet()
     result = Predictor(bundle, device="cpu", networks=[net], tta=True).predict_file(path)
     assert same_geometry(result.labels, image)

@@ -190,7 +190,9 @@ def test_cli_reports_a_refused_series_and_goes_on(dicom_sources, tmp_path, capsy
     out = tmp_path / "out"
     code = cli.main(["predict", str(study), "-o", str(out), "--progress", "none", "--report"])
     assert code == contract.EXIT_FAILED
-    assert "2 slice(s) are missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 slice(s) are missing" in err
+    assert "lkm-segment: skipped MR_" in err and "model segments CT" in err  # said, not only logged
     with open(out / "batch_report.csv", newline="", encoding="utf-8") as f:
         rows = {r["status"]: r for r in csv.DictReader(f)}
     assert sorted(rows) == ["refused", "skipped"]            # the default model segments CT
@@ -240,3 +242,27 @@ def test_summaries_and_reports_name_no_path_folder_or_uid_unless_asked(dicom_sou
             assert "Doe_Jane_1957" in text and series.series_uid in text
         else:
             assert leaks(text) == [], text
+
+
+@pytest.mark.parametrize("progress", ["none", "bar", "json"])
+def test_cli_with_every_input_skipped_says_each_skip_and_exits_nothing_to_segment(
+        dicom_sources, tmp_path, capfd, progress):
+    """An MR series given to a CT model: no output, every skip on stderr, exit code 3 (the JSON
+    protocol carries it as a warning for the panel, and an error event)."""
+    import json
+
+    from lkm_core import cli
+    from lkm_core.contract import EXIT_NOTHING
+
+    out = tmp_path / "out"
+    code = cli.main(["predict", str(dicom_sources["mr"]), "-o", str(out), "--progress", progress])
+    assert code == EXIT_NOTHING == 3
+    captured = capfd.readouterr()  # the JSON lines go to file descriptor 1 itself
+    assert "skipped MR_" in captured.err and "modality MR, but the model segments CT" in captured.err
+    assert "Nothing to segment: all 1 DICOM object(s) given were skipped" in captured.err
+    assert not out.exists() or not any(out.iterdir())
+    if progress == "json":
+        events = [json.loads(line) for line in captured.out.splitlines()]
+        assert any(e["event"] == "log" and e["level"] == "warning" and "skipped MR_" in e["message"]
+                   for e in events)
+        assert events[-1]["event"] == "error" and "Nothing to segment" in events[-1]["message"]

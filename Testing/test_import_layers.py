@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # lkm_core's floors, lowest first: a module may import its own folder or any lower floor
 FLOORS = [
     {"__init__", "contract", "terminology", "errors", "files"},  # standard library only
-    {"ssm"}, {"network"}, {"bundle"}, {"inputs"}, {"inference"}, {"outputs"}, {"batch"},
+    {"ssm"}, {"network"}, {"bundle", "nnunet_steps"}, {"inputs"}, {"inference"}, {"outputs"}, {"batch"},
     {"training"}, {"cli"}, {"__main__"},
 ]
 SLICER_MAY_IMPORT = {"lkm_core", "lkm_core.contract", "lkm_core.terminology"}

@@ -122,7 +122,8 @@ def test_2d_model_runs_slice_by_slice_on_the_input_grid(tmp_path):
                                radius_mm=10)
     path = tmp_path / "s.nrrd"
     sitk.WriteImage(image, str(path))
-    bundle = make_bundle(tmp_path / "b", dimension="2d", spacing=(1.0, 1.0), patch=(16, 16))
+    bundle = make_bundle(tmp_path / "b", dimension="2d", spacing=(1.0, 1.0), patch=(16, 16),
+                         mirror_axes=(0, 1))
     result, net = predict(bundle, path, tta=True)
     assert all(len(shape) == 4 for shape in net.calls)  # (B, C, h, w)
     assert_same_voxels(result, image, mask)
@@ -145,7 +146,8 @@ def test_mirroring_and_several_folds_keep_an_equivariant_result(tmp_path):
                                centre_mm=(7.0, 9.0, 11.0))
     path = tmp_path / "s.nrrd"
     sitk.WriteImage(image, str(path))
-    bundle = make_bundle(tmp_path / "b", spacing=(1, 1, 1), patch=(12, 12, 12))
+    bundle = make_bundle(tmp_path / "b", spacing=(1, 1, 1), patch=(12, 12, 12),
+                         mirror_axes=(0, 1, 2))
     nets = [ThresholdNet(), ThresholdNet()]
     result = Predictor(bundle, device="cpu", networks=nets, tta=True, step=1.0).predict_file(path)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))

@@ -184,8 +184,33 @@ def test_a_position_only_model_keeps_the_patients_right_in_every_storage_order(t
 def test_info_warns_when_a_bundle_records_no_orientation(tmp_path, capsys):
     bundle = make_bundle(tmp_path / "b")
     assert main(["info", str(bundle.path)]) == 0
-    assert "WARNING: no orientation recorded" in capsys.readouterr().out
+    assert "WARNING: The model test-model records no orientation" in capsys.readouterr().out
     with_orientation = make_bundle(tmp_path / "c", orientation="RAS")
     assert main(["info", str(with_orientation.path)]) == 0
     out = capsys.readouterr().out
     assert "orientation RAS" in out and "WARNING" not in out
+
+
+def test_every_predict_with_a_bundle_without_orientation_warns_the_panel(tmp_path, capfd):
+    """The warning is a "log" event of level warning in the JSON protocol (the Slicer panel
+    lists those), on every run, before any case."""
+    import json
+
+    bundle = make_bundle(tmp_path / "b")
+    code = main(["predict", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "out"),
+                 "--model", str(bundle.path), "--progress", "json"])
+    assert code == 1                                           # the missing input fails
+    events = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    warnings = [e["message"] for e in events if e["event"] == "log" and e["level"] == "warning"]
+    assert any("records no orientation" in w and "--orientation" in w for w in warnings)
+    oriented = make_bundle(tmp_path / "c", orientation="RAS")
+    main(["predict", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "out"),
+          "--model", str(oriented.path), "--progress", "json"])
+    assert "records no orientation" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("code", ["RAX", "RRS", "LP", "ras "])
+def test_a_bundle_with_a_bad_orientation_code_is_refused(tmp_path, code):
+    from lkm_core.errors import ModelError
+    with pytest.raises(ModelError, match="not a 3-letter code"):
+        make_bundle(tmp_path / "b", orientation=code)

@@ -1,5 +1,5 @@
-"""Many machines: which part of a batch a process runs (options, then torchrun, then a SLURM job
-array), the per-part batch reports, and merging them."""
+"""Many machines: which part of a batch a process runs (options; SLURM job arrays, torchrun,
+srun tasks, and their combinations), the per-part batch reports, and merging them."""
 
 import csv
 import json
@@ -19,7 +19,8 @@ from lkm_core.cli.root import _parser
 from lkm_core.batch.sharding import ShardError, resolve_shard
 
 SLURM = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
-         "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE")
+         "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE", "SLURM_PROCID",
+         "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_STEP_NUM_TASKS")
 
 
 def slurm(task, lo, hi, step=None, count=None, **more):
@@ -70,14 +71,82 @@ def test_irregular_or_incomplete_slurm_arrays_are_refused(env, words):
         resolve_shard(environ=env)
 
 
-def test_precedence_options_then_torchrun_then_slurm():
+def test_options_override_the_environment():
     both = slurm(2, 0, 3, RANK=1, WORLD_SIZE=2)
-    assert resolve_shard(environ=both).source == "torchrun"
-    assert (resolve_shard(environ=both).parts, resolve_shard(environ=both).part) == (2, 1)
     explicit = resolve_shard(3, 0, environ=both)
     assert (explicit.parts, explicit.part, explicit.source) == (3, 0, "options")
     assert resolve_shard(environ={}).source == "none"
     assert resolve_shard(environ={}).select([1, 2, 3]) == [1, 2, 3]
+
+
+def srun(procid, ntasks, **more):
+    """What `srun -n NTASKS` sets in each task (besides node and job variables)."""
+    env = {"SLURM_PROCID": str(procid), "SLURM_NTASKS": str(ntasks), "SLURM_STEP_ID": "0",
+           "SLURM_STEPID": "0", "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_LOCALID": "0",
+           "SLURM_JOB_ID": "4242", "SLURM_NPROCS": str(ntasks)}
+    env.update({k: str(v) for k, v in more.items()})
+    return env
+
+
+def test_srun_tasks_split_the_batch_and_cover_every_case_once():
+    cases = [f"c{i}" for i in range(10)]
+    chosen = []
+    for task in range(4):
+        shard = resolve_shard(environ=srun(task, 4))
+        assert (shard.parts, shard.part, shard.source) == (4, task, "srun")
+        assert f"SLURM_PROCID={task}" in shard.describe(1, 10)
+        chosen += shard.select(cases)
+    assert sorted(chosen) == sorted(cases) and len(chosen) == len(cases)
+
+
+def test_a_batch_scripts_own_ntasks_splits_nothing():
+    # sbatch --ntasks=4 sets SLURM_NTASKS in the script, which runs once: not a job step
+    env = {"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "4242", "SLURM_NPROCS": "4"}
+    assert resolve_shard(environ=env).source == "none"
+    assert resolve_shard(environ=srun(0, 1)).source == "none"  # one srun task: the whole batch
+
+
+def test_torchrun_with_one_process_does_not_override_the_array():
+    env = slurm(2, 0, 3, RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, LOCAL_WORLD_SIZE=1)
+    shard = resolve_shard(environ=env)
+    assert (shard.parts, shard.part, shard.source) == (4, 2, "slurm")
+    assert resolve_shard(environ={"RANK": "0", "WORLD_SIZE": "1"}).source == "none"
+
+
+@pytest.mark.parametrize("inner, source", [
+    ({"RANK": None, "WORLD_SIZE": 3}, "slurm+torchrun"),
+    ({"SLURM_PROCID": None, "SLURM_STEP_NUM_TASKS": 3, "SLURM_NTASKS": 3, "SLURM_STEP_ID": 0},
+     "slurm+srun"),
+])
+def test_processes_inside_array_tasks_split_each_tasks_part(inner, source):
+    """--array=1-2, each task launching 3 processes: 6 parts, every case once."""
+    cases = [f"c{i}" for i in range(13)]
+    chosen, parts = [], set()
+    for task in (1, 2):
+        for rank in range(3):
+            env = slurm(task, 1, 2, **{k: rank if v is None else v for k, v in inner.items()})
+            shard = resolve_shard(environ=env)
+            assert shard.source == source and shard.parts == 6
+            parts.add(shard.part)
+            chosen += shard.select(cases)
+    assert parts == set(range(6))
+    assert sorted(chosen) == sorted(cases) and len(chosen) == len(cases)
+
+
+def test_torchrun_world_spans_the_srun_tasks_that_started_it():
+    # srun -N 2 --ntasks-per-node 1 torchrun --nproc-per-node 2: the world is 4, global RANK
+    env = {**srun(1, 2), "RANK": "3", "WORLD_SIZE": "4"}
+    shard = resolve_shard(environ=env)
+    assert (shard.parts, shard.part, shard.source) == (4, 3, "torchrun")
+
+
+@pytest.mark.parametrize("env, words", [
+    (srun(4, 4), "SLURM_PROCID=4 does not fit SLURM_STEP_NUM_TASKS=4"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 does not fit WORLD_SIZE=2"),
+])
+def test_ranks_outside_their_world_are_refused(env, words):
+    with pytest.raises(ShardError, match=words):
+        resolve_shard(environ=env)
 
 
 def test_cli_shard_says_which_source_it_used(monkeypatch, caplog):

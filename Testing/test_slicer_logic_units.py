@@ -157,6 +157,7 @@ def test_command_line_follows_the_engine_contract(tmp_path):
                  "--threads 2", "--progress json", "--format seg.nrrd"):
         assert part in joined
     assert env["TMPDIR"].startswith(str(tmp_path)) and "PYTHONPATH" in env
+    assert "--no-tta" in PredictOptions(model="m").arguments([], "out")  # unticked: no mirroring
     with pytest.raises(ValueError):
         PredictOptions(model="m", device="gpu0").arguments([], "out")
 

@@ -71,7 +71,8 @@ def case(trained):
 def cli_prediction(trained, case, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("predict")
     smoke.run([sys.executable, "-m", "lkm_core", "predict", case, "-o", out_dir, "--model", trained.bundle,
-               "--device", "cpu", "--threads", "1", "--format", "nii.gz", "--progress", "none"],
+               "--device", "cpu", "--threads", "1", "--format", "nii.gz", "--progress", "none",
+               "--no-tta"],  # like for like: nnU-Net's predictor below runs without mirroring
               trained.env, trained.log)
     return sorted(out_dir.glob("*.nii.gz"))
 

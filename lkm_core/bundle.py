@@ -43,7 +43,16 @@ Optional keys::
                       permutation and flips only, exact) before preprocessing, and back after;
                       ``bundle export`` records the training images' (their storage order)
     quick_spacing     spacing (mm, scalar or list like ``spacing``) for quick mode; default 3.0
-    inference         {"step": 0.5, "mirror_axes": [0, 1, 2]} defaults for the predictor
+    inference         {"step": 0.5, "mirror_axes": [0, 1, 2]} defaults for the predictor;
+                      mirror_axes are the checkpoint's (nnU-Net's inference_allowed_mirroring_axes;
+                      [] = trained without mirroring): test-time mirroring never goes beyond them
+    resampling        the plans' resampling functions and kwargs, as nnU-Net names them:
+                      {"data": {"function": "resample_data_or_seg_to_shape", "kwargs": {...}},
+                       "probabilities": {...}}; absent = nnU-Net's defaults (lkm_core.inference.preprocessing)
+    postprocessing    nnU-Net's postprocessing (postprocessing.pkl of the results folder, read at
+                      export, kept as JSON): [{"function":
+                      "remove_all_but_largest_component_from_segmentation", "kwargs":
+                      {"labels_or_regions": [1, [2, 3]], "background_label": 0}}, ...]
     provenance        {"trained": bool, "data": ..., "trainer": ..., "date": ..., "note": ...}
                       ``trained: false`` marks random, untrained weights (``bundle init``)
 """
@@ -63,6 +72,7 @@ from pathlib import Path, PurePosixPath
 from .contract import META_FILE, BundleContractError, LabelRecord, label_records
 from .errors import ModelError
 from .files import cache_dir, sha256
+from .nnunet_steps import Resampling, check_postprocessing
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,10 @@ NORMALIZATION_ALIASES = {"ct": "ct", "ctnormalization": "ct", "zscore": "zscore"
                          "zscorenormalization": "zscore", "none": "none",
                          "nonormalization": "none"}
 MAX_ZIP_BYTES = 20 * 1024 ** 3  # refuse zip bombs: no real model needs more
+NO_ORIENTATION_WARNING = (
+    "The model {name} records no orientation: it sees each input in its storage order, so "
+    "left and right in its results depend on how the input is stored. Re-export it with "
+    "`lkm-segment bundle export --orientation CODE` (how its training images were stored).")
 
 
 @dataclass
@@ -92,7 +106,7 @@ class Bundle:
     spacing = property(lambda self: tuple(float(v) for v in self.meta["spacing"]))
     transpose = property(lambda self: tuple(int(v) for v in self.meta["transpose"]))
     network_config = property(lambda self: self.meta["network"])
-    orientation = property(lambda self: self.meta.get("orientation"))
+    orientation = property(lambda self: check_orientation(self.meta.get("orientation")))
     modality = property(lambda self: self.meta.get("modality", ""))
     description = property(lambda self: self.meta.get("description", ""))
     licence = property(lambda self: self.meta.get("licence", ""))
@@ -110,6 +124,15 @@ class Bundle:
         if isinstance(q, (int, float)):
             return tuple(max(float(q), s) for s in self.spacing)
         return tuple(float(v) for v in q)
+
+    @property
+    def resampling(self) -> Resampling:
+        return _resampling(self.meta)
+
+    @property
+    def postprocessing(self) -> list:
+        """nnU-Net's postprocessing recorded at export (checked steps; [] when none)."""
+        return _postprocessing(self.meta)
 
     @property
     def inference_defaults(self) -> dict:
@@ -226,6 +249,19 @@ def _normalization_list(value) -> list:
     return out
 
 
+def check_orientation(code, where="model.json"):
+    """``code`` upper-cased if it is a 3-letter orientation (one of R/L, A/P, S/I per axis, e.g.
+    LPS or RAS), None for None; else ModelError."""
+    if code is None:
+        return None
+    text = str(code).upper()
+    axes = sorted({"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}.get(c, -1) for c in text)
+    if len(text) != 3 or axes != [0, 1, 2]:
+        raise ModelError(f"{where}: orientation {code!r} is not a 3-letter code with one of R/L, "
+                         "A/P and S/I each (e.g. LPS, RAS).")
+    return text
+
+
 def validate_meta(meta: dict, where="model.json") -> None:
     """Raise ModelError if model.json is incomplete or inconsistent."""
     if not isinstance(meta, dict):
@@ -248,6 +284,9 @@ def validate_meta(meta: dict, where="model.json") -> None:
             raise ModelError(f"{where}: {key} must be a list of {n} numbers for a {dim} model.")
     if sorted(meta["transpose"]) != [0, 1, 2]:
         raise ModelError(f"{where}: transpose must be a permutation of 0, 1, 2.")
+    check_orientation(meta.get("orientation"), where)
+    _resampling(meta, where)
+    _postprocessing(meta, where)
     norm = _normalization_list(meta["normalization"])
     if len(norm) != int(meta["input_channels"]):
         raise ModelError(f"{where}: {len(norm)} normalisation entries for "
@@ -262,6 +301,20 @@ def validate_meta(meta: dict, where="model.json") -> None:
             raise ModelError(f"{where}: every fold needs name, file and sha256.")
         _safe_relative(f["file"], where)
     _labels(meta, where)  # values, names, colours, terminology: the module's own rules
+
+
+def _resampling(meta: dict, where="model.json") -> Resampling:
+    try:
+        return Resampling.from_meta(meta.get("resampling"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{where}: {exc}") from None
+
+
+def _postprocessing(meta: dict, where="model.json") -> list:
+    try:
+        return check_postprocessing(meta.get("postprocessing"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{where}: {exc}") from None
 
 
 def _safe_relative(name: str, where) -> PurePosixPath:
@@ -391,7 +444,7 @@ CT_NORMALIZATION = {"scheme": "ct", "clip": [-958.0, 327.0], "mean": 82.0, "std"
 
 
 def untrained_bundle(preset: str, label_names, modality: str = "CT", spacing=None, folds: int = 1,
-                     seed: int = 0, name: str | None = None) -> tuple[dict, dict]:
+                     seed: int = 0, name: str | None = None, mirror_axes=()) -> tuple[dict, dict]:
     """(model.json, {fold: state dict}) of an UNTRAINED bundle with random weights, for tests and
     benchmarks. Raises ValueError for an unknown preset or a spacing of the wrong length."""
     import datetime
@@ -407,6 +460,8 @@ def untrained_bundle(preset: str, label_names, modality: str = "CT", spacing=Non
     spacing = list(spacing or PRESET_SPACING.get(preset, [1.0] * len(patch)))
     if len(spacing) != len(patch):
         raise ValueError(f"--spacing needs {len(patch)} values for a {dimension} preset.")
+    if any(not 0 <= a < len(patch) for a in mirror_axes):
+        raise ValueError(f"--mirror-axes: a {dimension} model has axes 0 to {len(patch) - 1}.")
     config = preset_config(preset, 1, len(label_names) + 1)
     weights = {}
     for fold in range(folds):
@@ -428,7 +483,8 @@ def untrained_bundle(preset: str, label_names, modality: str = "CT", spacing=Non
         "normalization": [CT_NORMALIZATION if modality == "CT" else {"scheme": "zscore"}],
         "network": config,
         "labels": [label_entry(i + 1, n) for i, n in enumerate(label_names)],
-        "inference": {"step": 0.5, "mirror_axes": list(range(len(patch)))},
+        # test-time mirroring only along axes the model was trained to mirror: none, unless given
+        "inference": {"step": 0.5, "mirror_axes": list(mirror_axes)},
         "provenance": {"trained": False, "trainer": None, "data": None, "seed": seed,
                        "preset": preset,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

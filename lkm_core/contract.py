@@ -38,6 +38,7 @@ from .terminology import (NEUTRAL_COLOR, TerminologyError, label_entry, normaliz
 EXIT_OK = 0          # every case succeeded (or was already done)
 EXIT_FAILED = 1      # a case failed, the run was stopped, or the model could not be loaded
 EXIT_USAGE = 2       # bad options (unknown --subset name, bad --step, ...)
+EXIT_NOTHING = 3     # nothing to segment: every input was skipped (each skip is said on stderr)
 
 # -- progress protocol (``--progress json``) -------------------------------------------------------
 EVENTS = ("progress", "log", "done", "error")
@@ -150,6 +151,7 @@ CONFIDENCE_TAG = "LKMSegment.Confidence"     # "0.8312": the structure's score, 
 FLAGGED_TAG = "LKMSegment.Flagged"           # "1" when the score is below FLAG_BELOW, else "0"
 FLAG_BELOW = 0.6
 CONFIDENCE_MAP_SUFFIX = ".confidence.nrrd"   # --uncertainty: uint8 0-100 on the input's grid
+PROBABILITIES_SUFFIX = ".npz"   # --save-probabilities: nnU-Net's "probabilities" (c, z, y, x)
 # How pictures and Slicer's overlay show the map: (upper bound in %, RGB 0-1, legend text);
 # voxels at 95 % and above stay clear
 CONFIDENCE_BANDS = [(50, (0.85, 0.1, 0.1), "confidence < 50 %"),

@@ -55,8 +55,8 @@ class PredictOptions:
                 "--device", self.device, "--format", self.output_format, "--progress", "json"]
         if self.quick:
             args.append("--quick")
-        if self.tta:
-            args.append("--tta")
+        # explicit either way: the engine's default follows the checkpoint, the panel's box decides
+        args.append("--tta" if self.tta else "--no-tta")
         if self.step is not None:
             args += ["--step", f"{self.step:g}"]
         if self.subset:

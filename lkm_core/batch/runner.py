@@ -54,6 +54,7 @@ class BatchSettings:
     pipeline: bool = False
     summary_extra: dict = field(default_factory=dict)   # added to every case's JSON summary
     keep_paths: bool = False  # input paths and DICOM UIDs in summaries and reports (local use)
+    probabilities: bool = False  # CASE.npz as nnUNetv2_predict --save_probabilities writes
 
 
 def use_pipeline(mode: str) -> bool:
@@ -166,7 +167,7 @@ class _Batch:
     def paths(self, case):
         from ..outputs.labels import output_paths
         return output_paths(self.settings.out_dir, case, self.settings.fmt,
-                            self.settings.uncertainty)
+                            self.settings.uncertainty, self.settings.probabilities)
 
     def already_done(self, case) -> bool:
         return not self.settings.overwrite and all(p.exists() for p in self.paths(case).values())
@@ -197,7 +198,8 @@ class _Batch:
     def export(self, case, source, loaded):
         """Back to the input grid and into files; all of a case's files or none of them."""
         from ..inputs.images import describe_input
-        from ..outputs.labels import summarize, write_confidence_map, write_json, write_labels
+        from ..outputs.labels import (summarize, write_confidence_map, write_json, write_labels,
+                                     write_probabilities)
         result = self.predictor.finish(loaded)
         paths = self.paths(case)
         out_dir = Path(self.settings.out_dir)
@@ -211,11 +213,13 @@ class _Batch:
         try:
             write_labels(result.labels, result.label_list, paths["labels"], self.settings.fmt,
                          source=source, bundle=self.bundle, confidence=result.confidence)
-            summary = summarize(result, self.bundle, {**describe_input(source, self.settings.keep_paths),
-                                                      **self.settings.summary_extra})
+            described = describe_input(source, self.settings.keep_paths)
+            summary = summarize(result, self.bundle, {**described, **self.settings.summary_extra})
             if "confidence_map" in paths:
                 write_confidence_map(result.confidence_map, paths["confidence_map"])
                 summary["confidence"]["map"] = paths["confidence_map"].name
+            if "probabilities" in paths:
+                write_probabilities(result.probabilities, paths["probabilities"])
             result.timings["write"] = time.perf_counter() - t0
             summary["timings"]["write"] = round(result.timings["write"], 3)
             if self.cancel():

@@ -1,14 +1,22 @@
 """Splitting a batch over many processes or machines: which part of the cases this one runs.
 
-Sources, in order of precedence:
+Sources:
 
-1. ``--num-parts N --part-id K`` given on the command line;
-2. torchrun (and other launchers following it): ``WORLD_SIZE`` and ``RANK``;
-3. a SLURM job array: ``SLURM_ARRAY_TASK_ID`` with ``SLURM_ARRAY_TASK_MIN`` and
+1. ``--num-parts N --part-id K`` given on the command line (overrides everything else);
+2. a SLURM job array: ``SLURM_ARRAY_TASK_ID`` with ``SLURM_ARRAY_TASK_MIN`` and
    ``SLURM_ARRAY_TASK_STEP`` (default 1) and either ``SLURM_ARRAY_TASK_COUNT`` or
    ``SLURM_ARRAY_TASK_MAX``. Arrays need not start at 0 (``--array=1-8``, ``--array=0-30:10``):
    the part is the task's position in the array. Irregular index lists (``--array=1,4,9``)
-   cannot be mapped onto parts and are refused.
+   cannot be mapped onto parts and are refused;
+3. the processes of one launch inside it: torchrun (and launchers following it) with
+   ``WORLD_SIZE`` > 1 and ``RANK``, or else the tasks of a SLURM job step (``srun -n N``):
+   ``SLURM_PROCID`` of ``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``), only inside a step
+   (``SLURM_STEP_ID`` set: a batch script's own ``SLURM_NTASKS`` splits nothing, as the script
+   runs once). A multi-node torchrun's world already spans the srun tasks that started it.
+
+A launch inside an array task splits that task's part further: array part A of P, process R of
+W is part A * W + R of P * W. ``WORLD_SIZE=1`` (or one srun task) splits nothing, so it never
+hides the array.
 
 Part K of N runs cases K, K+N, K+2N, ... of the sorted case list, so parts never overlap and
 together cover every case.
@@ -30,7 +38,8 @@ class ShardError(LKMError):
 class Shard:
     parts: int = 1
     part: int = 0
-    source: str = "none"     # "options", "torchrun", "slurm" or "none"
+    source: str = "none"     # "options", "none", or the environment's: "slurm", "torchrun",
+                             # "srun", "slurm+torchrun", "slurm+srun"
     detail: str = ""         # the values it came from, for the log line
 
     def select(self, cases: list) -> list:
@@ -63,14 +72,37 @@ def resolve_shard(num_parts=None, part_id=None, environ=None) -> Shard:
         if num_parts is None or part_id is None or num_parts < 1 or not 0 <= part_id < num_parts:
             raise ShardError("--num-parts N and --part-id K go together, with 0 <= K < N.")
         return Shard(num_parts, part_id, "options", f"--num-parts {num_parts} --part-id {part_id}")
-    if "WORLD_SIZE" in env and "RANK" in env:
-        parts, part = _int(env, "WORLD_SIZE"), _int(env, "RANK")
-        if parts < 1 or not 0 <= part < parts:
-            raise ShardError(f"torchrun's RANK={part} does not fit WORLD_SIZE={parts}.")
-        return Shard(parts, part, "torchrun", f"torchrun RANK={part} WORLD_SIZE={parts}")
-    if "SLURM_ARRAY_TASK_ID" in env:
-        return _slurm(env)
-    return Shard()
+    outer = _slurm(env) if "SLURM_ARRAY_TASK_ID" in env else None
+    inner = _torchrun(env) or _srun(env)
+    if outer and inner:
+        return Shard(outer.parts * inner.parts, outer.part * inner.parts + inner.part,
+                     f"{outer.source}+{inner.source}", f"{outer.detail}, {inner.detail}")
+    return outer or inner or Shard()
+
+
+def _torchrun(env) -> Shard | None:
+    if "WORLD_SIZE" not in env or "RANK" not in env:
+        return None
+    parts, part = _int(env, "WORLD_SIZE"), _int(env, "RANK")
+    if parts < 1 or not 0 <= part < parts:
+        raise ShardError(f"torchrun's RANK={part} does not fit WORLD_SIZE={parts}.")
+    if parts == 1:
+        return None
+    return Shard(parts, part, "torchrun", f"torchrun RANK={part} WORLD_SIZE={parts}")
+
+
+def _srun(env) -> Shard | None:
+    if "SLURM_PROCID" not in env or not ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
+        return None
+    name = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+    if name not in env:
+        return None
+    parts, part = _int(env, name), _int(env, "SLURM_PROCID")
+    if parts < 1 or not 0 <= part < parts:
+        raise ShardError(f"SLURM_PROCID={part} does not fit {name}={parts}.")
+    if parts == 1:
+        return None
+    return Shard(parts, part, "srun", f"srun task SLURM_PROCID={part} of {name}={parts}")
 
 
 def _slurm(env) -> Shard:

@@ -25,6 +25,8 @@ def register(sub):
     init.add_argument("--modality", default="CT", choices=["CT", "MR"])
     init.add_argument("--spacing", default=None, help="comma-separated mm, nnU-Net axis order")
     init.add_argument("--folds", type=int, default=1)
+    init.add_argument("--mirror-axes", default="", metavar="A[,A...]",
+                      help="axes the model may be mirrored along at test time (default: none)")
     init.set_defaults(func=cmd_bundle_init)
     verify = bsub.add_parser("verify", help="check model.json and the weights' checksums")
     verify.add_argument("bundle")
@@ -33,7 +35,7 @@ def register(sub):
 
 
 def cmd_info(args) -> int:
-    from ..bundle import load_bundle
+    from ..bundle import NO_ORIENTATION_WARNING, load_bundle
     bundle = load_bundle(args.bundle)
     info = bundle.summary()
     if args.json:
@@ -48,8 +50,7 @@ def cmd_info(args) -> int:
              f"transpose {info['transpose']}",
              f"  licence {bundle.licence or 'not stated'}",
              f"  orientation {bundle.orientation}: inputs are reoriented to it" if bundle.orientation
-             else "  WARNING: no orientation recorded: the model sees each input in its storage "
-                  "order, so its results (left/right!) depend on how the input is stored",
+             else "  WARNING: " + NO_ORIENTATION_WARNING.format(name=bundle.name),
              "  labels:"]
     lines += [f"    {lab.value:3d}  {lab.name}" for lab in bundle.labels]
     print("\n".join(line for line in lines if line is not None))
@@ -70,9 +71,13 @@ def cmd_bundle_init(args) -> int:
     except ValueError:
         raise UsageError(f"--spacing needs comma-separated numbers, not {args.spacing!r}.") from None
     try:
+        mirror_axes = [int(a) for a in args.mirror_axes.split(",") if a.strip()]
+    except ValueError:
+        raise UsageError(f"--mirror-axes needs axis numbers like 0,1,2, not {args.mirror_axes!r}.") from None
+    try:
         meta, weights = untrained_bundle(args.preset, names, modality=args.modality,
                                          spacing=spacing, folds=args.folds, seed=args.seed,
-                                         name=args.name)
+                                         name=args.name, mirror_axes=mirror_axes)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     out = write_bundle(args.output, meta, weights)

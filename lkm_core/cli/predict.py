@@ -9,10 +9,15 @@ import sys
 import traceback
 from pathlib import Path
 
-from ..contract import (DEVICE_HELP, DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_USAGE,
+from ..contract import (DEVICE_HELP, DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAILED, EXIT_NOTHING,
+                        EXIT_USAGE,
                         OUTPUT_FORMATS)
 from ..errors import Cancelled, InputError, LKMError
 from .common import UsageError, run_command
+
+
+class NothingToSegment(LKMError):
+    kind = "bad_input"
 
 log = logging.getLogger("lkm_core")
 
@@ -27,7 +32,12 @@ def register(sub) -> None:
                     "(default: the model installed with lkm_core)")
     pr.add_argument("--device", default="auto", help=DEVICE_HELP)
     pr.add_argument("--quick", action="store_true", help="coarser spacing (3 mm): fast on CPUs")
-    pr.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (slower)")
+    pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="mirroring test-time augmentation along the axes the model was trained "
+                    "to mirror (default: on where the model records them, as nnUNetv2_predict; "
+                    "--tta refuses a model that records none; --no-tta: off, faster)")
+    pr.add_argument("--folds", default=None, metavar="F[,F...]",
+                    help="average only these folds of the model (e.g. 0,2; default: all)")
     pr.add_argument("--step", type=float, default=None, help="sliding-window step as a fraction "
                     "of the patch (default 0.5)")
     pr.add_argument("--subset", default=None, metavar="NAME[,NAME...]",
@@ -54,6 +64,12 @@ def register(sub) -> None:
     pr.add_argument("--pipeline", default="auto", choices=["auto", "on", "off"],
                     help="read the next case and write the last one while the network runs: "
                     "auto (default: on), on, off (strictly one case after the other)")
+    pr.add_argument("--postprocessing", action=argparse.BooleanOptionalAction, default=True,
+                    help="apply nnU-Net's postprocessing (keep the largest component of the "
+                    "structures it names) where the model records it (default: on)")
+    pr.add_argument("--save-probabilities", action="store_true",
+                    help="also write CASE.npz as nnUNetv2_predict --save_probabilities does: "
+                    "key 'probabilities', float32 (classes, z, y, x) on the input's grid")
     pr.add_argument("--cancel-file", default=None, metavar="PATH",
                     help="stop (writing nothing more) as soon as this file exists")
     pr.add_argument("-v", "--verbose", action="store_true")
@@ -88,7 +104,7 @@ def _json_stdout():
 
 
 def _resolve_shard(args):
-    """The part this process runs: options, then torchrun, then SLURM (lkm_core.batch.sharding)."""
+    """The part this process runs: options, else SLURM arrays, torchrun, srun (lkm_core.batch.sharding)."""
     from ..batch.sharding import ShardError, resolve_shard
     try:
         return resolve_shard(args.num_parts, args.part_id)
@@ -100,7 +116,7 @@ def _shard(cases: list, args, shard=None) -> list:
     shard = shard or _resolve_shard(args)
     selected = shard.select(cases)
     # implicit sharding (from the environment) is easy to miss: say so above info level
-    log.log(logging.WARNING if shard.source in ("torchrun", "slurm") else logging.INFO,
+    log.log(logging.WARNING if shard.source not in ("options", "none") else logging.INFO,
             "%s", shard.describe(len(selected), len(cases)))
     return selected
 
@@ -121,10 +137,12 @@ def _check_dicom_seg(cases: list) -> None:
 
 def _device(args) -> str:
     device = args.device
-    if device == "auto" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+    # torchrun (LOCAL_RANK) or srun (SLURM_LOCALID): one GPU per process of a node
+    local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID"))
+    if device == "auto" and local is not None and local.isdigit():
         import torch
         if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+            device = f"cuda:{int(local) % torch.cuda.device_count()}"
     return device
 
 
@@ -162,15 +180,18 @@ def _predict(args, cancel) -> int:
             raise UsageError("--threads must be at least 1.")
         from ..bundle import default_bundle_path, load_bundle
         from ..inference.predictor import Predictor
-        from ..inputs.images import discover_inputs
+        from ..inputs.images import discover_inputs, nothing_to_segment
         from ..batch.runner import check_output_folder_or_fail
         bundle = load_bundle(args.model if args.model else default_bundle_path())
-        subset = [s.strip() for s in args.subset.split(",") if s.strip()] if args.subset else None
+        subset = _list_option(args.subset)
         try:
             predictor = Predictor(bundle, device=_device(args), threads=args.threads,
                                   quick=args.quick, tta=args.tta, step=args.step,
+                                  folds=_list_option(args.folds),
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
-                                  cancel=cancel, confidence_map=args.uncertainty)
+                                  cancel=cancel, confidence_map=args.uncertainty,
+                                  probabilities=args.save_probabilities,
+                                  postprocessing=args.postprocessing)
         except InputError as exc:  # unknown --subset names, bad step: a usage error
             raise UsageError(str(exc)) from exc
         found = discover_inputs(args.inputs, bundle.modality or None)
@@ -182,6 +203,12 @@ def _predict(args, cancel) -> int:
         check_output_folder_or_fail(args.output, [source for _, source in cases], args.format,
                                     args.uncertainty)
         report = _start_report(args, shard, found.skipped)
+        if args.progress != "bar":  # the bar shows the log's warnings on stderr already
+            _say_skipped(found.skipped)
+        if not found.cases:
+            raise NothingToSegment(nothing_to_segment(found.skipped))
+    except NothingToSegment as exc:
+        return fail(None, exc, EXIT_NOTHING)
     except UsageError as exc:
         return fail(None, exc, EXIT_USAGE)
     except LKMError as exc:
@@ -202,7 +229,10 @@ def _predict(args, cancel) -> int:
 
     settings = BatchSettings(Path(args.output).absolute(), args.format, args.overwrite,
                              args.uncertainty, use_pipeline(args.pipeline),
-                             {"quick": args.quick, "tta": args.tta}, args.keep_paths)
+                             {"quick": args.quick, "tta": bool(predictor.mirror_axes),
+                              "mirror_axes": list(predictor.mirror_axes), "folds": predictor.folds,
+                              "postprocessing": bool(predictor.postprocessing)},
+                             args.keep_paths, probabilities=args.save_probabilities)
     return run_batch(cases, predictor, bundle, settings, reporter=reporter, report=report,
                      cancel=cancel, on_failure=on_failure)
 
@@ -214,3 +244,15 @@ def _start_report(args, shard, skipped):
     wanted = args.report if args.report is not None else shard.source != "none"
     return start_report(report_path(args.output, shard.label) if wanted else None, skipped,
                         list_skipped=shard.part == 0, keep_paths=args.keep_paths)
+
+
+def _say_skipped(skipped) -> None:
+    """Every skipped input on stderr, whatever the progress display."""
+    from ..inputs.images import skip_message
+    for s in skipped:
+        print(f"lkm-segment: {skip_message(s)}", file=sys.stderr)
+
+
+def _list_option(text):
+    """"a, b,c" -> ["a", "b", "c"]; None or "" -> None."""
+    return ([s.strip() for s in text.split(",") if s.strip()] or None) if text else None

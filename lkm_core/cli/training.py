@@ -76,6 +76,10 @@ def register_bundle_cli(bundle_subparsers) -> None:
     _bundle_out_args(p)
     p.add_argument("--description", help="one-line description")
     p.add_argument("--parent", help="bundle this model was fine-tuned from (recorded in provenance)")
+    p.add_argument("--postprocessing", default="auto", metavar="FILE|auto|none",
+                   help="nnU-Net's postprocessing.pkl to record (default auto: the one "
+                   "nnUNetv2_find_best_configuration wrote for the exported folds, if any); "
+                   "predict applies it unless --no-postprocessing")
     p.set_defaults(func=run_export)
 
     p = bundle_subparsers.add_parser(
@@ -111,6 +115,11 @@ def _bundle_out_args(p) -> None:
     p.add_argument("--data", help="provenance: what the model was trained on")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a full unpickle of checkpoints that do not load safely (your own files only)")
+    p.add_argument("--orientation", default="auto", metavar="CODE|auto|none",
+                   help="how the training images were stored, e.g. RAS or LPS: every input is "
+                   "reoriented to it (default auto: read from nnU-Net's reader or the training "
+                   "images' headers in $nnUNet_raw / $nnUNet_preprocessed; none: record none, and "
+                   "every prediction warns that left/right depends on the input's storage)")
 
 
 def _folds(text):
@@ -119,13 +128,26 @@ def _folds(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _orientation(text: str):
+    """--orientation: "auto", "none" (None) or a 3-letter code (checked by the export)."""
+    low = str(text).strip().lower()
+    return None if low == "none" else "auto" if low == "auto" else str(text).strip()
+
+
+def _postprocessing(text: str):
+    low = str(text).strip().lower()
+    return None if low == "none" else "auto" if low == "auto" else Path(text)
+
+
 def run_export(args) -> int:
     from ..training.bundle_export import export_results
 
     out = export_results(args.results, args.output, folds=_folds(args.folds), checkpoint_name=args.checkpoint,
                          name=args.name, version=args.version, description=args.description,
                          licence=args.licence, data=args.data, parent=args.parent,
-                         trust_checkpoint=args.trust_checkpoint)
+                         trust_checkpoint=args.trust_checkpoint,
+                         orientation=_orientation(args.orientation),
+                         postprocessing=_postprocessing(args.postprocessing))
     print(f"Wrote bundle {out}")
     return 0
 
@@ -135,7 +157,8 @@ def run_import_official(args) -> int:
 
     out = import_official(args.results, args.output, folds=_folds(args.folds), checkpoint_name=args.checkpoint,
                           name=args.name, version=args.version, licence=args.licence, data=args.data,
-                          trust_checkpoint=args.trust_checkpoint)
+                          trust_checkpoint=args.trust_checkpoint,
+                          orientation=_orientation(args.orientation))
     print(f"Wrote bundle {out}")
     return 0
 

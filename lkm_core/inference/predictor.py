@@ -15,6 +15,10 @@ full run). ``keep_scores=True`` keeps the normalised class scores on the network
 comes from the same scores, with no second pass (:mod:`lkm_core.inference.confidence`): per structure in
 ``Result.confidence`` (``confidence=True``, the default), and as a voxel map on the input grid in
 ``Result.confidence_map`` (``confidence_map=True``).
+Test-time mirroring (``tta``) follows the checkpoint exactly (:func:`mirror_axes_for`); the
+plans' resampling and nnU-Net's postprocessing come from the bundle (``Bundle.resampling``,
+``Bundle.postprocessing``); ``probabilities=True`` gives nnU-Net's saved probabilities on the
+input grid in ``Result.probabilities``.
 Progress goes to ``progress(event_dict)``; ``cancel`` (a threading.Event or a callable returning
 True) stops the run between patches with :class:`~lkm_core.errors.Cancelled`.
 """
@@ -30,11 +34,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..bundle import Bundle
+from ..bundle import NO_ORIENTATION_WARNING, Bundle
 from ..ssm.backend import backend_report, reset_backends_used
 from ..errors import InputError, ResourceError
 from ..inputs import images as lkm_io
-from .preprocessing import Prepared, prepare, to_input_grid
+from .preprocessing import (Prepared, postprocess_labels, prepare, probabilities_on_input_grid,
+                            to_input_grid)
 from .sliding_window import (DeviceOutOfMemory, fit_patch, scores_to_labels,
                              sliding_window_scores)
 
@@ -55,6 +60,7 @@ class Result:
     confidence: dict | None = None          # {"case_score", "structures"}: confidence=True
     confidence_map: sitk.Image | None = None  # uint8 0-100 on the input grid: confidence_map=True
     scan_backend: str = ""                  # which selective scan ran ("numba", "torch", ...)
+    probabilities: np.ndarray | None = None  # (classes, *input array shape): probabilities=True
 
 
 @dataclass
@@ -121,14 +127,65 @@ def resolve_subset(bundle: Bundle, subset: Sequence[str] | None) -> list:
     return sorted({lab.value: lab for lab in chosen}.values(), key=lambda lab: lab.value)
 
 
+def _postprocessed(label_image: sitk.Image, steps: list) -> sitk.Image:
+    array = postprocess_labels(sitk.GetArrayFromImage(label_image), steps)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(label_image)
+    return out
+
+
+def mirror_axes_for(bundle: Bundle, tta: bool | None) -> tuple:
+    """The axes test-time augmentation mirrors: exactly those the checkpoint recorded
+    (``inference.mirror_axes``), never more. A model trained without mirroring has not learnt
+    that left and right look alike, so mirroring it blends left and right organs.
+
+    ``tta`` None: the recorded axes, nothing where none are recorded (nnUNetv2_predict's
+    default); True: the recorded axes, refused where there are none; False: no mirroring."""
+    if tta is False:
+        return ()
+    recorded = bundle.inference_defaults.get("mirror_axes")
+    n_axes = 3 if bundle.dimension == "3d" else 2
+    if recorded is None or not list(recorded):
+        if tta:
+            why = ("was trained without mirroring" if recorded is not None
+                   else "records no mirror axes")
+            raise InputError(f"Test-time mirroring (--tta) is refused: the model {bundle.name} "
+                             f"{why}, and mirroring an axis it did not learn would blend left and "
+                             "right structures. Run without --tta.")
+        return ()
+    axes = tuple(int(a) for a in recorded)
+    if any(not 0 <= a < n_axes for a in axes) or len(set(axes)) != len(axes):
+        raise InputError(f"The model {bundle.name} records mirror axes {list(axes)}, not distinct "
+                         f"axes of a {bundle.dimension} model; re-export it.")
+    return axes
+
+
+def resolve_folds(bundle: Bundle, folds: Sequence | None) -> list:
+    """The bundle's folds to average: all by default; ``folds`` as nnU-Net names them
+    (0, "0" or "fold_0"; "all" is nnU-Net's fold_all)."""
+    if not folds:
+        return list(bundle.folds)
+    chosen = []
+    for fold in folds:
+        name = str(fold).strip()
+        name = name if name.startswith("fold_") else f"fold_{name}"
+        if name not in bundle.folds:
+            raise InputError(f"The model {bundle.name} has no fold {fold!r}; it has "
+                             f"{', '.join(bundle.folds)}.")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
 class Predictor:
     def __init__(self, bundle: Bundle, *, device: str = "auto", threads: int | None = None,
-                 quick: bool = False, tta: bool = False, step: float | None = None,
+                 quick: bool = False, tta: bool | None = False, step: float | None = None,
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
                  shrink_patch: bool = False, keep_scores: bool = False,
-                 confidence: bool = True, confidence_map: bool = False):
+                 confidence: bool = True, confidence_map: bool = False,
+                 probabilities: bool = False, postprocessing: bool = True):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
@@ -142,17 +199,22 @@ class Predictor:
         self.keep_scores = keep_scores
         self.confidence = confidence or confidence_map
         self.confidence_map = confidence_map
+        self.probabilities = probabilities
+        # nnU-Net's postprocessing where the bundle records it (on by default, as the results
+        # folder's inference instructions apply it)
+        self.postprocessing = bundle.postprocessing if postprocessing else []
         defaults = bundle.inference_defaults
         self.step = float(step if step is not None else defaults.get("step", 0.5))
         if not 0 < self.step <= 1:
             raise InputError(f"--step must be in (0, 1], not {self.step}.")
-        n_axes = 3 if bundle.dimension == "3d" else 2
-        self.mirror_axes = tuple(defaults.get("mirror_axes", range(n_axes))) if tta else ()
+        self.mirror_axes = mirror_axes_for(bundle, tta)
+        if bundle.orientation is None:  # on every run: the module shows it as a warning too
+            log.warning("%s", NO_ORIENTATION_WARNING.format(name=bundle.name))
         self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.labels = resolve_subset(bundle, subset)
         self.progress = progress
         self.cancel = cancel
-        self.folds = list(folds) if folds else bundle.folds
+        self.folds = resolve_folds(bundle, folds)
         self._networks = list(networks) if networks is not None else None
         self._networks_device = None
 
@@ -223,7 +285,7 @@ class Predictor:
                            dimension=b.dimension, normalization=b.normalization,
                            orientation=b.orientation, timings=timings,
                            num_classes=b.num_classes, patch_size=b.patch_size,
-                           source=f"The image {case}")
+                           source=f"The image {case}", resampling=b.resampling)
         timings["preprocess"] = time.perf_counter() - t0
         self._emit(case, "preprocess", 1.0)
         return Loaded(case, image, prepared, two_d_input, timings)
@@ -263,10 +325,14 @@ class Predictor:
                 lut[v] = v
         label_image = to_input_grid(labels, prepared, image, lut=lut,
                                     scores=None if self.quick else scores)
+        if self.postprocessing:
+            label_image = _postprocessed(label_image, self.postprocessing)
         confidence, confidence_map = None, None
         if self.confidence:
             confidence, confidence_map = self._assess(scores, labels, prepared, image)
         del labels
+        probabilities = (probabilities_on_input_grid(scores, prepared, image)
+                         if self.probabilities else None)
         if loaded.two_d_input:
             # JoinSeries put the 2D geometry in the top-left of the 3D one; slicing undoes it
             label_image = label_image[:, :, 0]
@@ -280,7 +346,7 @@ class Predictor:
                       network_spacing=prepared.network_spacing_xyz,
                       scores=NetworkScores(scores, prepared) if self.keep_scores else None,
                       confidence=confidence, confidence_map=confidence_map,
-                      scan_backend=loaded.scan_backend)
+                      scan_backend=loaded.scan_backend, probabilities=probabilities)
 
     def _assess(self, scores, labels, prepared, image):
         """Per-structure confidence on the network grid; the voxel map on the input grid."""

@@ -13,7 +13,8 @@ nnU-Net sees here what it saw in training:
    across slices when the spacing is anisotropic (ratio > 3), as nnU-Net's
    ``resample_data_or_seg_to_shape`` does (its ``skimage.transform.resize`` is
    ``scipy.ndimage.zoom`` with ``grid_mode=True`` clipped to the input's range, which this
-   module does directly).
+   module does directly). Plans that name other resampling functions or arguments are followed
+   as :class:`Resampling` reads them (nnU-Net's shipped functions; others are refused).
 
 Back on the input grid (:func:`to_input_grid`), the labels are what nnU-Net's predictor gives:
 the argmax of the class scores resampled linearly (nearest across slices when anisotropic) onto
@@ -40,10 +41,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, ResourceError
+from ..nnunet_steps import DEFAULT_RESAMPLING, Resampling, ResampleStep
 
 log = logging.getLogger(__name__)
 
-ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's: above this spacing ratio, resample across slices apart
 MIN_NETWORK_VOXELS = 4      # fewer voxels than this on a convolved axis: nothing to segment
 BAND_CHUNK = 1 << 16        # band voxels interpolated at once (bounds the temporary memory)
 SLAB_VOXELS = 1 << 21       # output voxels labelled at once on the way back (bounds it too)
@@ -79,6 +80,7 @@ class Prepared:
     bbox: tuple = ()           # slices of the nonzero crop in that transposed array
     spacing: tuple = ()        # transposed spacing of the input (mm)
     target: tuple = ()         # transposed spacing of the network grid (mm)
+    resampling: Resampling = DEFAULT_RESAMPLING
 
     @property
     def network_spacing_xyz(self) -> tuple:
@@ -93,9 +95,12 @@ def _untranspose(values, transpose) -> tuple:
     return tuple(out)
 
 
-def target_spacing(spacing_t, spacing, dimension: str) -> tuple:
+def target_spacing(spacing_t, spacing, dimension: str, resample: bool = True) -> tuple:
     """The network spacing in transposed order. A 2d model gives only the in-plane spacing; the
-    slice axis (first transposed axis) keeps the image's."""
+    slice axis (first transposed axis) keeps the image's; plans that do not resample
+    (``resample`` False) keep the image's own spacing."""
+    if not resample:
+        return tuple(float(v) for v in spacing_t)
     return tuple(float(v) for v in spacing) if dimension == "3d" else \
         (float(spacing_t[0]), *(float(v) for v in spacing))
 
@@ -103,18 +108,6 @@ def target_spacing(spacing_t, spacing, dimension: str) -> tuple:
 def network_shape(shape, spacing, target) -> tuple:
     """nnU-Net's compute_new_shape (at least one voxel per axis)."""
     return tuple(max(1, int(round(s / t * n))) for n, s, t in zip(shape, spacing, target))
-
-
-def separate_axis(current, new, threshold: float = ANISOTROPY_THRESHOLD) -> int | None:
-    """The axis nnU-Net resamples apart (nearest neighbour across slices), or None: the low
-    resolution axis of ``current`` if it is anisotropic, else of ``new``; none when two or
-    three axes share the coarsest spacing."""
-    for spacing in (current, new):
-        spacing = np.asarray(spacing, dtype=float)
-        if spacing.max() / spacing.min() > threshold:
-            coarse = np.where(spacing.max() / spacing == 1)[0]
-            return int(coarse[0]) if len(coarse) == 1 else None
-    return None
 
 
 def reorient(image: sitk.Image, orientation: str | None) -> sitk.Image:
@@ -162,7 +155,8 @@ def available_memory() -> int | None:
 
 def check_input_size(image: sitk.Image, *, spacing, transpose, dimension: str,
                      orientation: str | None = None, num_classes: int = 2,
-                     patch_size=None, source="the image") -> tuple:
+                     patch_size=None, source="the image",
+                     resampling: Resampling = DEFAULT_RESAMPLING) -> tuple:
     """Refuse (InputError / ResourceError, one line naming size and spacing) an image that would
     have fewer than 4 voxels on an axis the network convolves at the model's spacing (for a 2d
     model the two in-plane axes), or whose resampled volume or class scores would not fit in the
@@ -170,7 +164,7 @@ def check_input_size(image: sitk.Image, *, spacing, transpose, dimension: str,
     size, sp = oriented_size_spacing(image, orientation)
     shape_t = tuple(size[::-1][t] for t in transpose)
     spacing_t = tuple(sp[::-1][t] for t in transpose)
-    target_t = target_spacing(spacing_t, spacing, dimension)
+    target_t = target_spacing(spacing_t, spacing, dimension, resampling.data.resample)
     new = network_shape(shape_t, spacing_t, target_t)
     convolved = range(3) if dimension == "3d" else range(1, 3)
     size_txt = "x".join(map(str, image.GetSize()))
@@ -267,13 +261,17 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return np.clip(np.floor(c + 0.5), 0, n_in - 1).astype(np.intp)
 
 
-def resample_array(array: np.ndarray, shape, spacing, target, order: int = 3) -> np.ndarray:
+def resample_array(array: np.ndarray, shape, spacing, target, order: int = 3,
+                   step: ResampleStep | None = None) -> np.ndarray:
     """(D, H, W) float32 -> ``shape``: cubic splines (mode edge), across an anisotropic axis
-    apart with nearest neighbour, as nnU-Net resamples images."""
+    apart with nearest neighbour, as nnU-Net resamples images (``step``: the plans' own order
+    and separate-axis rule)."""
     shape = tuple(int(v) for v in shape)
     if tuple(array.shape) == shape:
         return array
-    axis = separate_axis(spacing, target)
+    step = step or ResampleStep(order=order)
+    order = step.order
+    axis = step.separate_axis(spacing, target)
     if axis is None:
         return _zoom(array, shape, order)
     in_plane = list(shape)
@@ -289,7 +287,8 @@ def resample_array(array: np.ndarray, shape, spacing, target, order: int = 3) ->
 # --- the way in --------------------------------------------------------------------------------
 def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalization: list,
             orientation: str | None = None, timings: dict | None = None, num_classes: int = 2,
-            patch_size=None, source="the image") -> Prepared:
+            patch_size=None, source="the image",
+            resampling: Resampling = DEFAULT_RESAMPLING) -> Prepared:
     """Input image (float32, 3D, validated) -> network array with its geometry. Refuses (see
     :func:`check_input_size`) before allocating anything."""
     if len(normalization) != 1:
@@ -298,7 +297,7 @@ def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalizat
     transpose = tuple(int(t) for t in transpose)
     check_input_size(image, spacing=spacing, transpose=transpose, dimension=dimension,
                      orientation=orientation, num_classes=num_classes, patch_size=patch_size,
-                     source=source)
+                     source=source, resampling=resampling)
     t0 = time.perf_counter()
     own = image_orientation(image)
     oriented = reorient(image, orientation)
@@ -310,13 +309,13 @@ def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalizat
     array = array.transpose(transpose)
     full_shape = array.shape
     spacing_t = tuple(geometry.spacing[::-1][t] for t in transpose)
-    target_t = target_spacing(spacing_t, spacing, dimension)
+    target_t = target_spacing(spacing_t, spacing, dimension, resampling.data.resample)
     bbox = nonzero_bbox(array)
     array = np.ascontiguousarray(array[bbox])
     new_shape = network_shape(array.shape, spacing_t, target_t)
     normalize(array, normalization[0])
     t1 = time.perf_counter()
-    array = resample_array(array, new_shape, spacing_t, target_t)[None]
+    array = resample_array(array, new_shape, spacing_t, target_t, step=resampling.data)[None]
     if timings is not None:
         timings["normalize"] = timings.get("normalize", 0.0) + t1 - t0
         timings["resample"] = timings.get("resample", 0.0) + time.perf_counter() - t1
@@ -324,7 +323,8 @@ def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalizat
     log.debug("network grid %s at %s mm", grid.GetSize(), grid.GetSpacing())
     return Prepared(array=array, grid=grid, transpose=transpose, oriented=geometry,
                     orientation=own if orientation and own != orientation else None,
-                    full_shape=tuple(full_shape), bbox=bbox, spacing=spacing_t, target=target_t)
+                    full_shape=tuple(full_shape), bbox=bbox, spacing=spacing_t, target=target_t,
+                    resampling=resampling)
 
 
 def _network_grid(geometry: Geometry, bbox, new_shape, transpose) -> sitk.Image:
@@ -397,7 +397,9 @@ def to_input_grid(labels: np.ndarray, prepared: Prepared, reference: sitk.Image,
     in the reoriented input array and their interpolated scores (classes, n), for callers that
     want probabilities where labels meet."""
     crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
-    axis = separate_axis(prepared.target, prepared.spacing)
+    back = prepared.resampling.probabilities
+    axis = back.separate_axis(prepared.target, prepared.spacing)
+    scores = scores if back.order == 1 else None   # the plans' order 0: nearest
     taps = [_axis_taps(n, m, scores is not None and a != axis)
             for a, (n, m) in enumerate(zip(labels.shape, crop_shape))]
     linear = [a for a, t in enumerate(taps) if t.linear]
@@ -426,6 +428,14 @@ def to_input_grid(labels: np.ndarray, prepared: Prepared, reference: sitk.Image,
                 _resolve_band(part, index, first, scores, taps, prepared, on_band)
         out[first:first + rows] = part if lut is None else lut[part]
     del out
+    return _to_reference(full, prepared, reference, sitk.sitkNearestNeighbor)
+
+
+def _to_reference(full: np.ndarray, prepared: Prepared, reference: sitk.Image,
+                  interpolator) -> sitk.Image:
+    """An array on the reoriented input's voxels (transposed axes) -> an image on
+    ``reference``'s exact grid (exact axis permutations and flips; ``interpolator`` only where
+    reorientation left the grid slightly different)."""
     inverse = tuple(int(i) for i in np.argsort(prepared.transpose))
     image = sitk.GetImageFromArray(np.ascontiguousarray(full.transpose(inverse)))
     del full
@@ -435,9 +445,39 @@ def to_input_grid(labels: np.ndarray, prepared: Prepared, reference: sitk.Image,
     if _same_grid(image, reference):
         image.CopyInformation(reference)
         return image
-    log.debug("label grid differs from the input's after reorientation: nearest-neighbour resample")
-    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+    log.debug("grid differs from the input's after reorientation: resampled")
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0,
                          image.GetPixelID())
+
+
+def probabilities_on_input_grid(scores, prepared: Prepared, reference: sitk.Image) -> np.ndarray:
+    """nnU-Net's saved probabilities: every class's scores (torch (classes, *network shape))
+    resampled as its ``resampling_fn_probabilities`` does (linear, nearest across a separately
+    resampled axis), then softmax; outside the crop the background is certain. float32
+    (classes, *reference array shape), i.e. (c, z, y, x) as nnU-Net's SimpleITK reader gives."""
+    import torch
+
+    crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
+    back = prepared.resampling.probabilities
+    axis = back.separate_axis(prepared.target, prepared.spacing)
+    x = scores.detach().float().cpu()
+    for a, n_out in enumerate(crop_shape):
+        taps = _axis_taps(x.shape[a + 1], n_out, back.order == 1 and a != axis)
+        lo = x.index_select(a + 1, torch.from_numpy(taps.i0))
+        if taps.linear:
+            hi = x.index_select(a + 1, torch.from_numpy(taps.i1))
+            w = torch.from_numpy(taps.w).reshape([-1 if d == a + 1 else 1 for d in range(x.ndim)])
+            lo = lo.add_((hi - lo).mul_(w))
+        x = lo
+    probabilities = torch.softmax(x, 0).numpy()
+    del x
+    out = []
+    for c, p in enumerate(probabilities):
+        full = np.full(prepared.full_shape, 1.0 if c == 0 else 0.0, dtype=np.float32)
+        full[prepared.bbox] = p
+        image = _to_reference(full, prepared, reference, sitk.sitkLinear)
+        out.append(sitk.GetArrayFromImage(image))
+    return np.stack(out)
 
 
 def _gather(array: np.ndarray, taps, rows: slice) -> np.ndarray:
@@ -494,3 +534,21 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-4 * min(b.GetSpacing()))
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
 
+
+
+def postprocess_labels(labels: np.ndarray, steps: list) -> np.ndarray:
+    """nnU-Net's remove_all_but_largest_component_from_segmentation, per step of
+    :func:`check_postprocessing`: the union of the step's labels/regions keeps only its largest
+    connected component (full connectivity, as skimage's label; ties all kept), the rest becomes
+    the background label. ``labels`` is changed in place and returned."""
+    from scipy.ndimage import label as connected
+
+    for step in steps:
+        mask = np.isin(labels, [v for region in step["regions"] for v in region])
+        components, n = connected(mask, structure=np.ones((3,) * labels.ndim, bool))
+        if n < 2:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        keep = np.flatnonzero(sizes == sizes.max()) + 1
+        labels[mask & ~np.isin(components, keep)] = step["background_label"]
+    return labels

@@ -55,7 +55,7 @@ def discover_inputs(inputs, modality: str | None = None) -> Inputs:
             raise InputError(f"The folder {path} holds neither DICOM files nor image files "
                              f"({', '.join(IMAGE_SUFFIXES)}).")
     for s in found.skipped:
-        log.info("skipped DICOM %s (%d file(s) in %s): %s", s.name, s.files, s.folder, s.reason)
+        log.warning("%s", skip_message(s))
     names = [c for c, _ in found.cases]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -63,6 +63,20 @@ def discover_inputs(inputs, modality: str | None = None) -> Inputs:
                          "Rename the files or run them into separate output folders (a DICOM "
                          "series given twice is also counted twice).")
     return found
+
+
+def skip_message(skipped) -> str:
+    """One line saying what was not segmented and why (a dicom_series.Skipped)."""
+    return (f"skipped {skipped.name} ({skipped.files} DICOM file(s) in {skipped.folder}): "
+            f"{skipped.reason}")
+
+
+def nothing_to_segment(skipped) -> str:
+    """Why a batch whose every input was skipped segments nothing, and what to do."""
+    reasons = sorted({s.reason for s in skipped})
+    return (f"Nothing to segment: all {len(skipped)} DICOM object(s) given were skipped ("
+            + "; ".join(reasons)[:300] + "). Give image files or CT/MR series the model "
+            "segments (see `lkm-segment info MODEL` for its modality).")
 
 
 def expand_inputs(inputs, modality: str | None = None) -> list:

@@ -18,18 +18,23 @@ import SimpleITK as sitk
 
 from . import dicom_seg
 from ..contract import OUTPUT_FORMATS as FORMATS
-from ..contract import (CONFIDENCE_MAP_SUFFIX, CONFIDENCE_TAG, FLAGGED_TAG, SUMMARY_SUFFIX,
-                       slicer_terminology_string)
+from ..contract import (CONFIDENCE_MAP_SUFFIX, CONFIDENCE_TAG, FLAGGED_TAG, PROBABILITIES_SUFFIX,
+                        SUMMARY_SUFFIX)
 from ..files import atomic_path
+from ..terminology import slicer_terminology_string
 
 
-def output_paths(out_dir, case: str, fmt: str = "seg.nrrd", uncertainty: bool = False) -> dict:
-    """The files of one case: labels and summary (and the confidence map with --uncertainty)."""
+def output_paths(out_dir, case: str, fmt: str = "seg.nrrd", uncertainty: bool = False,
+                 probabilities: bool = False) -> dict:
+    """The files of one case: labels and summary (and the confidence map with --uncertainty,
+    the class probabilities with --save-probabilities)."""
     out_dir = Path(out_dir).absolute()
     paths = {"labels": out_dir / f"{case}{FORMATS[fmt]}",
              "summary": out_dir / f"{case}{SUMMARY_SUFFIX}"}
     if uncertainty:
         paths["confidence_map"] = out_dir / f"{case}{CONFIDENCE_MAP_SUFFIX}"
+    if probabilities:
+        paths["probabilities"] = out_dir / f"{case}{PROBABILITIES_SUFFIX}"
     return paths
 
 
@@ -111,6 +116,17 @@ def write_confidence_map(confidence_map: sitk.Image, path) -> Path:
     path = Path(path)
     with atomic_path(path, ".nrrd") as tmp:
         sitk.WriteImage(confidence_map, str(tmp), useCompression=True)
+    return path
+
+
+def write_probabilities(probabilities: np.ndarray, path) -> Path:
+    """As nnU-Net's --save_probabilities writes them: np.savez_compressed with the one key
+    "probabilities", float32 (classes, z, y, x) on the input's grid (its .pkl of properties is
+    left out: nothing pickled is written)."""
+    path = Path(path)
+    with atomic_path(path, ".npz") as tmp:
+        with open(tmp, "wb") as f:  # a file object: savez would append .npz to a name
+            np.savez_compressed(f, probabilities=probabilities.astype(np.float32, copy=False))
     return path
 
 

@@ -244,6 +244,60 @@ def _properties_orientations(folder: Path, limit: int = 500) -> list:
     return out
 
 
+class _PostprocessingUnpickler(_PropertiesUnpickler):
+    """postprocessing.pkl: (functions, kwargs). A function comes back as its name (nothing of
+    nnU-Net is imported or run); only nnU-Net's own postprocessing functions are allowed."""
+    MODULE = "nnunetv2.postprocessing.remove_connected_components"
+
+    def find_class(self, module, name):
+        from ..nnunet_steps import KNOWN_POSTPROCESSING
+        if module == self.MODULE and name in KNOWN_POSTPROCESSING:
+            return name
+        return super().find_class(module, name)
+
+
+def find_postprocessing(results: Path, folds) -> Path | None:
+    """The postprocessing.pkl nnUNetv2_find_best_configuration wrote for these folds
+    (``crossval_results_folds_0_1_...``), or one in the results folder itself."""
+    names = sorted(str(f).replace("fold_", "") for f in folds)
+    for candidate in (results / f"crossval_results_folds_{'_'.join(names)}" / "postprocessing.pkl",
+                      results / "postprocessing.pkl"):
+        if candidate.is_file():
+            return candidate
+    others = sorted(results.glob("crossval_results_folds_*/postprocessing.pkl"))
+    if others:
+        log.warning("postprocessing was determined for other folds (%s), not for the exported "
+                    "%s: not recorded; pass --postprocessing FILE to use one",
+                    ", ".join(p.parent.name for p in others), ", ".join(names))
+    return None
+
+
+def postprocessing_from_pickle(path: Path) -> list:
+    """nnU-Net's postprocessing.pkl -> model.json's ``postprocessing`` (JSON, checked)."""
+    import numpy as np
+    from ..nnunet_steps import check_postprocessing
+
+    try:
+        with open(path, "rb") as f:
+            fns, kwargs = _PostprocessingUnpickler(f).load()
+    except (pickle.UnpicklingError, ValueError, TypeError, EOFError, OSError) as exc:
+        raise InputError(f"{path} is not a postprocessing.pkl of nnU-Net's that can be read "
+                         f"safely ({str(exc)[:200]}).") from None
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return int(value) if isinstance(value, (int, np.integer)) else value
+
+    steps = [{"function": str(fn), "kwargs": {k: plain(v) for k, v in dict(kw).items()}}
+             for fn, kw in zip(fns, kwargs)]
+    try:
+        check_postprocessing(steps)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return json.loads(json.dumps(steps))
+
+
 def labels_from_dataset(dataset_json: dict) -> tuple[list, int]:
     """dataset.json labels -> ([{value, name}], number of network outputs)."""
     labels = dataset_json.get("labels")
@@ -298,7 +352,8 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
                 licence: str | None = None, provenance: dict | None = None,
                 mirror_axes=None, orientation="auto") -> dict:
     """model.json (without folds) for an LKM configuration of these plans. ``orientation``:
-    "auto" finds the training images' (:func:`training_orientation`), None records none."""
+    "auto" finds the training images' (:func:`training_orientation`), a code ("RAS", "LPS", ...)
+    records that one (the user knows how the training images were stored), None records none."""
     config = resolve_configuration(plans, configuration)
     labels, num_classes = labels_from_dataset(dataset_json)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": "image"}
@@ -321,6 +376,7 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
         "network": network_config(config, len(channels), num_classes),
         "labels": labels,
         "inference": {"step": 0.5},
+        "resampling": resampling_from_plans(config),
         "provenance": {"trained": True, **(provenance or {})},
     }
     if mirror_axes is not None:
@@ -328,11 +384,40 @@ def bundle_meta(plans: dict, dataset_json: dict, fingerprint: dict | None, confi
     if orientation == "auto":
         orientation, found = training_orientation(plans, dataset_json)
         meta["provenance"]["orientation_from"] = found
+    elif orientation is not None:
+        orientation = _orientation_option(orientation)
+        meta["provenance"]["orientation_from"] = "given at export (--orientation)"
     meta["orientation"] = orientation
     ranges = training_volume_ranges(plans, dataset_json, labels)
     if ranges:  # optional: the review compares each structure's volume with it
         meta["volume_range_ml"] = ranges
     return meta
+
+
+def resampling_from_plans(config: dict) -> dict:
+    """The configuration's resampling_fn_data / _probabilities and kwargs, as model.json records
+    them; functions or arguments the predictor cannot follow are refused here, at export."""
+    from ..nnunet_steps import Resampling
+
+    entry = {}
+    for what in ("data", "probabilities"):
+        fn = config.get(f"resampling_fn_{what}")
+        if fn is not None:
+            entry[what] = {"function": str(fn),
+                           "kwargs": dict(config.get(f"resampling_fn_{what}_kwargs") or {})}
+    try:
+        Resampling.from_meta(entry)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return entry
+
+
+def _orientation_option(code: str) -> str:
+    from ..bundle import check_orientation
+    try:
+        return check_orientation(code, "--orientation")
+    except ModelError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _slug(text: str) -> str:
@@ -351,8 +436,12 @@ def _nnunet_version() -> str | None:
 def export_results(results, output, *, folds=None, checkpoint_name: str = "checkpoint_final.pth",
                    name: str | None = None, version: str = "1.0.0", description: str | None = None,
                    licence: str | None = None, data: str | None = None, parent: str | None = None,
-                   trust_checkpoint: bool = False) -> Path:
-    """Write a bundle (folder, or .zip when ``output`` ends with .zip) from a results folder."""
+                   trust_checkpoint: bool = False, orientation="auto",
+                   postprocessing="auto") -> Path:
+    """Write a bundle (folder, or .zip when ``output`` ends with .zip) from a results folder.
+    ``orientation``: see :func:`bundle_meta`. ``postprocessing``: "auto" records nnU-Net's
+    postprocessing.pkl for the exported folds where the results folder has one (see
+    :func:`find_postprocessing`), a path records that file's, None records none."""
     results = Path(results)
     if not results.is_dir():
         raise InputError(f"{results} is not a folder; give nnU-Net's Trainer__Plans__Configuration folder.")
@@ -384,7 +473,12 @@ def export_results(results, output, *, folds=None, checkpoint_name: str = "check
         provenance["fine_tuned_from"] = parent
     meta = bundle_meta(plans, dataset_json, fingerprint, configuration, name=name, version=version,
                        description=description, licence=licence, provenance=provenance,
-                       mirror_axes=mirror_axes)
+                       mirror_axes=mirror_axes, orientation=orientation)
+    pkl = find_postprocessing(results, weights) if postprocessing == "auto" else postprocessing
+    if pkl is not None:
+        meta["postprocessing"] = postprocessing_from_pickle(Path(pkl))
+        meta["provenance"]["postprocessing_from"] = Path(pkl).name if Path(pkl).parent == results \
+            else f"{Path(pkl).parent.name}/{Path(pkl).name}"
     return save_bundle(output, meta, weights)
 
 
@@ -401,8 +495,10 @@ def read_folds(results: Path, folds, checkpoint_name: str, trust: bool, convert=
         out["epochs"][fold] = int(ckpt.get("current_epoch", 0))
         out["trainer"] = out["trainer"] or ckpt.get("trainer_name")
         out["configuration"] = out["configuration"] or (ckpt.get("init_args") or {}).get("configuration")
-        if out["mirror_axes"] is None and ckpt.get("inference_allowed_mirroring_axes") is not None:
-            out["mirror_axes"] = [int(a) for a in ckpt["inference_allowed_mirroring_axes"]]
+        # recorded None (nnUNetTrainerNoMirroring and friends): trained without mirroring, so
+        # nnU-Net mirrors nothing; an absent key (old checkpoints) records nothing
+        if out["mirror_axes"] is None and "inference_allowed_mirroring_axes" in ckpt:
+            out["mirror_axes"] = [int(a) for a in ckpt["inference_allowed_mirroring_axes"] or ()]
     return out
 
 

@@ -81,8 +81,10 @@ def official_architecture(config: dict) -> dict:
 
 def import_official(results, output, *, folds=None, checkpoint_name: str = "checkpoint_final.pth",
                     name: str | None = None, version: str = "1.0.0", licence: str | None = None,
-                    data: str | None = None, trust_checkpoint: bool = False) -> Path:
-    """Official results folder -> bundle (folder, or .zip when ``output`` ends with .zip)."""
+                    data: str | None = None, trust_checkpoint: bool = False,
+                    orientation="auto") -> Path:
+    """Official results folder -> bundle (folder, or .zip when ``output`` ends with .zip);
+    ``orientation`` as in :func:`lkm_core.training.bundle_export.bundle_meta`."""
     from ..network.official_keys import convert_official_state_dict
 
     results = Path(results)
@@ -121,5 +123,6 @@ def import_official(results, output, *, folds=None, checkpoint_name: str = "chec
     meta = bundle_meta(plans, dataset_json, fingerprint, configuration, name=name, version=version,
                        description=f"LKM-UNet ({configuration}) trained with the official code on "
                                    f"{plans.get('dataset_name', 'its dataset')}",
-                       licence=licence, provenance=provenance, mirror_axes=mirror)
+                       licence=licence, provenance=provenance, mirror_axes=mirror,
+                       orientation=orientation)
     return save_bundle(output, meta, weights)

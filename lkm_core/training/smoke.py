@@ -98,8 +98,10 @@ def build(workdir, *, epochs: int = 2, iterations: int = 10, threads: int = 1, s
     return SmokeRun(workdir, env, raw, results, bundle, log)
 
 
-def nnunet_predict(results, image_path, folds=(0,), mirroring: bool = False, threads: int = 1):
-    """nnU-Net's own nnUNetPredictor on one image file -> SimpleITK label image (input grid)."""
+def nnunet_predict(results, image_path, folds=(0,), mirroring: bool = False, threads: int = 1,
+                   probabilities: bool = False):
+    """nnU-Net's own nnUNetPredictor on one image file -> SimpleITK label image (input grid);
+    with ``probabilities``: (labels, nnU-Net's probabilities as --save_probabilities saves them)."""
     import SimpleITK as sitk
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
@@ -112,10 +114,11 @@ def nnunet_predict(results, image_path, folds=(0,), mirroring: bool = False, thr
     predictor.initialize_from_trained_model_folder(str(results), use_folds=tuple(folds),
                                                    checkpoint_name="checkpoint_final.pth")
     data, props = SimpleITKIO().read_images([str(image_path)])
-    seg = predictor.predict_single_npy_array(data, props, None, None, False)
+    seg = predictor.predict_single_npy_array(data, props, None, None, probabilities)
+    seg, probs = seg if probabilities else (seg, None)
     out = sitk.GetImageFromArray(seg.astype("uint8"))
     out.CopyInformation(sitk.ReadImage(str(image_path)))
-    return out
+    return (out, probs) if probabilities else out
 
 
 def dice_per_label(a, b) -> dict:
