@@ -136,3 +136,33 @@ def test_sharding_by_part_or_by_torchrun_rank(monkeypatch):
     assert [c for c, _ in _shard(cases, parse(["predict", "x", "-o", "o"]))] == ["c2"]
     with pytest.raises(UsageError):
         _shard(cases, parse(["predict", "x", "-o", "o", "--num-parts", "2", "--part-id", "2"]))
+
+
+@pytest.mark.parametrize("tiling,trainer,ran,calls", [
+    ("auto", None, "fit", [(1, 1, 16, 8, 8)]),
+    ("auto", "nnUNetTrainerLKMUNet (official LKM-UNet code)", "nnunet",
+     [(1, 1, 16, 32, 32)]),
+    ("nnunet", None, "nnunet", [(1, 1, 16, 32, 32)]),
+])
+def test_tiling_fits_the_patch_unless_nnunet_trained_and_the_summary_says_which_ran(
+        tmp_path, tiling, trainer, ran, calls):
+    from lkm_core.outputs import summarize
+
+    image, mask = sphere_image(size=(7, 7, 14), spacing=(2.0, 2.0, 2.0), radius_mm=4,
+                               background=-1.0)  # not cropped away as empty
+    bundle = make_bundle(tmp_path / "b", spacing=(2, 2, 2), patch=(16, 32, 32))
+    bundle.meta["network"]["kwargs"]["strides"] = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    bundle.meta["provenance"]["trainer"] = trainer
+    net = ThresholdNet()
+    result = Predictor(bundle, device="cpu", networks=[net], tiling=tiling).predict_image(image)
+    assert net.calls == calls
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
+    recorded = summarize(result, bundle)["tiling"]
+    assert recorded["mode"] == ran and recorded["patch"] == list(calls[0][2:])
+    assert recorded["work_ratio"] == pytest.approx(np.prod(calls[0][2:]) / (14 * 7 * 7), abs=1e-3)
+
+
+def test_unknown_tiling_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="tiling 'tiles'.*fit or nnunet"):
+        Predictor(make_bundle(tmp_path / "b"), device="cpu", networks=[ThresholdNet()],
+                  tiling="tiles")

@@ -35,8 +35,8 @@ from .ssm.backend import backend_report, reset_backends_used
 from .errors import InputError, ResourceError
 from . import io as lkm_io
 from .preprocessing import Prepared, prepare, to_input_grid
-from .sliding_window import (DeviceOutOfMemory, fit_patch, scores_to_labels,
-                             sliding_window_scores)
+from .sliding_window import (TILINGS, DeviceOutOfMemory, plan_patch, scores_to_labels,
+                             sliding_window_scores, tiled_voxels)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class Result:
     confidence: dict | None = None          # {"case_score", "structures"}: confidence=True
     confidence_map: sitk.Image | None = None  # uint8 0-100 on the input grid: confidence_map=True
     scan_backend: str = ""                  # which selective scan ran ("numba", "torch", ...)
+    tiling: dict = field(default_factory=dict)  # which tiling ran, its patch, the work ratio
 
 
 @dataclass
@@ -107,24 +108,31 @@ def resolve_subset(bundle: Bundle, subset: Sequence[str] | None) -> list:
     return sorted({lab.value: lab for lab in chosen}.values(), key=lambda lab: lab.value)
 
 
+def resolve_tiling(bundle: Bundle, tiling: str = "auto") -> str:
+    """'auto' -> "fit" (the patch fitted to the image, proven on this project's models), except
+    for models trained by nnU-Net (imported or exported), which keep nnU-Net's exact tiling."""
+    tiling = (tiling or "auto").lower()
+    if tiling == "auto":
+        trainer = str(bundle.provenance.get("trainer") or "").lower()
+        return "nnunet" if "nnunet" in trainer else "fit"
+    if tiling not in TILINGS:
+        raise InputError(f"Unknown tiling {tiling!r}: use auto, {' or '.join(TILINGS)}.")
+    return tiling
+
+
 class Predictor:
     def __init__(self, bundle: Bundle, *, device: str = "auto", threads: int | None = None,
                  quick: bool = False, tta: bool = False, step: float | None = None,
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
-                 shrink_patch: bool = False, keep_scores: bool = False,
+                 tiling: str = "auto", keep_scores: bool = False,
                  confidence: bool = True, confidence_map: bool = False):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
         self.quick = quick
-        # nnU-Net pads small volumes to the patch; shrinking is opt-in, never for official models
-        # (their strided windows must divide the feature maps of the trained patch)
-        official = "official" in str(bundle.provenance.get("trainer", "")).lower()
-        if shrink_patch and official:
-            log.warning("not shrinking the patch for an imported official model")
-        self.shrink_patch = shrink_patch and not official
+        self.tiling = resolve_tiling(bundle, tiling)
         self.keep_scores = keep_scores
         self.confidence = confidence or confidence_map
         self.confidence_map = confidence_map
@@ -244,7 +252,7 @@ class Predictor:
                       network_spacing=prepared.network_spacing_xyz,
                       scores=NetworkScores(scores, prepared) if self.keep_scores else None,
                       confidence=confidence, confidence_map=confidence_map,
-                      scan_backend=backend_report())
+                      scan_backend=backend_report(), tiling=dict(self.last_tiling))
 
     def _assess(self, scores, labels, prepared, image):
         """Per-structure confidence on the network grid; the voxel map on the input grid."""
@@ -275,11 +283,16 @@ class Predictor:
     def _run_network(self, array: np.ndarray, case: str):
         b = self.bundle
         patch = tuple(b.patch_size) if b.dimension == "3d" else (1, *b.patch_size)
-        if self.shrink_patch:
-            fitted = fit_patch(patch, array.shape[1:], self._divisors(len(b.patch_size)))
+        shape = array.shape[1:]
+        steps = (1.0 if b.dimension == "2d" else self.step, self.step, self.step)
+        if self.tiling == "fit":
+            fitted = plan_patch(patch, shape, self._divisors(len(b.patch_size)), steps)
             if fitted != patch:
-                log.info("volume smaller than the patch %s: using %s", patch, fitted)
+                log.info("patch %s fitted to the image %s: %s", patch, tuple(shape), fitted)
                 patch = fitted
+        self.last_tiling = {"mode": self.tiling, "patch": list(patch),
+                            "work_ratio": round(tiled_voxels(shape, patch, steps)
+                                                / float(np.prod(shape)), 3)}
         mirror = tuple(a + 1 for a in self.mirror_axes) if b.dimension == "2d" else self.mirror_axes
         device = self.device
         attempts = [(device, device)]

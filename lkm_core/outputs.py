@@ -160,6 +160,7 @@ def summarize(result, bundle, extra: dict | None = None) -> dict:
                    for lab in result.label_list],
         "device": result.device,
         "scan_backend": result.scan_backend,
+        "tiling": result.tiling,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "model": {"name": bundle.name, "version": bundle.version, "trained": bundle.trained,
                   "modality": bundle.modality},
