@@ -40,8 +40,9 @@ def test_cuda_out_of_memory_falls_back_to_results_on_cpu_then_to_the_cpu(tmp_pat
     monkeypatch.setattr(predictor, "networks", lambda device: [ThresholdNet()])
     with caplog.at_level(logging.WARNING, logger="lkm_core"):
         result = predictor.predict_image(image)
+    cpu_dtype = inference.autocast_dtype("auto", torch.device("cpu"))  # bf16 where it has it
     assert seen == [("cuda", "cuda", torch.float16), ("cuda", "cpu", torch.float16),
-                    ("cpu", "cpu", None)]
+                    ("cpu", "cpu", cpu_dtype)]
     assert result.device == "cpu"
     assert "continuing on CPU" in caplog.text
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
@@ -154,7 +155,8 @@ def test_tiling_fits_the_patch_unless_nnunet_trained_and_the_summary_says_which_
     bundle.meta["network"]["kwargs"]["strides"] = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
     bundle.meta["provenance"]["trainer"] = trainer
     net = ThresholdNet()
-    result = Predictor(bundle, device="cpu", networks=[net], tiling=tiling).predict_image(image)
+    result = Predictor(bundle, device="cpu", networks=[net], tiling=tiling,
+                       precision="fp32").predict_image(image)
     assert net.calls == calls
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
     recorded = summarize(result, bundle)["tiling"]
@@ -166,3 +168,59 @@ def test_unknown_tiling_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="tiling 'tiles'.*fit or nnunet"):
         Predictor(make_bundle(tmp_path / "b"), device="cpu", networks=[ThresholdNet()],
                   tiling="tiles")
+
+
+class WrongInBf16(torch.nn.Module):
+    """A real Conv3d whose bf16 results are wrong, as a broken low-precision kernel's would be."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+        torch.nn.init.normal_(self.conv.weight)
+        self.autocast_dtypes = []
+
+    def forward(self, x):
+        y = self.conv(x)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        self.autocast_dtypes.append(dtype)
+        return -y if dtype == torch.bfloat16 else y
+
+
+def test_bf16_that_disagrees_with_fp32_falls_back_to_fp32_with_one_warning(tmp_path, caplog):
+    from lkm_core.outputs import summarize
+
+    image, _ = sphere_image(size=(12, 12, 12), radius_mm=4, background=-1.0)
+    bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
+    net = WrongInBf16()
+    predictor = Predictor(bundle, device="cpu", networks=[net], precision="bf16")
+    with caplog.at_level(logging.WARNING, logger="lkm_core"):
+        first = predictor.predict_image(image)
+        second = predictor.predict_image(image)
+    assert caplog.text.count("bf16 convolutions gave wrong results") == 1
+    assert net.autocast_dtypes.count(torch.bfloat16) == 1       # the check only, once
+    assert first.precision == second.precision == "fp32"
+    assert summarize(first, bundle)["precision"] == "fp32"
+    exact = Predictor(bundle, device="cpu", networks=[net], precision="fp32").predict_image(image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first.labels),
+                                  sitk.GetArrayFromImage(exact.labels))
+
+
+def test_bf16_that_agrees_runs_in_bf16_and_says_so(tmp_path):
+    image, _ = sphere_image(size=(12, 12, 12), radius_mm=4, background=-1.0)
+    bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
+    net = WrongInBf16()
+    net.forward = lambda x: net.conv(x)  # the same convolution, right in bf16
+    result = Predictor(bundle, device="cpu", networks=[net], precision="bf16").predict_image(image)
+    assert result.precision == "bf16"
+
+
+def test_bf16_is_detected_from_the_cpu_flags(tmp_path):
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
+    assert inference.cpu_supports_bf16(str(flags))
+    flags.write_text("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not inference.cpu_supports_bf16(str(flags))
+    assert not inference.cpu_supports_bf16(str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="precision 'fp8'"):
+        Predictor(make_bundle(tmp_path / "b"), device="cpu", networks=[ThresholdNet()],
+                  precision="fp8")

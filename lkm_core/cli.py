@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--tiling", default="auto", choices=["auto", "fit", "nnunet"],
                     help="fit: patches fitted to the image (least work); nnunet: nnU-Net's exact "
                     "tiling (default: fit, nnunet for models trained by nnU-Net)")
+    pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="convolutions in bf16 on CPUs with AVX512-BF16/AMX (auto, checked at "
+                    "first use) or fp32; GPUs: fp16 unless fp32")
     pr.add_argument("--subset", default=None, metavar="NAME[,NAME...]",
                     help="keep only these structures")
     pr.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK")
@@ -228,7 +231,7 @@ def _predict(args, cancel) -> int:
         try:
             predictor = Predictor(bundle, device=_device(args), threads=args.threads,
                                   quick=args.quick, tta=args.tta, step=args.step,
-                                  tiling=args.tiling,
+                                  tiling=args.tiling, precision=args.precision,
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
                                   cancel=cancel, confidence_map=args.uncertainty)
         except InputError as exc:  # unknown --subset names, bad step: a usage error

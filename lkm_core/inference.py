@@ -22,8 +22,10 @@ True) stops the run between patches with :class:`~lkm_core.errors.Cancelled`.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -35,8 +37,8 @@ from .ssm.backend import backend_report, reset_backends_used
 from .errors import InputError, ResourceError
 from . import io as lkm_io
 from .preprocessing import Prepared, prepare, to_input_grid
-from .sliding_window import (TILINGS, DeviceOutOfMemory, plan_patch, scores_to_labels,
-                             sliding_window_scores, tiled_voxels)
+from .sliding_window import (TILINGS, DeviceOutOfMemory, pad_to_patch, plan_patch,
+                             scores_to_labels, sliding_window_scores, tiled_voxels)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class Result:
     confidence_map: sitk.Image | None = None  # uint8 0-100 on the input grid: confidence_map=True
     scan_backend: str = ""                  # which selective scan ran ("numba", "torch", ...)
     tiling: dict = field(default_factory=dict)  # which tiling ran, its patch, the work ratio
+    precision: str = "fp32"                 # what the convolutions ran in: fp32, bf16, fp16
 
 
 @dataclass
@@ -108,6 +111,53 @@ def resolve_subset(bundle: Bundle, subset: Sequence[str] | None) -> list:
     return sorted({lab.value: lab for lab in chosen}.values(), key=lambda lab: lab.value)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# bf16 logits of the self-check may differ from fp32 by this much (relative L2): bf16 rounding
+# through the network gives about 1 %; a wrong oneDNN kernel gives order 1
+BF16_TOLERANCE = 0.1
+
+
+def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has bf16 dot-product units (AVX512-BF16 or AMX-BF16). Read from the
+    kernel's CPU flags; where there are none (not Linux), no: bf16 is then only on request."""
+    try:
+        flags = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the convolutions: fp16 on GPUs, bf16 on CPUs that have bf16 units
+    ("auto"), none (fp32) when asked or elsewhere."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if precision == "bf16" or cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def low_precision_agrees(network: Callable, sample: torch.Tensor, device: torch.device,
+                         dtype: torch.dtype, tolerance: float = BF16_TOLERANCE) -> bool:
+    """Whether ``network`` gives about the same logits on ``sample`` under autocast to ``dtype``
+    as in fp32: guards against wrong low-precision kernels (oneDNN has had wrong bf16 Conv3d
+    results on some shapes)."""
+    def logits(**autocast):
+        with torch.inference_mode(), torch.autocast(device.type, **autocast):
+            y = network(sample.to(device))
+        return (y[0] if isinstance(y, (list, tuple)) else y).float()
+
+    exact, low = logits(enabled=False), logits(dtype=dtype)
+    if not torch.isfinite(low).all():
+        return False
+    error = float((low - exact).norm() / exact.norm().clamp_min(1e-12))
+    log.debug("%s self-check: relative error %.4f of the logits", dtype, error)
+    return error <= tolerance
+
+
 def resolve_tiling(bundle: Bundle, tiling: str = "auto") -> str:
     """'auto' -> "fit" (the patch fitted to the image, proven on this project's models), except
     for models trained by nnU-Net (imported or exported), which keep nnU-Net's exact tiling."""
@@ -126,13 +176,17 @@ class Predictor:
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
-                 tiling: str = "auto", keep_scores: bool = False,
+                 tiling: str = "auto", precision: str = "auto", keep_scores: bool = False,
                  confidence: bool = True, confidence_map: bool = False):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
         self.quick = quick
         self.tiling = resolve_tiling(bundle, tiling)
+        if (precision or "auto").lower() not in PRECISIONS:
+            raise InputError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
+        self.precision = precision.lower()
+        self._checked_dtypes = {}  # (device type, autocast dtype) -> the dtype that passed
         self.keep_scores = keep_scores
         self.confidence = confidence or confidence_map
         self.confidence_map = confidence_map
@@ -252,7 +306,8 @@ class Predictor:
                       network_spacing=prepared.network_spacing_xyz,
                       scores=NetworkScores(scores, prepared) if self.keep_scores else None,
                       confidence=confidence, confidence_map=confidence_map,
-                      scan_backend=backend_report(), tiling=dict(self.last_tiling))
+                      scan_backend=backend_report(), tiling=dict(self.last_tiling),
+                      precision=self.last_precision)
 
     def _assess(self, scores, labels, prepared, image):
         """Per-structure confidence on the network grid; the voxel map on the input grid."""
@@ -267,6 +322,34 @@ class Predictor:
         # uncertainty (100 - confidence) so that the background there reads as sure
         unsure = to_input_grid(np.subtract(100, voxel_map, dtype=np.uint8), prepared, image)
         return confidence, sitk.Cast(100 - unsure, sitk.sitkUInt8)
+
+    def _autocast_dtype(self, device: torch.device, array: np.ndarray, patch: tuple):
+        """The precision to run in, its low-precision kernels checked once per device on a
+        small crop of this image; a failed check falls back to fp32 with one warning."""
+        dtype = autocast_dtype(self.precision, device)
+        if dtype is None or device.type == "cuda":
+            return dtype   # the GPU's fp16 path is nnU-Net's, unchecked as there
+        key = (device.type, dtype)
+        if key not in self._checked_dtypes:
+            self._checked_dtypes[key] = dtype if self._low_precision_ok(
+                device, dtype, array, patch) else None
+        return self._checked_dtypes[key]
+
+    def _low_precision_ok(self, device, dtype, array, patch) -> bool:
+        divisors = self._divisors(len(self.bundle.patch_size))
+        size = [min(p, 2 * d) for p, d in zip(patch, divisors)]
+        data = torch.from_numpy(np.ascontiguousarray(array))
+        start = [max(0, (n - s) // 2) for n, s in zip(data.shape[1:], size)]
+        crop = data[(slice(None), *[slice(a, a + s) for a, s in zip(start, size)])]
+        sample = pad_to_patch(crop, size)[0][None]
+        if size[0] == 1 and self.bundle.dimension == "2d":
+            sample = sample[:, :, 0]
+        if low_precision_agrees(self.networks(device)[0], sample, device, dtype):
+            return True
+        log.warning("%s convolutions gave wrong results on this CPU (self-check on a small "
+                    "patch): running in fp32 instead (slower). --precision fp32 skips the check.",
+                    PRECISION_NAMES[dtype])
+        return False
 
     def _divisors(self, n_axes: int) -> tuple:
         """Per-axis downsampling factor of the network (product of its strides); inputs must
@@ -300,11 +383,13 @@ class Predictor:
             attempts += [(device, torch.device("cpu")), (torch.device("cpu"), torch.device("cpu"))]
         for n, (dev, results_dev) in enumerate(attempts):
             try:
+                autocast = self._autocast_dtype(dev, array, patch)
+                self.last_precision = PRECISION_NAMES[autocast]
                 scores = sliding_window_scores(
                     self.networks(dev), array, patch, b.num_classes, step=self.step,
                     mirror_axes=mirror, batch_size=self.batch_size if dev.type == "cuda" else 1,
                     device=dev, results_device=results_dev,
-                    autocast_dtype=torch.float16 if dev.type == "cuda" else None,
+                    autocast_dtype=autocast,
                     progress=lambda f: self._emit(case, "network", f),
                     should_stop=self._should_stop)
                 return scores, dev
