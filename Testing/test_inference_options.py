@@ -139,21 +139,24 @@ def test_sharding_by_part_or_by_torchrun_rank(monkeypatch):
         _shard(cases, parse(["predict", "x", "-o", "o", "--num-parts", "2", "--part-id", "2"]))
 
 
-@pytest.mark.parametrize("tiling,trainer,ran,calls", [
-    ("auto", None, "fit", [(1, 1, 16, 8, 8)]),
-    ("auto", "nnUNetTrainerLKMUNet (official LKM-UNet code)", "nnunet",
-     [(1, 1, 16, 32, 32)]),
+@pytest.mark.parametrize("tiling,windows,ran,calls", [
+    ("auto", None, "nnunet", [(1, 1, 16, 32, 32)]),     # nnU-Net's tiling unless asked
     ("nnunet", None, "nnunet", [(1, 1, 16, 32, 32)]),
+    ("fit", None, "fit", [(1, 1, 16, 8, 8)]),           # strides 4: 14 x 7 x 7 -> 16 x 8 x 8
+    # the stage-2 windows (2 x 2 x 2 at stride 4): multiples of 8 -> 16 x 8 x 8 again; the
+    # stage-1 ones (4 x 8 x 4 at stride 2): multiples of (8, 16, 8)
+    ("fit", [[1, 1, 1], [4, 8, 4], [2, 2, 2]], "fit", [(1, 1, 16, 16, 8)]),
 ])
-def test_tiling_fits_the_patch_unless_nnunet_trained_and_the_summary_says_which_ran(
-        tmp_path, tiling, trainer, ran, calls):
+def test_tiling_is_nnunets_unless_fit_is_asked_and_the_summary_says_which_ran(
+        tmp_path, tiling, windows, ran, calls):
     from lkm_core.outputs import summarize
 
     image, mask = sphere_image(size=(7, 7, 14), spacing=(2.0, 2.0, 2.0), radius_mm=4,
                                background=-1.0)  # not cropped away as empty
     bundle = make_bundle(tmp_path / "b", spacing=(2, 2, 2), patch=(16, 32, 32))
     bundle.meta["network"]["kwargs"]["strides"] = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
-    bundle.meta["provenance"]["trainer"] = trainer
+    if windows:
+        bundle.meta["network"]["kwargs"]["window_sizes"] = windows
     net = ThresholdNet()
     result = Predictor(bundle, device="cpu", networks=[net], tiling=tiling,
                        precision="fp32").predict_image(image)

@@ -40,10 +40,11 @@ def test_patch_shrinks_only_where_the_volume_is_smaller_and_stays_divisible():
     assert plan_patch((16, 32, 32), (9, 7, 5), (16, 32, 32), half) == (16, 32, 32)
 
 
-def test_fit_tiling_covers_the_quick_ct_with_a_third_more_voxels_than_the_grid():
-    """The 3d_paper patch on the quick clinical CT's grid: nnU-Net's tiling runs 5 padded
-    patches (6.2x the grid); the fitted patch spends the freed in-plane voxels on depth and
-    covers the image in one tile, within the growth budget."""
+def test_fit_tiling_spends_the_voxels_it_frees_on_fewer_tiles():
+    """The 3d_paper patch on the quick clinical CT's grid, were strides the only constraint:
+    nnU-Net's tiling runs 5 padded patches (6.2x the grid); the fitted patch spends the freed
+    in-plane voxels on depth and covers the image in one tile, within the growth budget.
+    (The real 3d_paper's windows need multiples of 40 x 224 x 192: no room to shrink.)"""
     shape, patch, divisors, half = (112, 101, 122), (40, 224, 192), (4, 32, 32), (0.5,) * 3
     fitted = plan_patch(patch, shape, divisors, half)
     assert fitted == (112, 128, 128)

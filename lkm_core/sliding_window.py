@@ -9,7 +9,7 @@ one float32 accumulator of (classes, D, H, W) and one (D, H, W) of summed weight
 Volumes smaller than the patch are padded to it with zeros (after normalisation), as nnU-Net
 pads them. Two tilings choose the patch (:func:`plan_patch`): "nnunet" runs the trained patch
 as nnU-Net does; "fit" shrinks it to the image where the image is smaller and takes the patch
-that needs the fewest network voxels elsewhere, which on a CT at 3 mm is a fifth of the work.
+that needs the fewest network voxels elsewhere, in multiples of what the network needs.
 
 A 2D network runs through the same code with a patch of depth 1: each patch is a slice window,
 squeezed to (B, C, H, W) for the network.
