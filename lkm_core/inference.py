@@ -336,8 +336,8 @@ class Predictor:
         return self._checked_dtypes[key]
 
     def _low_precision_ok(self, device, dtype, array, patch) -> bool:
-        divisors = self._divisors(len(self.bundle.patch_size))
-        size = [min(p, 2 * d) for p, d in zip(patch, divisors)]
+        divisors = self._divisors(len(self.bundle.patch_size), windows=False)
+        size = [min(p, 2 * d) for p, d in zip(patch, divisors)]  # 1/26 of 3d_paper's patch
         data = torch.from_numpy(np.ascontiguousarray(array))
         start = [max(0, (n - s) // 2) for n, s in zip(data.shape[1:], size)]
         crop = data[(slice(None), *[slice(a, a + s) for a, s in zip(start, size)])]
@@ -351,11 +351,12 @@ class Predictor:
                     PRECISION_NAMES[dtype])
         return False
 
-    def _divisors(self, n_axes: int) -> tuple:
+    def _divisors(self, n_axes: int, windows: bool = True) -> tuple:
         """Per-axis size that inputs must be a multiple of so that no stage pads: the product
         of the strides down to each stage times that stage's PiM window and PaM pool (a window
         the feature map does not fill is zero-padded inside the network, which changes the
-        labels). Unknown networks: the patch itself (no fitting)."""
+        labels); ``windows=False``: the strides' product only (what the network runs at).
+        Unknown networks: the patch itself (no fitting)."""
         kwargs = self.bundle.network_config.get("kwargs", {})
         strides = kwargs.get("strides")
         if not strides:
@@ -364,7 +365,7 @@ class Predictor:
         def per_axis(value):
             return [int(value)] * n_axes if isinstance(value, int) else [int(v) for v in value]
 
-        mamba = kwargs.get("use_pim", True) or kwargs.get("use_pam", True)
+        mamba = windows and (kwargs.get("use_pim", True) or kwargs.get("use_pam", True))
         windows = (kwargs.get("window_sizes") if mamba else None) or [None] * len(strides)
         pools = (kwargs.get("pool_sizes") if mamba else None) or windows
         factors, needed = [1] * n_axes, [1] * n_axes
