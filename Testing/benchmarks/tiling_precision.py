@@ -75,11 +75,8 @@ def run(bundle_path, image, quick: bool, tiling: str, precision: str, threads: i
     from lkm_core.bundle import load_bundle
     from lkm_core.inference import Predictor
     bundle = load_bundle(bundle_path)
-    kwargs = {"tiling": tiling}
-    if precision != "fp32":
-        kwargs["precision"] = precision
     predictor = Predictor(bundle, device="cpu", threads=threads, quick=quick, confidence=False,
-                          **kwargs)
+                          tiling=tiling, precision=precision)
     t0 = time.perf_counter()
     result = predictor.predict_image(sitk.Cast(image, sitk.sitkFloat32))
     wall = time.perf_counter() - t0
@@ -106,7 +103,7 @@ def main() -> None:
         for tiling, precision in variants:
             bundle, result, wall = run(bundle_path, image, quick, tiling, precision, args.threads)
             labels = sitk.GetArrayFromImage(result.labels)
-            row = {"case": name, "tiling": tiling, "precision": precision,
+            row = {"case": name, "tiling": tiling, "precision": result.precision,
                    "network_s": round(result.timings["network"], 2), "wall_s": round(wall, 2),
                    "network_grid": list(result.network_shape), **result.tiling}
             if reference is None:
@@ -119,7 +116,7 @@ def main() -> None:
             results.append(row)
             extra = (f", network ratio {row['network_ratio']:.3f}, min Dice {row['min_dice']:.4f}"
                      if "min_dice" in row else " (reference)")
-            print(f"{name:<20} {tiling}:{precision:<5} grid {row['network_grid']} patch "
+            print(f"{name:<20} {tiling}:{row['precision']:<5} grid {row['network_grid']} patch "
                   f"{row.get('patch')} work ratio {row.get('work_ratio')}: network "
                   f"{row['network_s']:.1f} s{extra}", flush=True)
             if "dice_vs_reference" in row:
