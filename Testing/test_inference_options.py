@@ -227,3 +227,17 @@ def test_bf16_is_detected_from_the_cpu_flags(tmp_path):
     with pytest.raises(InputError, match="precision 'fp8'"):
         Predictor(make_bundle(tmp_path / "b"), device="cpu", networks=[ThresholdNet()],
                   precision="fp8")
+
+
+def test_fit_rounds_to_what_every_stage_window_needs(tmp_path):
+    """The paper's 3D windows at their stages' strides need multiples of 40 x 224 x 192: its
+    own patch, so "fit" cannot shrink it; the strides alone would allow 8 x 32 x 32."""
+    from lkm_core.network.presets import preset_config
+
+    bundle = make_bundle(tmp_path / "b", patch=(40, 224, 192))
+    bundle.meta["network"] = preset_config("3d_paper")
+    predictor = Predictor(bundle, device="cpu", networks=[ThresholdNet()], tiling="fit")
+    assert predictor._divisors(3) == (40, 224, 192)
+    assert predictor._divisors(3, windows=False) == (8, 32, 32)
+    bundle.meta["network"]["kwargs"]["use_pim"] = bundle.meta["network"]["kwargs"]["use_pam"] = False
+    assert predictor._divisors(3) == (8, 32, 32)
