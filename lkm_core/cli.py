@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="fit: patches fitted to the image (least work); nnunet: nnU-Net's exact "
                     "tiling (default: fit, nnunet for models trained by nnU-Net)")
     pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                    help="convolutions in bf16 on CPUs with AVX512-BF16/AMX (auto, checked at "
-                    "first use) or fp32; GPUs: fp16 unless fp32")
+                    help="CPU: fp32 (auto) or bf16 (faster on CPUs with AVX512-BF16/AMX, "
+                    "checked against fp32 at first use); GPU: fp16 (auto), bf16 or fp32")
     pr.add_argument("--subset", default=None, metavar="NAME[,NAME...]",
                     help="keep only these structures")
     pr.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK")
