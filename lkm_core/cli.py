@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--step", type=float, default=None, help="sliding-window step as a fraction "
                     "of the patch (default 0.5)")
     pr.add_argument("--tiling", default="auto", choices=["auto", "fit", "nnunet"],
-                    help="fit: patches fitted to the image (least work); nnunet: nnU-Net's exact "
-                    "tiling (default: fit, nnunet for models trained by nnU-Net)")
+                    help="nnunet (auto): nnU-Net's exact tiling; fit: patches fitted to the "
+                    "image (less work where the network allows; labels may differ)")
     pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="CPU: fp32 (auto) or bf16 (faster on CPUs with AVX512-BF16/AMX, "
                     "checked against fp32 at first use); GPU: fp16 (auto), bf16 or fp32")
