@@ -26,8 +26,10 @@ def assert_same_voxels(result, image, mask):
 
 
 def predict(bundle, path, **kwargs):
+    """fp32: the network's calls are then the tiles only (no bf16 self-check call)."""
     net = ThresholdNet(bundle.num_classes)
-    result = Predictor(bundle, device="cpu", networks=[net], **kwargs).predict_file(path)
+    result = Predictor(bundle, device="cpu", networks=[net], precision="fp32",
+                       **kwargs).predict_file(path)
     return result, net
 
 
@@ -149,6 +151,7 @@ def test_mirroring_and_several_folds_keep_an_equivariant_result(tmp_path):
     bundle = make_bundle(tmp_path / "b", spacing=(1, 1, 1), patch=(12, 12, 12),
                          mirror_axes=(0, 1, 2))
     nets = [ThresholdNet(), ThresholdNet()]
-    result = Predictor(bundle, device="cpu", networks=nets, tta=True, step=1.0).predict_file(path)
+    result = Predictor(bundle, device="cpu", networks=nets, tta=True, step=1.0,
+                       precision="fp32").predict_file(path)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
     assert len(nets[0].calls) == len(nets[1].calls) == 8 * 8  # 8 patches x 8 mirrors

@@ -138,3 +138,107 @@ def test_sharding_by_part_or_by_torchrun_rank(monkeypatch):
     assert [c for c, _ in _shard(cases, parse(["predict", "x", "-o", "o"]))] == ["c2"]
     with pytest.raises(UsageError):
         _shard(cases, parse(["predict", "x", "-o", "o", "--num-parts", "2", "--part-id", "2"]))
+
+
+@pytest.mark.parametrize("tiling,windows,ran,calls", [
+    ("auto", None, "nnunet", [(1, 1, 16, 32, 32)]),     # nnU-Net's tiling unless asked
+    ("nnunet", None, "nnunet", [(1, 1, 16, 32, 32)]),
+    ("fit", None, "fit", [(1, 1, 16, 8, 8)]),           # strides 4: 14 x 7 x 7 -> 16 x 8 x 8
+    # the stage-2 windows (2 x 2 x 2 at stride 4): multiples of 8 -> 16 x 8 x 8 again; the
+    # stage-1 ones (4 x 8 x 4 at stride 2): multiples of (8, 16, 8)
+    ("fit", [[1, 1, 1], [4, 8, 4], [2, 2, 2]], "fit", [(1, 1, 16, 16, 8)]),
+])
+def test_tiling_is_nnunets_unless_fit_is_asked_and_the_summary_says_which_ran(
+        tmp_path, tiling, windows, ran, calls):
+    from lkm_core.outputs.labels import summarize
+
+    image, mask = sphere_image(size=(7, 7, 14), spacing=(2.0, 2.0, 2.0), radius_mm=4,
+                               background=-1.0)  # not cropped away as empty
+    bundle = make_bundle(tmp_path / "b", spacing=(2, 2, 2), patch=(16, 32, 32))
+    bundle.meta["network"]["kwargs"]["strides"] = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    if windows:
+        bundle.meta["network"]["kwargs"]["window_sizes"] = windows
+    net = ThresholdNet()
+    result = Predictor(bundle, device="cpu", networks=[net], tiling=tiling,
+                       precision="fp32").predict_image(image)
+    assert net.calls == calls
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), mask.astype(np.uint8))
+    recorded = summarize(result, bundle)["tiling"]
+    assert recorded["mode"] == ran and recorded["patch"] == list(calls[0][2:])
+    assert recorded["work_ratio"] == pytest.approx(np.prod(calls[0][2:]) / (14 * 7 * 7), abs=1e-3)
+
+
+def test_unknown_tiling_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="tiling 'tiles'.*fit or nnunet"):
+        Predictor(make_bundle(tmp_path / "b"), device="cpu", networks=[ThresholdNet()],
+                  tiling="tiles")
+
+
+class WrongInBf16(torch.nn.Module):
+    """A real Conv3d whose bf16 results are wrong, as a broken low-precision kernel's would be."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+        torch.nn.init.normal_(self.conv.weight)
+        self.autocast_dtypes = []
+
+    def forward(self, x):
+        y = self.conv(x)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        self.autocast_dtypes.append(dtype)
+        return -y if dtype == torch.bfloat16 else y
+
+
+def test_bf16_that_disagrees_with_fp32_falls_back_to_fp32_with_one_warning(tmp_path, caplog):
+    from lkm_core.outputs.labels import summarize
+
+    image, _ = sphere_image(size=(12, 12, 12), radius_mm=4, background=-1.0)
+    bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
+    net = WrongInBf16()
+    predictor = Predictor(bundle, device="cpu", networks=[net], precision="bf16")
+    with caplog.at_level(logging.WARNING, logger="lkm_core"):
+        first = predictor.predict_image(image)
+        second = predictor.predict_image(image)
+    assert caplog.text.count("bf16 convolutions gave wrong results") == 1
+    assert net.autocast_dtypes.count(torch.bfloat16) == 1       # the check only, once
+    assert first.precision == second.precision == "fp32"
+    assert summarize(first, bundle)["precision"] == "fp32"
+    exact = Predictor(bundle, device="cpu", networks=[net], precision="fp32").predict_image(image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first.labels),
+                                  sitk.GetArrayFromImage(exact.labels))
+
+
+def test_bf16_that_agrees_runs_in_bf16_and_says_so(tmp_path):
+    image, _ = sphere_image(size=(12, 12, 12), radius_mm=4, background=-1.0)
+    bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
+    net = WrongInBf16()
+    net.forward = lambda x: net.conv(x)  # the same convolution, right in bf16
+    result = Predictor(bundle, device="cpu", networks=[net], precision="bf16").predict_image(image)
+    assert result.precision == "bf16"
+
+
+def test_bf16_is_detected_from_the_cpu_flags(tmp_path):
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
+    assert inference.cpu_supports_bf16(str(flags))
+    flags.write_text("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not inference.cpu_supports_bf16(str(flags))
+    assert not inference.cpu_supports_bf16(str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="precision 'fp8'"):
+        Predictor(make_bundle(tmp_path / "b"), device="cpu", networks=[ThresholdNet()],
+                  precision="fp8")
+
+
+def test_fit_rounds_to_what_every_stage_window_needs(tmp_path):
+    """The paper's 3D windows at their stages' strides need multiples of 40 x 224 x 192: its
+    own patch, so "fit" cannot shrink it; the strides alone would allow 8 x 32 x 32."""
+    from lkm_core.network.presets import preset_config
+
+    bundle = make_bundle(tmp_path / "b", patch=(40, 224, 192))
+    bundle.meta["network"] = preset_config("3d_paper")
+    predictor = Predictor(bundle, device="cpu", networks=[ThresholdNet()], tiling="fit")
+    assert predictor._divisors(3) == (40, 224, 192)
+    assert predictor._divisors(3, windows=False) == (8, 32, 32)
+    bundle.meta["network"]["kwargs"]["use_pim"] = bundle.meta["network"]["kwargs"]["use_pam"] = False
+    assert predictor._divisors(3) == (8, 32, 32)

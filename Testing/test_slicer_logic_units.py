@@ -160,6 +160,10 @@ def test_command_line_follows_the_engine_contract(tmp_path):
     assert "--no-tta" in PredictOptions(model="m").arguments([], "out")  # unticked: no mirroring
     with pytest.raises(ValueError):
         PredictOptions(model="m", device="gpu0").arguments([], "out")
+    # no choice made: all cores but one, so that Slicer's GUI stays responsive
+    default = PredictOptions(model="m").arguments([], "out")
+    cores = os.cpu_count() or 2
+    assert default[default.index("--threads") + 1] == str(max(1, cores - 1))
 
 
 def test_case_names_are_safe_and_unique():

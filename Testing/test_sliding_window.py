@@ -8,8 +8,8 @@ import torch
 
 from engine_helpers import ThresholdNet
 from lkm_core.errors import Cancelled
-from lkm_core.inference.sliding_window import (fit_patch, gaussian_weights, pad_to_patch,
-                                     predict_sliding_window, tile_starts)
+from lkm_core.inference.sliding_window import (gaussian_weights, pad_to_patch, plan_patch,
+                                               predict_sliding_window, tile_starts, tiled_voxels)
 
 
 @pytest.mark.parametrize("size,patch,step", [(100, 32, 0.5), (33, 32, 0.5), (32, 32, 0.5),
@@ -33,9 +33,38 @@ def test_gaussian_weights_peak_in_the_centre_and_never_reach_zero():
 
 
 def test_patch_shrinks_only_where_the_volume_is_smaller_and_stays_divisible():
-    assert fit_patch((40, 224, 192), (112, 101, 122), (4, 32, 32)) == (40, 128, 128)
-    assert fit_patch((40, 224, 192), (30, 300, 500), (4, 32, 32)) == (32, 224, 192)
-    assert fit_patch((1, 64, 64), (20, 10, 64), (1, 8, 8)) == (1, 16, 64)
+    half = (0.5, 0.5, 0.5)
+    assert plan_patch((40, 224, 192), (30, 101, 122), (4, 32, 32), half) == (32, 128, 128)
+    assert plan_patch((1, 64, 64), (20, 10, 64), (1, 8, 8), (1.0, 0.5, 0.5)) == (1, 16, 64)
+    # unknown strides (divisor = the patch): the trained patch, padded as nnU-Net pads
+    assert plan_patch((16, 32, 32), (9, 7, 5), (16, 32, 32), half) == (16, 32, 32)
+
+
+def test_fit_tiling_spends_the_voxels_it_frees_on_fewer_tiles():
+    """The 3d_paper patch on the quick clinical CT's grid, were strides the only constraint:
+    nnU-Net's tiling runs 5 padded patches (6.2x the grid); the fitted patch spends the freed
+    in-plane voxels on depth and covers the image in one tile, within the growth budget.
+    (The real 3d_paper's windows need multiples of 40 x 224 x 192: no room to shrink.)"""
+    shape, patch, divisors, half = (112, 101, 122), (40, 224, 192), (4, 32, 32), (0.5,) * 3
+    fitted = plan_patch(patch, shape, divisors, half)
+    assert fitted == (112, 128, 128)
+    assert all(f % d == 0 for f, d in zip(fitted, divisors))
+    assert np.prod(fitted) <= 1.25 * np.prod(patch)
+    grid = np.prod(shape)
+    assert tiled_voxels(shape, patch, half) / grid > 6
+    assert tiled_voxels(shape, fitted, half) / grid < 1.5
+
+
+def test_fit_tiling_never_needs_more_voxels_than_nnunets():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        patch = tuple(int(v) for v in rng.choice([16, 32, 48, 64], 3))
+        shape = tuple(int(v) for v in rng.integers(5, 150, 3))
+        step = float(rng.choice([0.5, 0.75, 1.0]))
+        steps = (step,) * 3
+        fitted = plan_patch(patch, shape, (8, 8, 8), steps)
+        assert tiled_voxels(shape, fitted, steps) <= tiled_voxels(shape, patch, steps)
+        assert np.prod(fitted) <= 1.25 * np.prod(patch)
 
 
 def test_padding_is_symmetric_and_cropped_back():

@@ -11,6 +11,7 @@ so nothing is left behind.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -61,8 +62,8 @@ class PredictOptions:
             args += ["--step", f"{self.step:g}"]
         if self.subset:
             args += ["--subset", ",".join(self.subset)]
-        if self.threads:
-            args += ["--threads", str(int(self.threads))]
+        # one core left to Slicer's GUI unless the user chose
+        args += ["--threads", str(int(self.threads or max(1, (os.cpu_count() or 2) - 1)))]
         if self.uncertainty:
             args.append("--uncertainty")
         if cancel_file:

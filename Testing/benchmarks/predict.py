@@ -12,6 +12,7 @@ its summary, its total wall time (with start-up and model loading) and its peak 
     python Testing/benchmarks/predict.py --preset 3d_small --crop 0.5   # a small variant
     python Testing/benchmarks/predict.py --baseline 80b17ed   # also today's engine at that commit,
                                                               # alternating, and the ratio
+    python Testing/benchmarks/predict.py --tiling nnunet --precision fp32   # the path before issue 18
 
 A 2D preset (2d_paper: 7 stages, 320x320, 1.5 mm in-plane; quick mode 3 mm in-plane) runs the
 same CT slice by slice along its first array axis (z, 1.5 mm, never resampled).
@@ -98,6 +99,8 @@ def run_mode(ct: Path, bundle: Path, out: Path, mode: str, args, engine: Path = 
         cmd.append("--quick")
     if args.step:
         cmd += ["--step", str(args.step)]
+    if engine == REPO:  # a baseline commit may not know these switches
+        cmd += ["--tiling", args.tiling, "--precision", args.precision]
     path = os.pathsep.join(p for p in (str(engine), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=path)
     t0 = time.perf_counter()
@@ -120,7 +123,8 @@ def run_mode(ct: Path, bundle: Path, out: Path, mode: str, args, engine: Path = 
             "non_network_share": round(non_network / max(1e-9, sum(phases.values()) - phases["startup+model load"]), 4),
             "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 3),
             "network_grid": summary["network_grid"], "input_size": summary["input"]["size"],
-            "device": summary["device"]}
+            "device": summary["device"], "tiling": summary.get("tiling"),
+            "precision": summary.get("precision", "fp32")}
 
 
 def main() -> None:
@@ -133,6 +137,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--step", type=float, default=None)
+    p.add_argument("--tiling", default="auto", help="auto, fit or nnunet (today's: nnunet)")
+    p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (today's: fp32)")
     p.add_argument("--labels", default=ORGANS)
     p.add_argument("--format", default="seg.nrrd")
     p.add_argument("--work", default=None, help="folder for the CT, bundle and outputs")
@@ -162,7 +168,12 @@ def main() -> None:
                 r["network_ratio_vs_baseline"] = round(r["phases_s"]["network"] / base["phases_s"]["network"], 3)
             results.append(r)
             print(f"\n{preset} {mode}: network grid {r['network_grid']['shape']} at "
-                  f"{r['network_grid']['spacing']} mm, device {r['device']}")
+                  f"{r['network_grid']['spacing']} mm, device {r['device']}, precision "
+                  f"{r['precision']}")
+            if r["tiling"]:
+                t = r["tiling"]
+                print(f"  tiling {t['mode']}: patch {t['patch']}, work ratio (network voxels / "
+                      f"grid voxels) {t['work_ratio']:.2f}")
             for k, v in r["phases_s"].items():
                 print(f"  {k:<20} {v:9.2f} s")
             print(f"  {'total wall':<20} {r['wall_s']:9.2f} s")

@@ -40,6 +40,12 @@ def register(sub) -> None:
                     help="average only these folds of the model (e.g. 0,2; default: all)")
     pr.add_argument("--step", type=float, default=None, help="sliding-window step as a fraction "
                     "of the patch (default 0.5)")
+    pr.add_argument("--tiling", default="auto", choices=["auto", "fit", "nnunet"],
+                    help="nnunet (auto): nnU-Net's exact tiling; fit: patches fitted to the "
+                    "image (less work where the network allows; labels may differ)")
+    pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="CPU: fp32 (auto) or bf16 (faster on CPUs with AVX512-BF16/AMX, "
+                    "checked against fp32 at first use); GPU: fp16 (auto), bf16 or fp32")
     pr.add_argument("--subset", default=None, metavar="NAME[,NAME...]",
                     help="keep only these structures")
     pr.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK")
@@ -188,6 +194,7 @@ def _predict(args, cancel) -> int:
             predictor = Predictor(bundle, device=_device(args), threads=args.threads,
                                   quick=args.quick, tta=args.tta, step=args.step,
                                   folds=_list_option(args.folds),
+                                  tiling=args.tiling, precision=args.precision,
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
                                   cancel=cancel, confidence_map=args.uncertainty,
                                   probabilities=args.save_probabilities,

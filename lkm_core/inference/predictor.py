@@ -26,8 +26,11 @@ True) stops the run between patches with :class:`~lkm_core.errors.Cancelled`.
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -40,8 +43,8 @@ from ..errors import InputError, ResourceError
 from ..inputs import images as lkm_io
 from .preprocessing import (Prepared, postprocess_labels, prepare, probabilities_on_input_grid,
                             to_input_grid)
-from .sliding_window import (DeviceOutOfMemory, fit_patch, scores_to_labels,
-                             sliding_window_scores)
+from .sliding_window import (TILINGS, DeviceOutOfMemory, pad_to_patch, plan_patch,
+                             scores_to_labels, sliding_window_scores, tiled_voxels)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class Result:
     confidence_map: sitk.Image | None = None  # uint8 0-100 on the input grid: confidence_map=True
     scan_backend: str = ""                  # which selective scan ran ("numba", "torch", ...)
     probabilities: np.ndarray | None = None  # (classes, *input array shape): probabilities=True
+    tiling: dict = field(default_factory=dict)  # which tiling ran, its patch, the work ratio
+    precision: str = "fp32"                 # what the convolutions ran in: fp32, bf16, fp16
 
 
 @dataclass
@@ -87,6 +92,8 @@ class Loaded:
     device: object = None
     network_shape: tuple = ()
     scan_backend: str = ""
+    tiling: dict = field(default_factory=dict)  # which tiling ran, its patch, the work ratio
+    precision: str = "fp32"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -177,25 +184,86 @@ def resolve_folds(bundle: Bundle, folds: Sequence | None) -> list:
     return chosen
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# bf16 logits of the self-check may differ from fp32 by this much (relative L2): bf16 rounding
+# through the network gives about 1 %; a wrong oneDNN kernel gives order 1
+BF16_TOLERANCE = 0.1
+
+
+def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has bf16 dot-product units (AVX512-BF16 or AMX-BF16). Read from the
+    kernel's CPU flags; where there are none (not Linux), no: bf16 is then only on request."""
+    try:
+        flags = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the convolutions: fp16 on GPUs (unless fp32); on CPUs fp32 unless
+    bf16 is asked for. bf16 is not the CPU default: against fp32 it kept Dice >= 0.994 on the
+    default model's sample CT, but 0.972 (pancreas) on an anisotropic case."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if precision == "bf16":
+        if not cpu_supports_bf16():
+            log.warning("bf16 was asked for, but this CPU has no bf16 units (AVX512-BF16/AMX): "
+                        "expect it to be slower than fp32.")
+        return torch.bfloat16
+    return None
+
+
+def low_precision_agrees(network: Callable, sample: torch.Tensor, device: torch.device,
+                         dtype: torch.dtype, tolerance: float = BF16_TOLERANCE) -> bool:
+    """Whether ``network`` gives about the same logits on ``sample`` under autocast to ``dtype``
+    as in fp32: guards against wrong low-precision kernels (oneDNN has had wrong bf16 Conv3d
+    results on some shapes)."""
+    def logits(**autocast):
+        with torch.inference_mode(), torch.autocast(device.type, **autocast):
+            y = network(sample.to(device))
+        return (y[0] if isinstance(y, (list, tuple)) else y).float()
+
+    exact, low = logits(enabled=False), logits(dtype=dtype)
+    if not torch.isfinite(low).all():
+        return False
+    error = float((low - exact).norm() / exact.norm().clamp_min(1e-12))
+    log.debug("%s self-check: relative error %.4f of the logits", dtype, error)
+    return error <= tolerance
+
+
+def resolve_tiling(tiling: str = "auto") -> str:
+    """'auto' -> nnU-Net's exact tiling. "fit" is on request only: it is not proven to keep the
+    labels (on the default model a patch grown along one axis moved Dice to 0.76)."""
+    tiling = (tiling or "auto").lower()
+    if tiling == "auto":
+        return "nnunet"
+    if tiling not in TILINGS:
+        raise InputError(f"Unknown tiling {tiling!r}: use auto, {' or '.join(TILINGS)}.")
+    return tiling
+
+
 class Predictor:
     def __init__(self, bundle: Bundle, *, device: str = "auto", threads: int | None = None,
                  quick: bool = False, tta: bool | None = False, step: float | None = None,
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
-                 shrink_patch: bool = False, keep_scores: bool = False,
+                 tiling: str = "auto", precision: str = "auto", keep_scores: bool = False,
                  confidence: bool = True, confidence_map: bool = False,
                  probabilities: bool = False, postprocessing: bool = True):
         self.bundle = bundle
         set_threads(threads)
         self.device = resolve_device(device)
         self.quick = quick
-        # nnU-Net pads small volumes to the patch; shrinking is opt-in, never for official models
-        # (their strided windows must divide the feature maps of the trained patch)
-        official = "official" in str(bundle.provenance.get("trainer", "")).lower()
-        if shrink_patch and official:
-            log.warning("not shrinking the patch for an imported official model")
-        self.shrink_patch = shrink_patch and not official
+        self.tiling = resolve_tiling(tiling)
+        if (precision or "auto").lower() not in PRECISIONS:
+            raise InputError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
+        self.precision = precision.lower()
+        self._checked_dtypes = {}  # (device type, autocast dtype) -> the dtype that passed
         self.keep_scores = keep_scores
         self.confidence = confidence or confidence_map
         self.confidence_map = confidence_map
@@ -300,7 +368,8 @@ class Predictor:
         t0 = time.perf_counter()
         self._emit(case, "network", 0.0)
         reset_backends_used()
-        loaded.scores, loaded.device = self._run_network(prepared.array, case)
+        (loaded.scores, loaded.device, loaded.tiling,
+         loaded.precision) = self._run_network(prepared.array, case)
         loaded.scan_backend = backend_report()
         loaded.network_shape = tuple(prepared.array.shape[1:])
         prepared.array = None  # the network input is no longer needed: free it before the way back
@@ -346,7 +415,8 @@ class Predictor:
                       network_spacing=prepared.network_spacing_xyz,
                       scores=NetworkScores(scores, prepared) if self.keep_scores else None,
                       confidence=confidence, confidence_map=confidence_map,
-                      scan_backend=loaded.scan_backend, probabilities=probabilities)
+                      scan_backend=loaded.scan_backend, probabilities=probabilities,
+                      tiling=dict(loaded.tiling), precision=loaded.precision)
 
     def _assess(self, scores, labels, prepared, image):
         """Per-structure confidence on the network grid; the voxel map on the input grid."""
@@ -362,26 +432,73 @@ class Predictor:
         unsure = to_input_grid(np.subtract(100, voxel_map, dtype=np.uint8), prepared, image)
         return confidence, sitk.Cast(100 - unsure, sitk.sitkUInt8)
 
-    def _divisors(self, n_axes: int) -> tuple:
-        """Per-axis downsampling factor of the network (product of its strides); inputs must
-        be multiples of it. Unknown networks: no shrinking (the patch itself)."""
-        strides = self.bundle.network_config.get("kwargs", {}).get("strides")
+    def _autocast_dtype(self, device: torch.device, array: np.ndarray, patch: tuple):
+        """The precision to run in, its low-precision kernels checked once per device on a
+        small crop of this image; a failed check falls back to fp32 with one warning."""
+        dtype = autocast_dtype(self.precision, device)
+        if dtype is None or device.type == "cuda":
+            return dtype   # the GPU's fp16 path is nnU-Net's, unchecked as there
+        key = (device.type, dtype)
+        if key not in self._checked_dtypes:
+            self._checked_dtypes[key] = dtype if self._low_precision_ok(
+                device, dtype, array, patch) else None
+        return self._checked_dtypes[key]
+
+    def _low_precision_ok(self, device, dtype, array, patch) -> bool:
+        divisors = self._divisors(len(self.bundle.patch_size), windows=False)
+        size = [min(p, 2 * d) for p, d in zip(patch, divisors)]  # 1/26 of 3d_paper's patch
+        data = torch.from_numpy(np.ascontiguousarray(array))
+        start = [max(0, (n - s) // 2) for n, s in zip(data.shape[1:], size)]
+        crop = data[(slice(None), *[slice(a, a + s) for a, s in zip(start, size)])]
+        sample = pad_to_patch(crop, size)[0][None]
+        if size[0] == 1 and self.bundle.dimension == "2d":
+            sample = sample[:, :, 0]
+        if low_precision_agrees(self.networks(device)[0], sample, device, dtype):
+            return True
+        log.warning("%s convolutions gave wrong results on this CPU (self-check on a small "
+                    "patch): running in fp32 instead (slower). --precision fp32 skips the check.",
+                    PRECISION_NAMES[dtype])
+        return False
+
+    def _divisors(self, n_axes: int, windows: bool = True) -> tuple:
+        """Per-axis size that inputs must be a multiple of so that no stage pads: the product
+        of the strides down to each stage times that stage's PiM window and PaM pool (a window
+        the feature map does not fill is zero-padded inside the network, which changes the
+        labels); ``windows=False``: the strides' product only (what the network runs at).
+        Unknown networks: the patch itself (no fitting)."""
+        kwargs = self.bundle.network_config.get("kwargs", {})
+        strides = kwargs.get("strides")
         if not strides:
             return tuple(self.bundle.patch_size) if n_axes == 3 else (1, *self.bundle.patch_size)
-        factors = [1] * n_axes
-        for stride in strides:
-            stride = [stride] * n_axes if isinstance(stride, int) else stride
-            factors = [f * int(s) for f, s in zip(factors, stride)]
-        return tuple(factors) if n_axes == 3 else (1, *factors)
+
+        def per_axis(value):
+            return [int(value)] * n_axes if isinstance(value, int) else [int(v) for v in value]
+
+        mamba = windows and (kwargs.get("use_pim", True) or kwargs.get("use_pam", True))
+        windows = (kwargs.get("window_sizes") if mamba else None) or [None] * len(strides)
+        pools = (kwargs.get("pool_sizes") if mamba else None) or windows
+        factors, needed = [1] * n_axes, [1] * n_axes
+        for stride, window, pool in zip(strides, windows, pools):
+            factors = [f * s for f, s in zip(factors, per_axis(stride))]
+            for size in (window, pool):
+                if size is not None:
+                    needed = [math.lcm(n, f * w) for n, f, w in zip(needed, factors, per_axis(size))]
+        needed = [math.lcm(n, f) for n, f in zip(needed, factors)]
+        return tuple(needed) if n_axes == 3 else (1, *needed)
 
     def _run_network(self, array: np.ndarray, case: str):
         b = self.bundle
         patch = tuple(b.patch_size) if b.dimension == "3d" else (1, *b.patch_size)
-        if self.shrink_patch:
-            fitted = fit_patch(patch, array.shape[1:], self._divisors(len(b.patch_size)))
+        shape = array.shape[1:]
+        steps = (1.0 if b.dimension == "2d" else self.step, self.step, self.step)
+        if self.tiling == "fit":
+            fitted = plan_patch(patch, shape, self._divisors(len(b.patch_size)), steps)
             if fitted != patch:
-                log.info("volume smaller than the patch %s: using %s", patch, fitted)
+                log.info("patch %s fitted to the image %s: %s", patch, tuple(shape), fitted)
                 patch = fitted
+        tiling = {"mode": self.tiling, "patch": list(patch),
+                            "work_ratio": round(tiled_voxels(shape, patch, steps)
+                                                / float(np.prod(shape)), 3)}
         mirror = tuple(a + 1 for a in self.mirror_axes) if b.dimension == "2d" else self.mirror_axes
         device = self.device
         attempts = [(device, device)]
@@ -389,14 +506,16 @@ class Predictor:
             attempts += [(device, torch.device("cpu")), (torch.device("cpu"), torch.device("cpu"))]
         for n, (dev, results_dev) in enumerate(attempts):
             try:
+                autocast = self._autocast_dtype(dev, array, patch)
                 scores = sliding_window_scores(
                     self.networks(dev), array, patch, b.num_classes, step=self.step,
                     mirror_axes=mirror, batch_size=self.batch_size if dev.type == "cuda" else 1,
                     device=dev, results_device=results_dev,
-                    autocast_dtype=torch.float16 if dev.type == "cuda" else None,
+                    autocast_dtype=autocast,
                     progress=lambda f: self._emit(case, "network", f),
                     should_stop=self._should_stop)
-                return scores, dev
+                # per case, not on the predictor: pipelined cases overlap
+                return scores, dev, tiling, PRECISION_NAMES[autocast]
             except RuntimeError as exc:
                 if not isinstance(exc, (DeviceOutOfMemory, torch.cuda.OutOfMemoryError)):
                     if dev.type == "cpu" and "can't allocate memory" in str(exc):

@@ -7,7 +7,9 @@ turned into probabilities (softmax). :func:`predict_sliding_window` returns thei
 one float32 accumulator of (classes, D, H, W) and one (D, H, W) of summed weights.
 
 Volumes smaller than the patch are padded to it with zeros (after normalisation), as nnU-Net
-pads them, so that the network sees the context and statistics it was trained with.
+pads them. Two tilings choose the patch (:func:`plan_patch`): "nnunet" runs the trained patch
+as nnU-Net does; "fit" shrinks it to the image where the image is smaller and takes the patch
+that needs the fewest network voxels elsewhere, in multiples of what the network needs.
 
 A 2D network runs through the same code with a patch of depth 1: each patch is a slice window,
 squeezed to (B, C, H, W) for the network.
@@ -63,17 +65,55 @@ def tile_starts(size: int, patch: int, step: float) -> list:
     return [int(round(i * stride)) for i in range(n)]
 
 
-def fit_patch(patch: Sequence[int], shape: Sequence[int], divisors: Sequence[int]) -> tuple:
-    """Shrink the patch along axes where the whole volume is smaller than it, to the volume's
-    size rounded up to a multiple of the network's downsampling factor. Opt-in only
-    (``Predictor(shrink_patch=True)``): it saves the padding's compute, but PiM/PaM windows and
-    InstanceNorm then see other contexts and statistics than in training, so labels can differ
-    from nnU-Net's, which pads to the patch."""
-    out = []
-    for p, n, d in zip(patch, shape, divisors):
-        d = max(1, int(d))
-        out.append(p if n >= p else min(p, int(math.ceil(n / d)) * d))
-    return tuple(out)
+TILINGS = ("fit", "nnunet")
+# how much larger than the trained patch a fitted patch may grow (voxels): the memory a patch
+# needs grows with it, and the context the network sees should stay close to the trained one
+FIT_MAX_GROWTH = 1.25
+
+
+def tiled_voxels(shape: Sequence[int], patch: Sequence[int], steps: Sequence[float]) -> int:
+    """Voxels through the network for one pass over ``shape`` (padded to the patch) in tiles
+    of ``patch`` at ``steps`` (one per axis)."""
+    total = 1
+    for n, p, s in zip(shape, patch, steps):
+        total *= len(tile_starts(max(n, p), p, s)) * p
+    return total
+
+
+def _axis_candidates(n: int, p: int, d: int, step: float) -> list:
+    """Patch sizes worth trying along one axis: the image's size rounded up to the divisor if
+    the image is smaller than the patch; else, from the patch up to the whole axis, the smallest
+    size for each tile count (a larger one with the same count only costs more)."""
+    d = max(1, int(d))
+    whole = int(math.ceil(n / d)) * d
+    if whole <= p:
+        return [whole]
+    if d >= p:  # the network's constraints are unknown: the trained patch only
+        return [p]
+    best = {}
+    for c in range(p, whole + 1, d):
+        best.setdefault(len(tile_starts(max(n, c), c, step)), c)
+    return sorted(best.values())
+
+
+def plan_patch(patch: Sequence[int], shape: Sequence[int], divisors: Sequence[int],
+               steps: Sequence[float], max_growth: float = FIT_MAX_GROWTH) -> tuple:
+    """The "fit" tiling's patch: along axes where the image is smaller than the patch, the
+    image rounded up to the divisors; elsewhere the patch (grown by at most ``max_growth`` in
+    voxels, using what the shrunken axes freed) that needs the fewest network voxels to cover
+    the image at the requested step. Ties go to the smaller patch."""
+    per_axis = [_axis_candidates(n, p, d, s)
+                for n, p, d, s in zip(shape, patch, divisors, steps)]
+    budget = max_growth * math.prod(patch)
+    best = None
+    for combo in itertools.product(*per_axis):
+        volume = math.prod(combo)
+        if volume > budget and combo != tuple(c[0] for c in per_axis):
+            continue
+        key = (tiled_voxels(shape, combo, steps), volume)
+        if best is None or key < best[0]:
+            best = (key, combo)
+    return tuple(int(c) for c in best[1])
 
 
 def pad_to_patch(array: torch.Tensor, patch: Sequence[int]):

@@ -150,6 +150,8 @@ def summarize(result, bundle, extra: dict | None = None) -> dict:
                    for lab in result.label_list],
         "device": result.device,
         "scan_backend": result.scan_backend,
+        "tiling": result.tiling,
+        "precision": result.precision,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "model": {"name": bundle.name, "version": bundle.version, "trained": bundle.trained,
                   "modality": bundle.modality},
