@@ -1,9 +1,15 @@
-"""Shared test setup: explicit thread counts (2 cores, easily oversubscribed)."""
+"""Shared test setup: explicit thread counts (2 cores, easily oversubscribed), the fixtures
+several test files use, and the Slicer stand-ins on the path (Testing/slicer_tests: some engine
+tests check the panel side of a behaviour too)."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "slicer_tests"))
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +28,14 @@ def trained_smoke(tmp_path_factory, sample_ct):
     from lkm_core.training import smoke
 
     return smoke.build(tmp_path_factory.mktemp("nnunet"), epochs=2, iterations=10, threads=1)
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    """An untrained 3d_small bundle at 6 mm (a tiny network grid keeps runs short)."""
+    folder = tmp_path_factory.mktemp("bundles") / "small"
+    from lkm_core.cli import main
+
+    assert main(["bundle", "init", "--preset", "3d_small", "--labels", "liver,spleen",
+                 "-o", str(folder), "--spacing", "6,6,6"]) == 0
+    return folder

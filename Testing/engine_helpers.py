@@ -108,3 +108,12 @@ def run_cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "lkm_core", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, **kwargs)
+
+
+def predict_in_process(capsys, inputs, out, bundle, *extra):
+    """``lkm-segment predict`` in this process on one CPU thread: (exit code, stderr)."""
+    from lkm_core.cli import main
+
+    code = main(["predict", *map(str, inputs), "-o", str(out), "--model", str(bundle),
+                 "--progress", "none", "--device", "cpu", "--threads", "1", *extra])
+    return code, capsys.readouterr().err

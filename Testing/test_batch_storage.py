@@ -23,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 
 from engine_helpers import oblique_direction, run_cli, sphere_image
-from test_cli_bad_input import run, small_bundle  # noqa: F401  (a fixture: tiny untrained model)
+from engine_helpers import predict_in_process as run
 from lkm_core import contract, files
 from lkm_core.outputs import labels as outputs
 from lkm_core.batch.runner import BatchSettings, run_batch
@@ -238,7 +238,7 @@ def test_os_error_reaches_the_slicer_panel_as_one_line(tmp_path, small_bundle, c
     reads its protocol lines and shows the user one line, no traceback."""
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from slicer_fixtures import bundle  # noqa: F401  (puts LKMSegment/ on sys.path)
-    from test_slicer_logic_units import ScriptedRunner
+    from scripted_runner import ScriptedRunner
     from LKMSegmentLib.engine import EngineJob, PredictOptions
 
     blocker = tmp_path / "a-file"
@@ -261,7 +261,7 @@ def test_os_error_reaches_the_slicer_panel_as_one_line(tmp_path, small_bundle, c
 
 def test_the_panel_checks_its_output_folder_before_the_engine_starts(tmp_path, monkeypatch):
     from slicer_fixtures import bundle  # noqa: F401
-    from test_slicer_logic_units import ScriptedRunner
+    from scripted_runner import ScriptedRunner
     from LKMSegmentLib.engine import EngineJob, PredictOptions
 
     runner = ScriptedRunner([], [], 0)

@@ -12,17 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from engine_helpers import predict_in_process as run
 from engine_helpers import sphere_image
 from lkm_core.cli.root import main
-
-
-@pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory):
-    """An untrained 3d_small bundle at 6 mm (a tiny network grid keeps runs short)."""
-    folder = tmp_path_factory.mktemp("bundles") / "small"
-    assert main(["bundle", "init", "--preset", "3d_small", "--labels", "liver,spleen",
-                 "-o", str(folder), "--spacing", "6,6,6"]) == 0
-    return folder
 
 
 def write(image, path):
@@ -34,12 +26,6 @@ def volume(array, spacing=(2.0, 2.0, 2.0)):
     image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
     image.SetSpacing(spacing)
     return image
-
-
-def run(capsys, inputs, out, bundle, *extra):
-    code = main(["predict", *map(str, inputs), "-o", str(out), "--model", str(bundle),
-                 "--progress", "none", "--device", "cpu", "--threads", "1", *extra])
-    return code, capsys.readouterr().err
 
 
 def no_outputs(folder):

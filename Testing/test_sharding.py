@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from engine_helpers import run_cli, sphere_image
-from lkm_core import cli, contract
+from lkm_core import cli
 from lkm_core.batch.report import merge_reports
 from lkm_core.cli.common import UsageError
 from lkm_core.cli.predict import _shard

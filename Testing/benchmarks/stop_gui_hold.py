@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path[:0] = [str(REPO / "LKMSegment"), str(REPO / "Testing"), str(REPO / "Testing" / "slicer_python")]
+sys.path[:0] = [str(REPO / "LKMSegment"), str(REPO / "Testing"), str(REPO / "Testing" / "slicer_tests"),
+                str(REPO / "Testing" / "slicer_tests" / "slicer_python")]
 
 from engine_helpers import run_cli  # noqa: E402
 from LKMSegmentLib.engine import EngineJob, PredictOptions  # noqa: E402
@@ -83,7 +84,7 @@ def main():
     image.SetSpacing((0.8, 0.8, 2.5))
     sitk.WriteImage(image, str(work / "ct.nrrd"))
     launcher = work / "PythonSlicer"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE.parent / "slicer_python" / "launcher.py"}" "$@"\n',
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE.parent / "slicer_tests" / "slicer_python" / "launcher.py"}" "$@"\n',
                         encoding="utf-8")
     launcher.chmod(0o755)
     holds = {}

@@ -15,8 +15,9 @@ from slicer_fixtures import bundle  # noqa: F401  (puts LKMSegment/ on sys.path)
 from LKMSegmentLib import dependencies as deps  # noqa: E402
 from LKMSegmentLib.engine import EngineJob, PredictOptions, safe_case_name  # noqa: E402
 from LKMSegmentLib.models import ModelBundleError, ModelRegistry, read_model_info, verify_bundle  # noqa: E402
-from LKMSegmentLib.process import ProcessRunner, SubprocessRunner  # noqa: E402
+from LKMSegmentLib.process import SubprocessRunner  # noqa: E402
 from LKMSegmentLib.protocol import ProgressTracker, ProtocolParser  # noqa: E402
+from scripted_runner import ScriptedRunner  # noqa: E402
 
 
 # -- protocol ----------------------------------------------------------------------------------
@@ -80,40 +81,6 @@ def test_stop_kills_the_engine_and_its_children(tmp_path):
             time.sleep(0.05)
         else:
             pytest.fail(f"process {pid} survived Stop")
-
-
-class ScriptedRunner(ProcessRunner):
-    """Plays back engine output: for the error paths without a real failing engine."""
-
-    def __init__(self, stdout_lines, stderr_lines, exit_code):
-        self.chunks = [("stdout", line + "\n") for line in stdout_lines]
-        self.chunks += [("stderr", line + "\n") for line in stderr_lines]
-        self._exit = exit_code
-        self.started = None
-
-    def start(self, program, args, env=None, cwd=None):
-        self.started = (program, args, env)
-
-    def poll(self):
-        chunks, self.chunks = self.chunks, []
-        return chunks
-
-    def is_finished(self):
-        return not self.chunks
-
-    @property
-    def exit_code(self):
-        return self._exit
-
-    def stop(self, grace_s=3.0):
-        pass
-
-    def wait(self, timeout_s=None):
-        return True
-
-    @property
-    def pid(self):
-        return None
 
 
 def _job(runner, tmp_path, **kw):

@@ -5,7 +5,7 @@ sample CT, with the bundled default model; Qt is PyQt5 (offscreen) and the ctk/q
 the stand-ins of slicer_app_standin.py, so the picture shows the module's layout and texts, not
 Slicer's exact look. Run from the repository root:
 
-    QT_QPA_PLATFORM=offscreen python Testing/render_panel.py
+    QT_QPA_PLATFORM=offscreen python Testing/slicer_tests/render_panel.py
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 OUT = REPO / "Resources" / "Screenshots" / "LKMSegment-panel.png"
 
 
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import slicer_app_standin as standin
     from lkm_core.inputs.sample_data import fetch_sample_ct
     from slicer_fixtures import add_volume, new_scene
-    from test_slicer_widget import import_module_file
+    from widget_driving import import_module_file
 
     import numpy as np
 

@@ -7,8 +7,8 @@ widgets) cannot run here; this module stands in for it so that the module's own 
 What makes it a fair stand-in rather than one that agrees with the code:
 
 - Every Qt object the module touches is reached through :class:`Wrapped`, which enforces
-  PythonQt's rules from Testing/pythonqt_api.json, a table extracted from PythonQt's own wrapper
-  sources, Qt's meta-objects and the CTK/Slicer headers by Testing/pythonqt_api.py (never from the
+  PythonQt's rules from Testing/slicer_tests/pythonqt_api.json, a table extracted from PythonQt's own wrapper
+  sources, Qt's meta-objects and the CTK/Slicer headers by Testing/slicer_tests/pythonqt_api.py (never from the
   module): properties are attributes (``label.text = "x"``; ``label.text()`` fails, since the
   attribute is a string), signals only ``connect(callable)``/``disconnect``/``emit``, keyword
   arguments are refused, a method exists only in the forms (argument count and kinds) PythonQt

@@ -14,7 +14,7 @@ import pytest
 
 import slicer_app_standin as standin
 from slicer_fixtures import add_volume, bundle, ct_crop, new_scene, oblique_flipped_ijk_to_ras  # noqa: F401
-from test_slicer_widget import import_module_file, pump, raw, segments
+from widget_driving import import_module_file, pump, raw, segments
 
 from LKMSegmentLib import dependencies as deps  # noqa: E402
 from LKMSegmentLib.process import SubprocessRunner  # noqa: E402
@@ -52,7 +52,7 @@ def close_panel(widget, app):
 
 def with_confidence_map(scene, volume, folder):
     """``volume`` with a segmentation and confidence map as a finished run leaves them."""
-    from test_slicer_confidence import engine_outputs
+    from engine_outputs import engine_outputs
     from LKMSegmentLib.confidencemap import load_confidence_map
     from LKMSegmentLib.scene import import_result
 

@@ -7,6 +7,7 @@ volume is a crop of the sample CT (one network patch) and the model an untrained
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "LKMSegment"))
 
 LABELS = ["liver", "spleen", "kidney_right"]
@@ -137,3 +138,19 @@ def scene_snapshot(scene) -> list:
             entry += (tuple(seg.GetNthSegmentID(s) for s in range(seg.GetNumberOfSegments())),)
         snap.append(entry)
     return snap
+
+
+def cmake_lists(path: Path) -> dict[str, list[str]]:
+    """The `set(NAME item item ...)` lists of a CMake file, ${MODULE_NAME} expanded."""
+    text = re.sub(r"#[^\n]*", "", path.read_text(encoding="utf-8"))
+    variables = dict(re.findall(r"set\((\w+)\s+(\w+)\)", text))
+    lists = {}
+    for name, body in re.findall(r"set\((\w+)\s+([^)]*)\)", text, flags=re.S):
+        items = body.split()
+        expanded = []
+        for item in items:
+            for var, value in variables.items():
+                item = item.replace("${%s}" % var, value)
+            expanded.append(item.strip('"'))
+        lists[name] = expanded
+    return lists

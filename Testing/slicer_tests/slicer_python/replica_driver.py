@@ -1,4 +1,4 @@
-"""Runs inside the replica of Slicer's Python (Testing/test_slicer_replica.py), as the module does.
+"""Runs inside the replica of Slicer's Python (Testing/slicer_tests/test_slicer_replica.py), as the module does.
 
     python replica_driver.py plan MODULE_DIR WORK        -> the install plan for this Python
     python replica_driver.py segment MODULE_DIR CT WORK  -> Segment with the default model

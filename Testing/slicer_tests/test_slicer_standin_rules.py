@@ -113,7 +113,7 @@ def test_every_ui_widget_use_in_the_module_is_a_pythonqt_form():
     import ast
     import xml.etree.ElementTree as ET
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     ui_classes = {w.get("name"): w.get("class") for w in
                   ET.parse(repo / "LKMSegment" / "Resources" / "UI" / "LKMSegment.ui").getroot().iter("widget")}
     tree = ast.parse((repo / "LKMSegment" / "LKMSegment.py").read_text(encoding="utf-8"))

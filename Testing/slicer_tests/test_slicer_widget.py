@@ -1,9 +1,9 @@
 """The module's real widget (LKMSegment.py) driven headless through a user's clicks.
 
-The Slicer application is replaced by a STAND-IN (Testing/slicer_app_standin.py): real Qt widgets
+The Slicer application is replaced by a STAND-IN (Testing/slicer_tests/slicer_app_standin.py): real Qt widgets
 (PyQt5, offscreen) carry the module's .ui, the ctk/qMRML widgets are small stand-ins, and every
 Qt call the module makes passes through a layer that enforces PythonQt's rules from
-Testing/pythonqt_api.json (extracted from PythonQt's own sources by Testing/pythonqt_api.py).
+Testing/slicer_tests/pythonqt_api.json (extracted from PythonQt's own sources by Testing/slicer_tests/pythonqt_api.py).
 The scene is real MRML (slicer-core) and the engine really runs, in a child process started by
 the logic's headless SubprocessRunner (the app's QProcessRunner is tested on its own).
 
@@ -13,52 +13,24 @@ wrapper, QProcess through the PythonSlicer launcher.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import time
 
 import numpy as np
 import pytest
 
 import slicer_app_standin as standin
 from slicer_fixtures import REPO, add_volume, bundle, ct_crop, new_scene, oblique_flipped_ijk_to_ras  # noqa: F401
+from widget_driving import TIMEOUT, import_module_file, pump, raw, segments
 
 from LKMSegmentLib.models import ModelRegistry  # noqa: E402
 from LKMSegmentLib.process import SubprocessRunner  # noqa: E402
 
 pytestmark = pytest.mark.slow
-TIMEOUT = 240
-
-
-def import_module_file():
-    spec = importlib.util.spec_from_file_location("LKMSegment", REPO / "LKMSegment" / "LKMSegment.py")
-    module = importlib.util.module_from_spec(spec)
-    import sys
-    sys.modules["LKMSegment"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def pump(app, until, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not until():
-        app.processEvents()
-        time.sleep(0.02)
-        assert time.monotonic() < deadline, "the panel did not get there in time"
-
-
-def segments(node):
-    seg = node.GetSegmentation()
-    return {seg.GetNthSegment(i).GetName(): seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())}
 
 
 def snapshot(node):
     """What a user's reviewed work is: segment names, IDs and the node's modification time."""
     return (tuple(segments(node).items()), node.GetMTime(), node.GetSegmentation().GetMTime())
-
-
-def raw(wrapped):
-    return standin.unwrap(wrapped)
 
 
 def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
@@ -187,7 +159,7 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
 
 
 def test_the_panel_picture_renders(tmp_path, sample_ct):
-    """Testing/render_panel.py (the README's panel picture) still runs on the current panel."""
+    """Testing/slicer_tests/render_panel.py (the README's panel picture) still runs on the current panel."""
     import subprocess
     import sys
 
@@ -195,7 +167,7 @@ def test_the_panel_picture_renders(tmp_path, sample_ct):
 
     out = tmp_path / "panel.png"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, str(REPO / "Testing" / "render_panel.py"), "-o", str(out)],
+    result = subprocess.run([sys.executable, str(REPO / "Testing" / "slicer_tests" / "render_panel.py"), "-o", str(out)],
                             capture_output=True, text=True, env=env, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-2000:]
     width, height = sitk.ReadImage(str(out)).GetSize()[:2]
@@ -208,7 +180,7 @@ def test_review_controls_confidence_list_map_overlay_ranking_and_export_order(mo
     export list, least confident first; clicks go through the PythonQt stand-in."""
     import slicerio
 
-    from test_slicer_confidence import engine_outputs
+    from engine_outputs import engine_outputs
     from lkm_core.contract import CONFIDENCE_TAG, FLAGGED_TAG
     from LKMSegmentLib.confidencemap import OVERLAY_OPACITY, confidence_map_of, load_confidence_map
     from LKMSegmentLib.scene import import_result

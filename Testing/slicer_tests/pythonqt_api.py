@@ -1,4 +1,4 @@
-"""Regenerate Testing/pythonqt_api.json: the call forms PythonQt offers for the classes the module uses.
+"""Regenerate Testing/slicer_tests/pythonqt_api.json: the call forms PythonQt offers for the classes the module uses.
 
 What Slicer's Python can call on a Qt object is the union of
 1. the class's Qt meta-object (properties, which PythonQt exposes as attributes, public slots,
@@ -15,7 +15,7 @@ generated_cpp_515/; the injected code in generator/typesystem_*.xml.
 
 Run with git checkouts (bare mirrors are fine) of the three repositories::
 
-    python Testing/pythonqt_api.py --pythonqt PATH/pythonqt --ctk PATH/CTK --slicer PATH/Slicer
+    python Testing/slicer_tests/pythonqt_api.py --pythonqt PATH/pythonqt --ctk PATH/CTK --slicer PATH/Slicer
 
 The widget test (test_slicer_widget.py) enforces this table on the module's code; it never reads
 the module to build it.
@@ -265,7 +265,7 @@ def build(pythonqt_git: str, ctk_git: str, slicer_git: str) -> dict:
 
     return {
         "about": "Call forms PythonQt offers in Slicer 5.12 for the classes LKMSegment uses; "
-                 "made by Testing/pythonqt_api.py, do not edit by hand.",
+                 "made by Testing/slicer_tests/pythonqt_api.py, do not edit by hand.",
         "sources": {
             "pythonqt": {"repository": PYTHONQT[0], "commit": PYTHONQT[1], "version": PYTHONQT[2],
                          "as_built_by_slicer": "commontk/PythonQt patched-v4.1.0-2026-06-05-9992368e9",

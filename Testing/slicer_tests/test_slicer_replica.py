@@ -28,10 +28,10 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from test_slicer_static import cmake_lists
+from slicer_fixtures import cmake_lists
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 PACKAGES = HERE / "slicer_python" / "slicer-5.12-packages.txt"
 DRIVER = HERE / "slicer_python" / "replica_driver.py"
 TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"

@@ -1,6 +1,6 @@
 """Stop pressed while the engine is inside a long network step, as in the Slicer app.
 
-Run by Testing/test_stop_launcher.py in its own Python (so the PythonQt stand-in ``qt`` never
+Run by Testing/slicer_tests/test_stop_launcher.py in its own Python (so the PythonQt stand-in ``qt`` never
 enters the test process): the module's EngineJob with its QProcessRunner on a real QProcess
 (PyQt5, see pythonqt_qprocess/qt.py), pumped by a QTimer in a Qt event loop like the panel's,
 the engine started through a launcher that forwards no signal. Prints one JSON line.

@@ -30,8 +30,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import SimpleITK as sitk
+from slicer_fixtures import cmake_lists
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "LKMSegment"
 UI_FILE = MODULE / "Resources" / "UI" / "LKMSegment.ui"
 NOT_PACKAGED = {"CMakeLists.txt", "README-module.md"}
@@ -40,22 +41,6 @@ NOT_PACKAGED = {"CMakeLists.txt", "README-module.md"}
 def ui_widgets() -> dict[str, ET.Element]:
     root = ET.parse(UI_FILE).getroot()
     return {w.get("name"): w for w in root.iter("widget")}
-
-
-def cmake_lists(path: Path) -> dict[str, list[str]]:
-    """The `set(NAME item item ...)` lists of a CMake file, ${MODULE_NAME} expanded."""
-    text = re.sub(r"#[^\n]*", "", path.read_text(encoding="utf-8"))
-    variables = dict(re.findall(r"set\((\w+)\s+(\w+)\)", text))
-    lists = {}
-    for name, body in re.findall(r"set\((\w+)\s+([^)]*)\)", text, flags=re.S):
-        items = body.split()
-        expanded = []
-        for item in items:
-            for var, value in variables.items():
-                item = item.replace("${%s}" % var, value)
-            expanded.append(item.strip('"'))
-        lists[name] = expanded
-    return lists
 
 
 def widget_lookups() -> set[str]:
