@@ -34,6 +34,17 @@ from pathlib import Path, PurePath
 from .terminology import (NEUTRAL_COLOR, TerminologyError, label_entry, normalize_terminology,
                           slicer_terminology_string)
 
+# -- stopping a run -------------------------------------------------------------------------------
+# With --cancel-file PATH the engine writes its process id to PATH + ENGINE_PID_SUFFIX while it
+# runs: whoever stops it can end the engine itself when a launcher stands between (PythonSlicer
+# forwards no signal), without psutil and on every OS (os.kill).
+ENGINE_PID_SUFFIX = ".pid"
+
+
+def engine_pid_file(cancel_file) -> Path:
+    return Path(f"{cancel_file}{ENGINE_PID_SUFFIX}")
+
+
 # -- exit codes -----------------------------------------------------------------------------------
 EXIT_OK = 0          # every case succeeded (or was already done)
 EXIT_FAILED = 1      # a case failed, the run was stopped, or the model could not be loaded

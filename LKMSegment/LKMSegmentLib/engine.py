@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -214,9 +215,24 @@ class EngineJob:
         waited = time.monotonic() - self._stop_requested_at
         if waited >= 2 * self._stop_grace_s:
             self.runner.signal_stop(force=True)
+            self._signal_engine(force=True)
         elif waited >= self._stop_grace_s and not self._stop_signalled:
             self.runner.signal_stop(force=False)
+            self._signal_engine(force=False)
             self._stop_signalled = True
+
+    def _signal_engine(self, force: bool) -> None:
+        """The engine itself, by the process id it wrote beside its cancel file: a launcher
+        between (PythonSlicer) forwards no signal, and without psutil the runner reaches only
+        the launcher. os.kill works on every OS (on Windows it is TerminateProcess)."""
+        try:
+            pid = int(contract.engine_pid_file(self.cancel_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # not written yet, or the engine has ended and removed it
+        try:
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM) if force else signal.SIGTERM)
+        except OSError:
+            pass  # already gone
 
     def _stopped_or_done(self) -> None:
         """The engine has ended after a Stop: its result counts only if it was complete."""
@@ -242,7 +258,9 @@ class EngineJob:
             except OSError as exc:  # the folder is gone or read-only: go straight to ending it
                 log.warning("could not write the cancel file %s: %s", self.cancel_file, exc)
             self.runner.wait(grace_s)
+            self._signal_engine(force=False)
             self.runner.stop(grace_s)  # terminate, then kill: all within ~2 grace periods
+            self._signal_engine(force=True)
             self.runner.poll()
             self.state = "stopped"
             self.exit_code = self.runner.exit_code

@@ -22,6 +22,8 @@ import os
 import signal
 import threading
 
+from ..contract import engine_pid_file
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
@@ -54,6 +56,7 @@ class CancelRequest:
     # -- while a run is going ---------------------------------------------------------------
     def __enter__(self):
         if self.cancel_file:
+            self._write_pid_file()
             self._watcher = threading.Thread(target=self._watch, name="lkm-cancel-file",
                                              daemon=True)
             self._watcher.start()
@@ -67,10 +70,18 @@ class CancelRequest:
 
     def __exit__(self, *exc):
         self._done.set()
+        if self.cancel_file:
+            engine_pid_file(self.cancel_file).unlink(missing_ok=True)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
         return False
+
+    def _write_pid_file(self) -> None:
+        try:
+            engine_pid_file(self.cancel_file).write_text(f"{os.getpid()}\n", encoding="utf-8")
+        except OSError as exc:  # the stop still works through the cancel file, only slower
+            log.warning("could not write %s: %s", engine_pid_file(self.cancel_file), exc)
 
     def _on_signal(self, signum, frame):
         # no logging here: the signal may have interrupted a write to the very stream the log
