@@ -2,7 +2,7 @@
 
 This file is deliberately thin: the module description, the panel (widget) and the self test.
 Everything that can run without Qt lives in LKMSegmentLib/ and is tested headless with the
-slicer-core package (Testing/test_slicer_*.py in the repository).
+slicer-core package (Testing/slicer_tests/test_slicer_*.py in the repository).
 """
 
 import logging
@@ -353,6 +353,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.enabled = state.segment
         self.ui.batchSegmentButton.enabled = state.batch
         self.ui.stopButton.enabled = state.stop
+        self.ui.ttaCheckBox.enabled = state.tta
         idle = self.background is None  # one model check or GPU probe at a time
         self.ui.addModelButton.enabled = idle
         self.ui.detectDeviceButton.enabled = idle
@@ -361,8 +362,11 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def options(self):
         p = self._parameterNode
-        return PredictOptions(model=str(self.currentModel().path), device=p.device, quick=p.quick,
-                              tta=p.tta, subset=self.chosenStructures(), confidence_map=p.confidenceMap)
+        model = self.currentModel()
+        # a model without recorded mirror axes gets no test-time mirroring (the box is greyed)
+        return PredictOptions(model=str(model.path), device=p.device, quick=p.quick,
+                              tta=p.tta and bool(model.mirror_axes), subset=self.chosenStructures(),
+                              confidence_map=p.confidenceMap)
 
     def appendLog(self, text):
         self.ui.logTextEdit.appendPlainText(text)

@@ -40,6 +40,13 @@ class ModelInfo:
     raw: dict = field(default_factory=dict)
 
     @property
+    def mirror_axes(self) -> list:
+        """The axes the checkpoint was trained to mirror (model.json's inference.mirror_axes):
+        test-time augmentation is offered only where there are some (the engine refuses it
+        otherwise: mirroring an axis the model never learnt blends left and right)."""
+        return list((self.raw.get("inference") or {}).get("mirror_axes") or [])
+
+    @property
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
 

@@ -112,6 +112,7 @@ class Controls:
     export: bool
     structures_list: bool
     progress: bool
+    tta: bool = False   # test-time augmentation: only for a model trained to be mirrored
 
 
 def controls(has_volume: bool, model: ModelInfo | None, all_structures: bool,
@@ -126,7 +127,8 @@ def controls(has_volume: bool, model: ModelInfo | None, all_structures: bool,
         export=(has_volume and model is not None and has_export_segmentation
                 and folder not in ("", ".") and not running),
         structures_list=not all_structures and not running,
-        progress=running)
+        progress=running,
+        tta=model is not None and bool(model.mirror_axes) and not running)
 
 
 class PanelState:
