@@ -362,7 +362,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def options(self):
         p = self._parameterNode
         return PredictOptions(model=str(self.currentModel().path), device=p.device, quick=p.quick,
-                              tta=p.tta, subset=self.chosenStructures(), uncertainty=p.confidenceMap)
+                              tta=p.tta, subset=self.chosenStructures(), confidence_map=p.confidenceMap)
 
     def appendLog(self, text):
         self.ui.logTextEdit.appendPlainText(text)
@@ -618,7 +618,7 @@ class LKMSegmentTest(ScriptedLoadableModuleTest):
         tmp = tempfile.mkdtemp(prefix="LKMSegmentTest-")
         model = self._model(logic, tmp)
 
-        run = logic.core.start([volume], PredictOptions(model=str(model.path), quick=True, uncertainty=True))
+        run = logic.core.start([volume], PredictOptions(model=str(model.path), quick=True, confidence_map=True))
         while run.pump():
             slicer.app.processEvents()
             qt.QThread.msleep(100)

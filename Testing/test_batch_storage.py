@@ -300,7 +300,7 @@ def test_pipelined_outputs_are_bit_identical_to_sequential(tmp_path, capsys, sma
     for mode in ("off", "on"):
         folders[mode] = tmp_path / mode
         status, err = run(capsys, cases, folders[mode], small_bundle, "--pipeline", mode,
-                              "--uncertainty")
+                              "--confidence-map")
         assert status == 0, err
     names = sorted(p.name for p in folders["off"].iterdir())
     assert names == sorted(p.name for p in folders["on"].iterdir()) and len(names) == 12

@@ -255,9 +255,9 @@ def test_cases_are_ranked_least_confident_first_and_the_export_list_follows_stor
 
 
 def test_the_module_asks_for_the_map_and_finds_it_among_the_engines_outputs(tmp_path):
-    options = PredictOptions(model="m", uncertainty=True)
-    assert "--uncertainty" in options.arguments(["in.nrrd"], "out")
-    assert "--uncertainty" not in PredictOptions(model="m").arguments(["in.nrrd"], "out")
+    options = PredictOptions(model="m", confidence_map=True)
+    assert "--confidence-map" in options.arguments(["in.nrrd"], "out")
+    assert "--confidence-map" not in PredictOptions(model="m").arguments(["in.nrrd"], "out")
     job = EngineJob(PredictOptions(model="m", output_format="nrrd"), temp_root=str(tmp_path))
     try:
         for name in ("case.nrrd", "case.json", f"case{CONFIDENCE_MAP_SUFFIX}"):
@@ -285,7 +285,7 @@ def test_a_real_run_brings_tags_the_map_and_a_ranking(bundle, ct_crop, tmp_path)
                for name, a in (("CT one", array), ("CT two", array[:, ::-1].copy()))]
     logic = LKMSegmentCore(scene, temp_root=str(tmp_path))
     run = logic.segment_batch(volumes, PredictOptions(model=str(bundle), device="cpu", threads=1,
-                                                      uncertainty=True), timeout_s=240)
+                                                      confidence_map=True), timeout_s=240)
     assert run.succeeded, run.message()
     for volume in volumes:
         report = next(r for r in run.reports.values() if r.node.GetNodeReferenceID(

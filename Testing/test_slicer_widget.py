@@ -248,9 +248,9 @@ def test_review_controls_confidence_list_map_overlay_ranking_and_export_order(mo
     ui = {name: raw(w) for name, w in vars(widget.ui).items()}
 
     # the map is asked for by default
-    assert ui["confidenceMapCheckBox"].isChecked() and widget.options().uncertainty
+    assert ui["confidenceMapCheckBox"].isChecked() and widget.options().confidence_map
     ui["confidenceMapCheckBox"].setChecked(False)
-    assert not widget.options().uncertainty
+    assert not widget.options().confidence_map
     ui["confidenceMapCheckBox"].setChecked(True)
 
     # no output chosen for the input yet: nothing to show

@@ -111,10 +111,10 @@ def check_output_folder(folder) -> None:
 
 
 def estimated_output_bytes(input_bytes: int, fmt: str = DEFAULT_FORMAT,
-                           uncertainty: bool = False) -> int:
+                           confidence_map: bool = False) -> int:
     """A conservative (high) estimate of one case's output size from its input's size."""
     factor = OUTPUT_BYTES_PER_INPUT_BYTE.get(fmt, 2.0)
-    if uncertainty:
+    if confidence_map:
         factor += CONFIDENCE_MAP_BYTES_PER_INPUT_BYTE
     return int(input_bytes * factor) + SUMMARY_BYTES
 
@@ -150,7 +150,7 @@ def free_space_warning(folder, needed_bytes: int) -> str | None:
 CONFIDENCE_TAG = "LKMSegment.Confidence"     # "0.8312": the structure's score, 0-1
 FLAGGED_TAG = "LKMSegment.Flagged"           # "1" when the score is below FLAG_BELOW, else "0"
 FLAG_BELOW = 0.6
-CONFIDENCE_MAP_SUFFIX = ".confidence.nrrd"   # --uncertainty: uint8 0-100 on the input's grid
+CONFIDENCE_MAP_SUFFIX = ".confidence.nrrd"   # --confidence-map: uint8 0-100 on the input's grid
 PROBABILITIES_SUFFIX = ".npz"   # --save-probabilities: nnU-Net's "probabilities" (c, z, y, x)
 # How pictures and Slicer's overlay show the map: (upper bound in %, RGB 0-1, legend text);
 # voxels at 95 % and above stay clear

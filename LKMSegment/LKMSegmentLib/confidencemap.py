@@ -2,7 +2,7 @@
 
 MRML only (slicer-core and the application alike; no Qt, no ``slicer.app``): the scene is passed.
 
-The confidence map (uint8 0-100 on the input's grid, ``--uncertainty``) becomes a scalar volume
+The confidence map (uint8 0-100 on the input's grid, ``--confidence-map``) becomes a scalar volume
 under the input's study and parent transform, drawn with a colour table of the same bands as
 the engine's pictures (below 50 % red, 50-80 % orange, 80-95 % yellow, from 95 % clear) and a
 colour legend. The segmentation node refers to it (``MAP_ROLE``), so "Show confidence map"

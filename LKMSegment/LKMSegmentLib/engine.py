@@ -45,7 +45,7 @@ class PredictOptions:
     subset: list[str] = field(default_factory=list)
     threads: int | None = None
     output_format: str = "seg.nrrd"
-    uncertainty: bool = False  # also write the confidence map (CASE.confidence.nrrd)
+    confidence_map: bool = False  # also write the confidence map (CASE.confidence.nrrd)
 
     def arguments(self, inputs: list[str], output_dir: str, cancel_file: str | None = None) -> list[str]:
         if self.device not in contract.DEVICES:
@@ -64,8 +64,8 @@ class PredictOptions:
             args += ["--subset", ",".join(self.subset)]
         # one core left to Slicer's GUI unless the user chose
         args += ["--threads", str(int(self.threads or max(1, (os.cpu_count() or 2) - 1)))]
-        if self.uncertainty:
-            args.append("--uncertainty")
+        if self.confidence_map:
+            args.append("--confidence-map")
         if cancel_file:
             args += ["--cancel-file", str(cancel_file)]
         return args
@@ -129,7 +129,7 @@ class EngineJob:
         # folder cannot be written, a warning if its disk looks too small for the results
         contract.check_output_folder(self.output_dir)
         needed = sum(contract.estimated_output_bytes(p.stat().st_size, self.options.output_format,
-                                                     self.options.uncertainty)
+                                                     self.options.confidence_map)
                      for p in self.input_dir.iterdir())
         self.warnings += filter(None, [contract.free_space_warning(self.output_dir, needed)])
         self.tracker = ProgressTracker(self.cases)
@@ -300,7 +300,7 @@ class EngineJob:
         return images[0] if images else None
 
     def confidence_map_file(self, case: str) -> Path | None:
-        """The confidence map the engine wrote for a case (``--uncertainty``), or None.
+        """The confidence map the engine wrote for a case (``--confidence-map``), or None.
 
         The summary names it (``confidence.map``); otherwise the case's file with the contract's
         suffix."""

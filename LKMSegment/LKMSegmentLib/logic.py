@@ -159,7 +159,7 @@ class SegmentationRun:
         cannot be used is a note, never a failed run."""
         path = self.job.confidence_map_file(item.case)
         if path is None:
-            if self.job.options.uncertainty:
+            if self.job.options.confidence_map:
                 self.notes.append(f"{item.volume.GetName()}: the engine wrote no confidence map.")
             return
         report = self.reports[item.case]

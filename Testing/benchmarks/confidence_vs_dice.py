@@ -24,7 +24,7 @@ source distribution; their references are TotalSegmentator's predictions, not ma
   background, errors it is sure of by nature: a confidence map cannot point at organ it never
   saw);
 * cost (``--overhead``): wall time and peak RSS of a plain run (no confidence), the default run
-  (summary scores) and ``--uncertainty`` (voxel map too), each in its own process, same run.
+  (summary scores) and ``--confidence-map`` (voxel map too), each in its own process, same run.
 
     python Testing/benchmarks/confidence_vs_dice.py [--model BUNDLE ...] [--smoke-model]
         [--threads 2] [--overhead | --overhead-only] [--rounds 2] [--json OUT]

@@ -73,7 +73,11 @@ class CancelRequest:
         return False
 
     def _on_signal(self, signum, frame):
-        self.set(signal.Signals(signum).name)
+        # no logging here: the signal may have interrupted a write to the very stream the log
+        # goes to, and a buffered stream refuses a reentrant write (the CLI says it stopped)
+        if not self._event.is_set():
+            self.reason = signal.Signals(signum).name
+        self._event.set()
         raise KeyboardInterrupt
 
     def _watch(self):

@@ -31,7 +31,9 @@ class NullReporter:
 class JsonReporter:
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
-        self.lock = threading.Lock()
+        # reentrant: a signal handler (a stop request) may log through this reporter while the
+        # line it interrupted holds the lock; a write is one call, so lines stay whole
+        self.lock = threading.RLock()
 
     def __call__(self, event: dict) -> None:
         line = json.dumps(event, default=str, allow_nan=False)
@@ -48,7 +50,9 @@ class BarReporter:
         self.width = width
         self.last = 0.0
         self.open_line = False
-        self.lock = threading.Lock()  # a pipelined batch reports from several threads
+        # a pipelined batch reports from several threads; reentrant, because a signal handler (a
+        # stop request) may log through this reporter while the interrupted line holds the lock
+        self.lock = threading.RLock()
 
     def _line(self, text: str) -> None:
         if self.open_line:

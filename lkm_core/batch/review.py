@@ -4,7 +4,7 @@ Reads the per-case summaries a finished ``predict`` batch wrote (``CASE.json``, 
 ``confidence`` section), ranks the cases least confident first (a case is as sure as its least
 sure structure) and, within each case, its structures; prints a table, writes a CSV with one
 row per (case, structure) and one PNG overview of the worst cases (slices through the least
-sure structure, labels and, where ``--uncertainty`` wrote one, the confidence map).
+sure structure, labels and, where ``--confidence-map`` wrote one, the confidence map).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class BatchSettings:
     out_dir: Path
     fmt: str = DEFAULT_FORMAT
     overwrite: bool = False
-    uncertainty: bool = False
+    confidence_map: bool = False
     pipeline: bool = False
     summary_extra: dict = field(default_factory=dict)   # added to every case's JSON summary
     keep_paths: bool = False  # input paths and DICOM UIDs in summaries and reports (local use)
@@ -79,14 +79,14 @@ def input_bytes(source) -> int:
     return total
 
 
-def check_output_folder_or_fail(out_dir, sources, fmt: str, uncertainty: bool) -> None:
+def check_output_folder_or_fail(out_dir, sources, fmt: str, confidence_map: bool) -> None:
     """Refuse an output folder that cannot be written (before any case is computed); warn when
     its disk has less room than a conservative estimate of the batch's outputs."""
     try:
         check_output_folder(out_dir)
     except OutputFolderError as exc:
         raise StorageError(str(exc), getattr(exc.__cause__, "errno", None), str(out_dir)) from exc
-    needed = sum(estimated_output_bytes(input_bytes(s), fmt, uncertainty) for s in sources)
+    needed = sum(estimated_output_bytes(input_bytes(s), fmt, confidence_map) for s in sources)
     warning = free_space_warning(out_dir, needed)
     if warning:
         log.warning("%s", warning)
@@ -167,7 +167,7 @@ class _Batch:
     def paths(self, case):
         from ..outputs.labels import output_paths
         return output_paths(self.settings.out_dir, case, self.settings.fmt,
-                            self.settings.uncertainty, self.settings.probabilities)
+                            self.settings.confidence_map, self.settings.probabilities)
 
     def already_done(self, case) -> bool:
         return not self.settings.overwrite and all(p.exists() for p in self.paths(case).values())
@@ -258,7 +258,7 @@ class _Batch:
         error, exc_info = _as_user_error(outcome, source)
         if stops_the_batch(error):
             room = format_bytes(estimated_output_bytes(input_bytes(source), self.settings.fmt,
-                                                       self.settings.uncertainty))
+                                                       self.settings.confidence_map))
             error = StorageError(f"{error} The batch stopped; the next case needs about {room} "
                                  "in the output folder.", error.errno, error.path)
             stop = True

@@ -64,7 +64,8 @@ def register(sub) -> None:
                     help="record input paths, folder names and DICOM UIDs in the summaries and "
                     "the batch report (default: left out, since hospital exports often name "
                     "folders by patient); for local use only")
-    pr.add_argument("--uncertainty", action="store_true",
+    pr.add_argument("--confidence-map", "--uncertainty", dest="confidence_map",  # its old name
+                    action="store_true",
                     help="also write CASE.confidence.nrrd: the model's confidence per voxel "
                     "(0-100, on the input's grid); per-structure scores are in CASE.json always")
     pr.add_argument("--pipeline", default="auto", choices=["auto", "on", "off"],
@@ -196,7 +197,7 @@ def _predict(args, cancel) -> int:
                                   folds=_list_option(args.folds),
                                   tiling=args.tiling, precision=args.precision,
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
-                                  cancel=cancel, confidence_map=args.uncertainty,
+                                  cancel=cancel, confidence_map=args.confidence_map,
                                   probabilities=args.save_probabilities,
                                   postprocessing=args.postprocessing)
         except InputError as exc:  # unknown --subset names, bad step: a usage error
@@ -208,7 +209,7 @@ def _predict(args, cancel) -> int:
             _check_dicom_seg(cases)
         # an unwritable output folder is refused here, before any case is computed
         check_output_folder_or_fail(args.output, [source for _, source in cases], args.format,
-                                    args.uncertainty)
+                                    args.confidence_map)
         report = _start_report(args, shard, found.skipped)
         if args.progress != "bar":  # the bar shows the log's warnings on stderr already
             _say_skipped(found.skipped)
@@ -235,7 +236,7 @@ def _predict(args, cancel) -> int:
             print(f"lkm-segment: {error}", file=sys.stderr)
 
     settings = BatchSettings(Path(args.output).absolute(), args.format, args.overwrite,
-                             args.uncertainty, use_pipeline(args.pipeline),
+                             args.confidence_map, use_pipeline(args.pipeline),
                              {"quick": args.quick, "tta": bool(predictor.mirror_axes),
                               "mirror_axes": list(predictor.mirror_axes), "folds": predictor.folds,
                               "postprocessing": bool(predictor.postprocessing)},

@@ -3,7 +3,7 @@
     lkm-segment predict INPUT... -o OUTDIR --model BUNDLE [--device auto|cpu|cuda] [--quick]
         [--tta] [--step 0.5] [--subset NAME[,NAME...]] [--threads N] [--overwrite]
         [--format seg.nrrd|nii.gz|nrrd|dicom-seg] [--progress json|bar|none]
-        [--num-parts N --part-id K] [--report] [--keep-paths] [--uncertainty] [--cancel-file PATH]
+        [--num-parts N --part-id K] [--report] [--keep-paths] [--confidence-map] [--cancel-file PATH]
     lkm-segment info BUNDLE [--json]
     lkm-segment bundle init --preset NAME --labels liver,spleen,... -o DIR [--seed N]
     lkm-segment bundle verify BUNDLE

@@ -24,14 +24,14 @@ from ..files import atomic_path
 from ..terminology import slicer_terminology_string
 
 
-def output_paths(out_dir, case: str, fmt: str = "seg.nrrd", uncertainty: bool = False,
+def output_paths(out_dir, case: str, fmt: str = "seg.nrrd", confidence_map: bool = False,
                  probabilities: bool = False) -> dict:
-    """The files of one case: labels and summary (and the confidence map with --uncertainty,
+    """The files of one case: labels and summary (and the confidence map with --confidence-map,
     the class probabilities with --save-probabilities)."""
     out_dir = Path(out_dir).absolute()
     paths = {"labels": out_dir / f"{case}{FORMATS[fmt]}",
              "summary": out_dir / f"{case}{SUMMARY_SUFFIX}"}
-    if uncertainty:
+    if confidence_map:
         paths["confidence_map"] = out_dir / f"{case}{CONFIDENCE_MAP_SUFFIX}"
     if probabilities:
         paths["probabilities"] = out_dir / f"{case}{PROBABILITIES_SUFFIX}"
