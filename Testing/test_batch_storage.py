@@ -157,6 +157,49 @@ def test_full_disk_on_the_second_case_stops_the_batch(tmp_path, capsys, monkeypa
     assert "the next case needs about" in err and ("MB" in err or "KB" in err)
 
 
+def test_an_itk_write_on_a_full_disk_becomes_the_operating_systems_error(tmp_path, monkeypatch):
+    """ITK says only RuntimeError; the probe in the same folder finds the cause (here ENOSPC on
+    the probe's write) and that OSError, naming the file asked for, is what comes out."""
+    image = sitk.Image([4, 4, 4], sitk.sitkUInt8)
+
+    def itk_fails(*args, **kwargs):
+        raise RuntimeError("itk::ExceptionObject: Could not write file")
+    monkeypatch.setattr(outputs.sitk, "WriteImage", itk_fails)
+    real_write = os.write
+    monkeypatch.setattr(outputs.os, "write", lambda fd, data: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError) as caught:
+        outputs.write_labelmap(image, tmp_path / "case.nii.gz")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "case.nii.gz")
+    monkeypatch.setattr(outputs.os, "write", real_write)  # a folder that takes files: ITK's own
+    with pytest.raises(RuntimeError, match="Could not write"):
+        outputs.write_labelmap(image, tmp_path / "case.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_under_a_labelmap_format_stops_the_batch(tmp_path, capsys, monkeypatch,
+                                                              small_bundle, cases):
+    out = tmp_path / "out"
+    real_write, writes = sitk.WriteImage, []
+
+    def filling_disk(image, path, *args, **kwargs):
+        if str(path).endswith(".partial.nii.gz"):
+            writes.append(path)
+            if len(writes) >= 2:
+                monkeypatch.setattr(outputs.os, "write", lambda fd, data: (_ for _ in ()).throw(
+                    OSError(errno.ENOSPC, "No space left on device")))
+                raise RuntimeError("itk::ExceptionObject: Could not write file")
+        return real_write(image, path, *args, **kwargs)
+    monkeypatch.setattr(outputs.sitk, "WriteImage", filling_disk)
+    status, err = run(capsys, cases, out, small_bundle, "--report", "--pipeline", "off",
+                      "--format", "nii.gz")
+    assert status == 1
+    rows = report_rows(out)
+    assert rows["case0"]["status"] == "done" and rows["case1"]["status"] == "failed"
+    assert [rows[c]["status"] for c in ("case2", "case3")] == ["not done", "not done"]
+    assert "Traceback" not in err and "Unexpected error" not in err and "No space left" in err
+
+
 @pytest.mark.slow
 def test_a_full_disk_stops_the_network_already_running_on_the_next_case(tmp_path, capsys,
                                                                        monkeypatch, small_bundle,

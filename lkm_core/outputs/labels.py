@@ -11,6 +11,8 @@ series (:mod:`lkm_core.outputs.dicom_seg`).
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +94,36 @@ def write_seg_nrrd(labels: sitk.Image, label_list, path, confidence: dict | None
     return path
 
 
+def write_image(image: sitk.Image, path) -> None:
+    """SimpleITK's compressed write. ITK reports a full, read-only or vanished output folder as a
+    RuntimeError with no errno; then a probe write in the same folder gives the operating
+    system's own error (ENOSPC, EROFS, EACCES...), which the batch knows how to handle."""
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError:
+        probe_folder(Path(path).parent)  # raises the OSError when the folder is the cause
+        raise
+
+
+PROBE_BYTES = 1 << 16  # enough to need fresh blocks on a full disk
+
+
+def probe_folder(folder: Path) -> None:
+    """Write and remove a small file in ``folder``: the OSError, if it cannot take one."""
+    fd, probe = tempfile.mkstemp(prefix=".lkm-probe.", dir=folder)
+    try:
+        os.write(fd, bytes(PROBE_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
 def write_labelmap(labels: sitk.Image, path) -> Path:
     path = Path(path)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     with atomic_path(path, suffix) as tmp:
-        sitk.WriteImage(labels, str(tmp), useCompression=True)
+        write_image(labels, tmp)
     return path
 
 
@@ -115,7 +142,7 @@ def write_confidence_map(confidence_map: sitk.Image, path) -> Path:
     """The voxel confidence (uint8 0-100, on the input's grid) as a compressed NRRD."""
     path = Path(path)
     with atomic_path(path, ".nrrd") as tmp:
-        sitk.WriteImage(confidence_map, str(tmp), useCompression=True)
+        write_image(confidence_map, tmp)
     return path
 
 
