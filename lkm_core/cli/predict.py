@@ -13,6 +13,7 @@ from ..contract import (DEVICE_HELP, DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAIL
                         EXIT_USAGE,
                         OUTPUT_FORMATS)
 from ..errors import Cancelled, InputError, LKMError
+from ..inference.memory import DEFAULT_MEMORY_MODE, MEMORY_MODES, apply_memory_mode
 from .common import UsageError, run_command
 
 
@@ -46,6 +47,10 @@ def register(sub) -> None:
     pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="CPU: fp32 (auto) or bf16 (faster on CPUs with AVX512-BF16/AMX, "
                     "checked against fp32 at first use); GPU: fp16 (auto), bf16 or fp32")
+    pr.add_argument("--memory", default=DEFAULT_MEMORY_MODE, choices=list(MEMORY_MODES),
+                    help="keep: malloc keeps freed memory in the process (Linux/glibc; faster CPU "
+                         "runs, more peak memory); release: the C library's default "
+                         f"(default: {DEFAULT_MEMORY_MODE})")
     pr.add_argument("--subset", default=None, metavar="NAME[,NAME...]",
                     help="keep only these structures")
     pr.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK")
@@ -185,6 +190,8 @@ def _predict(args, cancel) -> int:
             raise UsageError(f"--step must be in (0, 1], not {args.step}.")
         if args.threads is not None and args.threads < 1:
             raise UsageError("--threads must be at least 1.")
+        # before the model and the first big tensor are allocated
+        apply_memory_mode(args.memory)
         from ..bundle import default_bundle_path, load_bundle
         from ..inference.predictor import Predictor
         from ..inputs.images import discover_inputs, nothing_to_segment
