@@ -77,6 +77,10 @@ def scores_from_summary(summary: dict | None) -> dict:
            "absent": " ".join(section.get("absent") or [])}
     out.update({f"{name}_score": text(s.get("score"))
                 for name, s in section["structures"].items()})
+    if "case_disagreement" in section:  # several passes (folds x mirrorings) only
+        out["case_disagreement"] = text(section.get("case_disagreement"))
+        out.update({f"{name}_disagreement": text(s.get("disagreement"))
+                    for name, s in section["structures"].items()})
     return out
 
 
