@@ -15,7 +15,9 @@ from lkm_core.contract import DISAGREEMENT_FLAG_ABOVE, FLAG_BELOW
 from lkm_core.inference import sliding_window
 from lkm_core.inference.predictor import Predictor
 from lkm_core.inference.sliding_window import sliding_window_passes
-from LKMSegment.LKMSegmentLib.triage import structures_from_summary
+import slicer_fixtures  # noqa: F401  (puts LKMSegment/ on sys.path)
+
+from LKMSegmentLib.triage import structures_from_summary  # noqa: E402
 
 
 class LookupNet(torch.nn.Module):
