@@ -146,3 +146,21 @@ def test_the_extra_array_exists_only_with_several_passes(monkeypatch):
                                 (16, 16, 16), 3, disagreement=False)
     assert off.disagreement is None and spatial.count((20, 18, 17)) == 1
     assert torch.equal(off.scores, two.scores)  # the signal leaves the scores as they were
+
+
+def test_a_2d_network_with_mirrors_and_folds_gets_the_same_disagreement():
+    class Slices(torch.nn.Module):  # a 2D network: (B, C, h, w)
+        def __init__(self, table):
+            super().__init__()
+            self.net = LookupNet(table)
+
+        def forward(self, x):
+            return self.net(x[:, :, None])[:, :, 0]
+
+    array = np.random.default_rng(1).integers(0, 3, (1, 5, 20, 18)).astype(np.float32)
+    out = sliding_window_passes([Slices(AGREEING), Slices(SPLEEN_DISPUTED)], array, (1, 16, 16),
+                                3, mirror_axes=(1, 2))  # 4 mirror sets x 2 folds
+    assert tuple(out.disagreement.shape) == array.shape[1:]
+    assert float(out.disagreement[array[0] < 2].max()) < 1e-4  # the folds agree there
+    # half the passes each way: the two folds' squared Hellinger distance, as with 2 passes
+    assert float(out.disagreement[array[0] == 2].mean()) == pytest.approx(0.6485, abs=1e-3)
