@@ -24,7 +24,7 @@ def test_cuda_out_of_memory_falls_back_to_results_on_cpu_then_to_the_cpu(tmp_pat
                                                                           caplog):
     image, mask = sphere_image(size=(12, 12, 12), radius_mm=4)
     bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
-    real = inference.sliding_window_scores
+    real = inference.sliding_window_passes
     seen = []
 
     def fake(networks, array, patch, n, *, device, results_device, **kwargs):
@@ -36,7 +36,7 @@ def test_cuda_out_of_memory_falls_back_to_results_on_cpu_then_to_the_cpu(tmp_pat
         return real(networks, array, patch, n, device=device, results_device=results_device,
                     **kwargs)
 
-    monkeypatch.setattr(inference, "sliding_window_scores", fake)
+    monkeypatch.setattr(inference, "sliding_window_passes", fake)
     predictor = Predictor(bundle, device="cpu", networks=[ThresholdNet()])
     predictor.device = torch.device("cuda")       # pretend a GPU was chosen
     monkeypatch.setattr(predictor, "networks", lambda device: [ThresholdNet()])

@@ -156,11 +156,19 @@ def free_space_warning(folder, needed_bytes: int) -> str | None:
 # -- confidence (review triage) -------------------------------------------------------------------
 # The summary's "confidence" section: {"case_score": float | None (least sure structure found),
 # "absent": [names not found], "structures": {name: {..., "found": bool, "score": 0-1, or None
-# when not found, "flagged": bool}}, "map": file name of the confidence map or None}.
+# when not found, "flagged": bool, "disagreement": 0-1 with several passes only}},
+# "case_disagreement": 0-1 with several passes only, "map": file name of the map or None}.
 # Each segment of a .seg.nrrd carries its score and flag as segment tags (kept when Slicer saves).
 CONFIDENCE_TAG = "LKMSegment.Confidence"     # "0.8312": the structure's score, 0-1
 FLAGGED_TAG = "LKMSegment.Flagged"           # "1" when the score is below FLAG_BELOW, else "0"
 FLAG_BELOW = 0.6
+# With more than one pass (several folds, --tta), a structure is flagged too when its passes
+# disagree: its "disagreement" (0-1, the mean inside the structure of 1 minus the summed
+# geometric mean of the passes' probabilities; two passes: the squared Hellinger distance) is
+# above this, whatever its score. 0.1 is about a tenth of the structure's voxels where two
+# passes pick different classes with 90 % each; chosen from the measure's scale, not calibrated
+# on held-out data. "case_disagreement" is the largest of the case's structures.
+DISAGREEMENT_FLAG_ABOVE = 0.1
 CONFIDENCE_MAP_SUFFIX = ".confidence.nrrd"   # --confidence-map: uint8 0-100 on the input's grid
 PROBABILITIES_SUFFIX = ".npz"   # --save-probabilities: nnU-Net's "probabilities" (c, z, y, x)
 # How pictures and Slicer's overlay show the map: (upper bound in %, RGB 0-1, legend text);

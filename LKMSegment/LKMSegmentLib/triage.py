@@ -3,7 +3,8 @@
 The scores are the engine's own (the ``confidence`` section of its per-case summary, or the
 segment tags it writes into the .seg.nrrd): a structure's ``score`` is 0-1, lower means look
 first; a case is as sure as its least sure structure (the engine's ``case_score``); a structure
-below the engine's threshold is ``flagged``. Nothing is recomputed here: these functions only
+below the engine's threshold, or whose folds/mirrorings disagree above the engine's other
+threshold (``disagreement``, runs with several passes only), is ``flagged``. Nothing is recomputed here: these functions only
 read and order, so that the panel, the batch list and the export list agree with the command
 line's ``lkm-segment review``.
 """
@@ -22,13 +23,21 @@ class StructureConfidence:
     score: float | None      # None: the engine gave no score (an older engine, a user's segment)
     flagged: bool = False
     found: bool = True
+    disagreement: float | None = None  # 0-1 between folds/mirrorings; None with one pass
+
+    @property
+    def passes_disagree(self) -> bool:
+        return self.disagreement is not None and \
+            self.disagreement > contract.DISAGREEMENT_FLAG_ABOVE
 
     def text(self) -> str:
         if not self.found:  # absent is not uncertain: it has no score
             return f"{self.name}: not found, check it is really absent"
         if self.score is None:
             return f"{self.name}: no score"
-        return f"{self.name}: {self.score:.2f}" + ("  ⚑ check first" if self.flagged else "")
+        why = f" (folds/mirrorings disagree {self.disagreement:.2f})" \
+            if self.passes_disagree else ""
+        return f"{self.name}: {self.score:.2f}" + ("  ⚑ check first" + why if self.flagged else "")
 
 
 def parse_score(value) -> float | None:
@@ -42,13 +51,14 @@ def parse_score(value) -> float | None:
     return score if math.isfinite(score) else None
 
 
-def parse_flag(value, score: float | None) -> bool:
-    """The engine's flag ('1'/'0', true/false); without one, the contract's threshold decides."""
+def parse_flag(value, score: float | None, disagreement: float | None = None) -> bool:
+    """The engine's flag ('1'/'0', true/false); without one, the contract's thresholds decide."""
     if isinstance(value, bool):
         return value
     if value is not None and str(value).strip() in ("0", "1"):
         return str(value).strip() == "1"
-    return score is not None and score < contract.FLAG_BELOW
+    return ((score is not None and score < contract.FLAG_BELOW)
+            or (disagreement is not None and disagreement > contract.DISAGREEMENT_FLAG_ABOVE))
 
 
 def least_confident_first(structures) -> list[StructureConfidence]:
@@ -62,8 +72,10 @@ def structures_from_summary(summary: dict) -> list[StructureConfidence]:
     for name, entry in (section.get("structures") or {}).items():
         entry = entry if isinstance(entry, dict) else {}
         score = parse_score(entry.get("score"))
-        found.append(StructureConfidence(str(name), score, parse_flag(entry.get("flagged"), score),
-                                         bool(entry.get("found", True))))
+        spread = parse_score(entry.get("disagreement"))
+        found.append(StructureConfidence(str(name), score,
+                                         parse_flag(entry.get("flagged"), score, spread),
+                                         bool(entry.get("found", True)), spread))
     return least_confident_first(found)
 
 

@@ -3,7 +3,9 @@
 Columns: ``case, series, status, seconds, device, message``, then one column per structure:
 ``<name>_ml`` (volume in millilitres; ``<name>_mm2``, an area, for 2D results), then the
 review scores: ``case_score`` (the least sure structure the model found), ``absent`` (structures
-it did not find) and ``<name>_score`` per structure. ``series`` is empty unless the run was
+it did not find) and ``<name>_score`` per structure; with several passes (folds x mirrorings)
+also ``case_disagreement`` and ``<name>_disagreement`` (how much the passes disagree, 0-1).
+``series`` is empty unless the run was
 asked to ``--keep-paths``: then the Series Instance UID for DICOM input and the input path
 otherwise (hospital exports often name folders by patient, so by default a report holds no
 path, folder name or UID, and messages name the case instead of its path). ``status`` is one of
@@ -77,6 +79,10 @@ def scores_from_summary(summary: dict | None) -> dict:
            "absent": " ".join(section.get("absent") or [])}
     out.update({f"{name}_score": text(s.get("score"))
                 for name, s in section["structures"].items()})
+    if "case_disagreement" in section:  # several passes (folds x mirrorings) only
+        out["case_disagreement"] = text(section.get("case_disagreement"))
+        out.update({f"{name}_disagreement": text(s.get("disagreement"))
+                    for name, s in section["structures"].items()})
     return out
 
 

@@ -22,9 +22,13 @@ from ..files import atomic_path
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ["case_rank", "case", "case_score", "case_mean_score", "structure", "score", "flagged", "found",
-               "mean_confidence", "boundary_confidence", "uncertain_fraction", "components",
-               "cut_by_field_of_view", "volume_ml", "volume_in_training_range"]
+CASE_COLUMNS = ["case_rank", "case", "case_score", "case_mean_score", "case_disagreement"]
+# per structure, as the summary names them; "disagreement" (and "case_disagreement") are empty
+# unless the run had several passes (folds x mirrorings)
+STRUCTURE_COLUMNS = ["structure", "score", "flagged", "found", "disagreement", "mean_confidence",
+                     "boundary_confidence", "uncertain_fraction", "components",
+                     "cut_by_field_of_view", "volume_ml", "volume_in_training_range"]
+CSV_COLUMNS = CASE_COLUMNS + STRUCTURE_COLUMNS
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd")
 
 
@@ -86,7 +90,8 @@ def collect(out_dir) -> tuple[list[ReviewedCase], list[str]]:
 
 
 def table(cases: list[ReviewedCase], structures_shown: int = 3) -> str:
-    lines = [f"{'rank':>4}  {'case':<28} {'score':>6} {'mean':>6}  least sure structures"]
+    lines = [f"{'rank':>4}  {'case':<28} {'score':>6} {'mean':>6} {'disagr':>6}  "
+             "least sure structures"]
     for rank, c in enumerate(cases, 1):
         worst = ", ".join(f"{name} {s['score']:.2f}{' !' if s.get('flagged') else ''}"
                           for name, s in c.structures[:structures_shown]
@@ -97,8 +102,11 @@ def table(cases: list[ReviewedCase], structures_shown: int = 3) -> str:
         score = "-" if c.score is None else f"{c.score:.2f}"
         mean = c.summary["confidence"].get("mean_score")
         mean = "-" if mean is None else f"{mean:.2f}"
-        lines.append(f"{rank:>4}  {c.case:<28} {score:>6} {mean:>6}  {worst}")
-    lines.append("(score 0-1 from the model's own probabilities; '!' = flagged for review; "
+        spread = c.summary["confidence"].get("case_disagreement")
+        spread = "-" if spread is None else f"{spread:.2f}"
+        lines.append(f"{rank:>4}  {c.case:<28} {score:>6} {mean:>6} {spread:>6}  {worst}")
+    lines.append("(score 0-1 from the model's own probabilities; disagr 0-1 = how much its "
+                 "folds/mirrorings disagree, '-' with one pass; '!' = flagged for review; "
                  "absent = not found, check it is really absent)")
     return "\n".join(lines)
 
@@ -114,8 +122,10 @@ def write_csv(cases: list[ReviewedCase], path) -> Path:
                 for name, s in c.structures:
                     writer.writerow({"case_rank": rank, "case": c.case, "case_score": c.score,
                                      "case_mean_score": c.summary["confidence"].get("mean_score"),
+                                     "case_disagreement":
+                                         c.summary["confidence"].get("case_disagreement"),
                                      "structure": name,
-                                     **{k: s.get(k) for k in CSV_COLUMNS[5:]}})
+                                     **{k: s.get(k) for k in STRUCTURE_COLUMNS[1:]}})
     return path
 
 

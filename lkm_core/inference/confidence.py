@@ -22,6 +22,11 @@ Gaussian-weighted mean of the softmax over patches, mirrors and folds); no secon
   ``score`` None) and is listed in the case's ``absent``; it does not pull ``case_score``
   down (a scan whose field of view leaves out an organ is not the least sure case). A reviewer
   checks that it is really absent.
+- Disagreement, with more than one pass (several folds, test-time mirroring): the mean inside
+  the structure of how much the passes disagree per voxel (0-1, from the sliding window:
+  :func:`lkm_core.inference.sliding_window.sliding_window_passes`), and the case's largest.
+  It is the one signal here that does not come from the averaged scores alone: a structure
+  whose folds or mirrorings disagree is flagged whatever its score. One pass: no such key.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import FLAG_BELOW  # structures scoring below this are flagged for review
+# structures scoring below FLAG_BELOW, or whose passes disagree above DISAGREEMENT_FLAG_ABOVE,
+# are flagged for review
+from ..contract import DISAGREEMENT_FLAG_ABOVE, FLAG_BELOW
 
 UNSURE_LOW, UNSURE_HIGH = 0.2, 0.8
 
@@ -110,11 +117,13 @@ def structure_score(mean_conf: float, boundary_conf: float, uncertain: float, pi
 
 def structure_scores(scores, labels: np.ndarray, label_list, spacing: Sequence[float],
                      volume_ranges: dict | None = None,
-                     confidence: np.ndarray | None = None) -> dict:
+                     confidence: np.ndarray | None = None,
+                     disagreement: np.ndarray | None = None) -> dict:
     """{structure name: scores} on the network grid: ``scores`` (classes, *spatial), the
     sliding window's normalised class scores; ``labels`` (spatial) their argmax; ``spacing`` of
     the grid in mm (any axis order: only the voxel volume is used). ``volume_ranges``:
-    {name: [min_ml, max_ml]} seen in training (the bundle's optional field)."""
+    {name: [min_ml, max_ml]} seen in training (the bundle's optional field); ``disagreement``
+    (spatial, 0-1) between the passes, None with one pass."""
     conf = voxel_confidence(scores) if confidence is None else confidence
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out = {}
@@ -145,6 +154,7 @@ def structure_scores(scores, labels: np.ndarray, label_list, spacing: Sequence[f
         boundary_conf = float(c[band].mean()) if band.any() else mean_conf
         uncertain = unsure / max(1, int(near.sum()))
         score = structure_score(mean_conf, boundary_conf, uncertain, pieces, largest, in_range)
+        flagged = score < FLAG_BELOW
         entry.update({
             "found": True,
             "mean_confidence": round(mean_conf, 4),
@@ -154,8 +164,12 @@ def structure_scores(scores, labels: np.ndarray, label_list, spacing: Sequence[f
             "cut_by_field_of_view": cut,
             "largest_component_share": round(largest, 4),
             "score": round(score, 4),
-            "flagged": score < FLAG_BELOW,
+            "flagged": flagged,
         })
+        if disagreement is not None:
+            spread = float(disagreement[box][m].mean())
+            entry["disagreement"] = round(spread, 4)
+            entry["flagged"] = flagged or spread > DISAGREEMENT_FLAG_ABOVE
         out[lab.name] = entry
     return out
 
@@ -177,11 +191,26 @@ def mean_score(scores: dict) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
+def case_disagreement(scores: dict) -> float | None:
+    """The largest disagreement of the structures found (None: one pass, or none found)."""
+    values = [s["disagreement"] for s in scores.values() if s.get("disagreement") is not None]
+    return max(values) if values else None
+
+
 def assess_case(scores, labels: np.ndarray, label_list, spacing: Sequence[float],
-                volume_ranges: dict | None = None) -> tuple[dict, np.ndarray]:
-    """({"case_score", "structures"}, voxel map uint8 0-100 on the network grid)."""
+                volume_ranges: dict | None = None,
+                disagreement=None) -> tuple[dict, np.ndarray]:
+    """({"case_score", "structures"}, voxel map uint8 0-100 on the network grid);
+    ``disagreement`` (spatial, torch or numpy) adds "disagreement" per structure and
+    "case_disagreement"."""
+    import torch
+
     voxel_map = voxel_confidence(scores)
+    spread = None if disagreement is None else torch.as_tensor(disagreement).cpu().numpy()
     structures = structure_scores(scores, labels, label_list, spacing, volume_ranges,
-                                  confidence=voxel_map)
-    return ({"case_score": case_score(structures), "mean_score": mean_score(structures),
-             "absent": absent(structures), "structures": structures}, voxel_map)
+                                  confidence=voxel_map, disagreement=spread)
+    out = {"case_score": case_score(structures), "mean_score": mean_score(structures),
+           "absent": absent(structures), "structures": structures}
+    if spread is not None:
+        out["case_disagreement"] = case_disagreement(structures)
+    return out, voxel_map

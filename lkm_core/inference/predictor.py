@@ -44,7 +44,7 @@ from ..inputs import images as lkm_io
 from .preprocessing import (Prepared, postprocess_labels, prepare, probabilities_on_input_grid,
                             to_input_grid)
 from .sliding_window import (TILINGS, DeviceOutOfMemory, pad_to_patch, plan_patch,
-                             scores_to_labels, sliding_window_scores, tiled_voxels)
+                             scores_to_labels, sliding_window_passes, tiled_voxels)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class Loaded:
     two_d_input: bool
     timings: dict
     scores: torch.Tensor | None = None
+    disagreement: torch.Tensor | None = None  # per voxel, 0-1: with more than one pass only
     device: object = None
     network_shape: tuple = ()
     scan_backend: str = ""
@@ -368,8 +369,11 @@ class Predictor:
         t0 = time.perf_counter()
         self._emit(case, "network", 0.0)
         reset_backends_used()
-        (loaded.scores, loaded.device, loaded.tiling,
-         loaded.precision) = self._run_network(prepared.array, case)
+        window, loaded.device, loaded.tiling, loaded.precision = self._run_network(
+            prepared.array, case)
+        loaded.scores = window.scores
+        # the passes' disagreement is a confidence signal: kept only when it will be read
+        loaded.disagreement = window.disagreement if self.confidence else None
         loaded.scan_backend = backend_report()
         loaded.network_shape = tuple(prepared.array.shape[1:])
         prepared.array = None  # the network input is no longer needed: free it before the way back
@@ -398,7 +402,9 @@ class Predictor:
             label_image = _postprocessed(label_image, self.postprocessing)
         confidence, confidence_map = None, None
         if self.confidence:
-            confidence, confidence_map = self._assess(scores, labels, prepared, image)
+            confidence, confidence_map = self._assess(scores, labels, prepared, image,
+                                                      loaded.disagreement)
+        loaded.disagreement = None
         del labels
         probabilities = (probabilities_on_input_grid(scores, prepared, image)
                          if self.probabilities else None)
@@ -418,13 +424,13 @@ class Predictor:
                       scan_backend=loaded.scan_backend, probabilities=probabilities,
                       tiling=dict(loaded.tiling), precision=loaded.precision)
 
-    def _assess(self, scores, labels, prepared, image):
+    def _assess(self, scores, labels, prepared, image, disagreement=None):
         """Per-structure confidence on the network grid; the voxel map on the input grid."""
         from .confidence import assess_case
 
         confidence, voxel_map = assess_case(
             scores, labels, self.labels, prepared.network_spacing_xyz,
-            self.bundle.meta.get("volume_range_ml"))
+            self.bundle.meta.get("volume_range_ml"), disagreement=disagreement)
         if not self.confidence_map:
             return confidence, None
         # to_input_grid fills what lies outside the network's crop with 0: carry the
@@ -507,15 +513,15 @@ class Predictor:
         for n, (dev, results_dev) in enumerate(attempts):
             try:
                 autocast = self._autocast_dtype(dev, array, patch)
-                scores = sliding_window_scores(
+                window = sliding_window_passes(
                     self.networks(dev), array, patch, b.num_classes, step=self.step,
                     mirror_axes=mirror, batch_size=self.batch_size if dev.type == "cuda" else 1,
                     device=dev, results_device=results_dev,
                     autocast_dtype=autocast,
                     progress=lambda f: self._emit(case, "network", f),
-                    should_stop=self._should_stop)
+                    should_stop=self._should_stop, disagreement=self.confidence)
                 # per case, not on the predictor: pipelined cases overlap
-                return scores, dev, tiling, PRECISION_NAMES[autocast]
+                return window, dev, tiling, PRECISION_NAMES[autocast]
             except RuntimeError as exc:
                 if not isinstance(exc, (DeviceOutOfMemory, torch.cuda.OutOfMemoryError)):
                     if dev.type == "cpu" and "can't allocate memory" in str(exc):

@@ -4,7 +4,9 @@ Works on a network-ready array (C, D, H, W). :func:`sliding_window_scores` retur
 scores (classes, D, H, W): the Gaussian-weighted mean of the logits over patches, mirrors and
 folds, divided by the summed weights as nnU-Net's predictor does, so that they can be resampled or
 turned into probabilities (softmax). :func:`predict_sliding_window` returns their argmax. Memory:
-one float32 accumulator of (classes, D, H, W) and one (D, H, W) of summed weights.
+one float32 accumulator of (classes, D, H, W) and one (D, H, W) of summed weights; with more
+than one pass (folds x mirrorings), one (D, H, W) more for how much the passes disagree
+(:func:`sliding_window_passes`).
 
 Volumes smaller than the patch are padded to it with zeros (after normalisation), as nnU-Net
 pads them. Two tilings choose the patch (:func:`plan_patch`): "nnunet" runs the trained patch
@@ -20,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -142,7 +145,23 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def sliding_window_scores(
+@dataclass
+class WindowScores:
+    """What one sliding-window run gives: ``scores`` (classes, D, H, W), the normalised class
+    scores; ``disagreement`` (D, H, W) float32 0-1 where the passes (folds x mirrorings)
+    disagree, None with one pass (see :func:`sliding_window_passes`)."""
+    scores: torch.Tensor
+    disagreement: torch.Tensor | None = None
+
+
+def sliding_window_scores(networks: Sequence[Callable], array: np.ndarray,
+                          patch_size: Sequence[int], num_classes: int, **kwargs) -> torch.Tensor:
+    """Normalised class scores (num_classes, D, H, W) of :func:`sliding_window_passes`."""
+    return sliding_window_passes(networks, array, patch_size, num_classes,
+                                 disagreement=False, **kwargs).scores
+
+
+def sliding_window_passes(
     networks: Sequence[Callable],
     array: np.ndarray,
     patch_size: Sequence[int],
@@ -156,10 +175,18 @@ def sliding_window_scores(
     autocast_dtype: torch.dtype | None = None,
     progress: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> torch.Tensor:
+    disagreement: bool = True,
+) -> WindowScores:
     """Normalised class scores (num_classes, D, H, W), float32 on ``results_device``, of
     ``array`` (C, D, H, W): sum over patches, mirrors and folds of Gaussian-weighted logits,
     divided by the summed weights (times mirrors and folds): a weighted mean of logits.
+
+    With more than one pass (folds x mirror sets) and ``disagreement``, also how much the
+    passes disagree per voxel: on each patch, the Jensen gap of log-sum-exp between the passes'
+    logits, g = mean_k LSE(z_k) - LSE(mean_k z_k) >= 0, Gaussian-weighted over patches, given as
+    1 - exp(-g). That is 1 minus the summed geometric mean of the passes' probabilities: 0
+    where every pass gives the same probabilities, near 1 where they confidently pick different
+    classes (two passes: the squared Hellinger distance). Memory: one float32 (D, H, W) more.
 
     ``patch_size`` has 3 entries (a 2D network: (1, h, w)). ``networks`` are callables taking
     (B, C, *patch) [2D: (B, C, h, w)] and returning logits (B, num_classes, same spatial).
@@ -176,19 +203,23 @@ def sliding_window_scores(
               for axis, (n, p) in enumerate(zip(spatial, patch_size))]
     tiles = list(itertools.product(*starts))
     mirrors = mirror_sets(mirror_axes)
+    passes = len(mirrors) * len(networks)
+    track = disagreement and passes > 1
     accumulator = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=results_device)
     weight_sum = torch.zeros(spatial, dtype=torch.float32, device=results_device)
+    gap_sum = (torch.zeros(spatial, dtype=torch.float32, device=results_device)
+               if track else None)
     for t in tiles:
         weight_sum[tuple(slice(s, s + p) for s, p in zip(t, patch_size))] += weights
-    weight_sum *= len(mirrors) * len(networks)
-    total = len(tiles) * len(mirrors) * len(networks)
+    weight_sum *= passes
+    total = len(tiles) * passes
     done = 0
     log.info("sliding window: %d patches of %s, %d mirror(s), %d fold(s) on %s",
              len(tiles), tuple(patch_size), len(mirrors), len(networks), device)
 
-    def run(net, batch):
-        x = batch.to(device, non_blocking=True)
-        summed = None
+    def run(net, x):
+        """(logits summed over the mirror sets, their log-sum-exp summed likewise or None)."""
+        summed, lse = None, None
         for flips in mirrors:
             dims = [a + 2 for a in flips]
             xi = torch.flip(x, dims) if dims else x
@@ -204,48 +235,67 @@ def sliding_window_scores(
                 y = y[:, :, None]
             if dims:
                 y = torch.flip(y, dims)
+            if y.shape[1] != num_classes:
+                raise ValueError(f"network returned {y.shape[1]} classes, "
+                                 f"the model lists {num_classes}")
             summed = y if summed is None else summed + y
-        return summed
+            if track:
+                lse = torch.logsumexp(y, 1) if lse is None else lse + torch.logsumexp(y, 1)
+        return summed, lse
 
     with torch.inference_mode():
-        for net in networks:
-            i = 0
-            while i < len(tiles):
-                if should_stop is not None and should_stop():
-                    raise Cancelled("Stopped by the user.")
-                chunk = tiles[i:i + batch_size]
-                batch = torch.stack([
-                    data[(slice(None), *[slice(s, s + p) for s, p in zip(t, patch_size)])]
-                    for t in chunk])
-                try:
-                    logits = run(net, batch)
-                except RuntimeError as exc:
-                    if device.type != "cuda" or not _is_oom(exc):
-                        raise
-                    del exc
-                    torch.cuda.empty_cache()
-                    if batch_size == 1:
-                        raise DeviceOutOfMemory("CUDA out of memory with one patch per batch")
-                    batch_size = max(1, batch_size // 2)
-                    log.warning("CUDA out of memory: retrying with %d patch(es) per batch",
-                                batch_size)
-                    continue
-                if logits.shape[1] != num_classes:
-                    raise ValueError(f"network returned {logits.shape[1]} classes, "
-                                     f"the model lists {num_classes}")
-                logits = logits.to(results_device)
-                for t, y in zip(chunk, logits):
-                    region = (slice(None), *[slice(s, s + p) for s, p in zip(t, patch_size)])
-                    accumulator[region].addcmul_(y, weights)
-                i += len(chunk)
-                done += len(chunk) * len(mirrors)
-                if progress is not None:
-                    progress(done / total)
+        i = 0
+        while i < len(tiles):
+            if should_stop is not None and should_stop():
+                raise Cancelled("Stopped by the user.")
+            chunk = tiles[i:i + batch_size]
+            batch = torch.stack([
+                data[(slice(None), *[slice(s, s + p) for s, p in zip(t, patch_size)])]
+                for t in chunk])
+            try:
+                # every fold on the same patches in turn: their disagreement needs them together
+                x = batch.to(device, non_blocking=True)
+                logits, lse = None, None
+                for net in networks:
+                    y, l = run(net, x)
+                    logits = y if logits is None else logits + y
+                    if track:
+                        lse = l if lse is None else lse + l
+            except RuntimeError as exc:
+                if device.type != "cuda" or not _is_oom(exc):
+                    raise
+                del exc
+                torch.cuda.empty_cache()
+                if batch_size == 1:
+                    raise DeviceOutOfMemory("CUDA out of memory with one patch per batch")
+                batch_size = max(1, batch_size // 2)
+                log.warning("CUDA out of memory: retrying with %d patch(es) per batch",
+                            batch_size)
+                continue
+            logits = logits.to(results_device)
+            if track:
+                gaps = (lse.to(results_device) / passes
+                        - torch.logsumexp(logits / passes, 1)).clamp_min_(0)
+            for n, (t, y) in enumerate(zip(chunk, logits)):
+                window = [slice(s, s + p) for s, p in zip(t, patch_size)]
+                accumulator[(slice(None), *window)].addcmul_(y, weights)
+                if track:
+                    gap_sum[tuple(window)].addcmul_(gaps[n], weights)
+            i += len(chunk)
+            done += len(chunk) * passes
+            if progress is not None:
+                progress(done / total)
         accumulator /= weight_sum
+        if track:  # the weighted mean gap over patches (weight_sum counts every pass)
+            gap_sum.mul_(passes).div_(weight_sum)
+            spread = gap_sum.neg_().exp_().neg_().add_(1.0)  # 1 - exp(-gap), in place
     del weight_sum
-    if any(c.start != 0 or c.stop != n for c, n in zip(crops, spatial)):
+    cropped = any(c.start != 0 or c.stop != n for c, n in zip(crops, spatial))
+    if cropped:
         accumulator = accumulator[(slice(None), *crops)].clone()  # the padding freed
-    return accumulator
+    if not track:
+        return WindowScores(accumulator)
+    return WindowScores(accumulator, spread[crops].clone() if cropped else spread)
 
 
 def scores_to_labels(scores: torch.Tensor) -> np.ndarray:
