@@ -25,13 +25,13 @@ def _glibc_here() -> bool:
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-@pytest.mark.skipif(not _glibc_here(), reason="mallopt is glibc's: this check is for Linux/glibc")
-def test_keep_applies_on_linux_glibc_in_its_own_process():
+def test_keep_applies_exactly_where_glibc_is_in_its_own_process():
+    """Applied on Linux/glibc (CI and this machine); a no-op reporting False anywhere else."""
     code = ("from lkm_core.inference.memory import keep_freed_memory as k;"
             "print(k())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True"
+    assert done.stdout.strip() == str(_glibc_here())
 
 
 def test_keep_is_a_no_op_without_glibc(monkeypatch):
