@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..contract import EXIT_OK
-from .common import UsageError
+from .common import UsageError, comma_list
 
 def register(sub):
     """Add ``info`` and ``bundle``; returns the ``bundle`` subparsers (training adds to them)."""
@@ -63,7 +63,7 @@ def cmd_bundle_init(args) -> int:
 
     if args.preset not in PRESET_NAMES:
         raise UsageError(f"Unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}.")
-    names = [n.strip() for n in args.labels.split(",") if n.strip()]
+    names = comma_list(args.labels)
     if not names or len(set(names)) != len(names):
         raise UsageError("--labels needs distinct, comma-separated structure names.")
     try:
@@ -71,7 +71,7 @@ def cmd_bundle_init(args) -> int:
     except ValueError:
         raise UsageError(f"--spacing needs comma-separated numbers, not {args.spacing!r}.") from None
     try:
-        mirror_axes = [int(a) for a in args.mirror_axes.split(",") if a.strip()]
+        mirror_axes = [int(a) for a in comma_list(args.mirror_axes)]
     except ValueError:
         raise UsageError(f"--mirror-axes needs axis numbers like 0,1,2, not {args.mirror_axes!r}.") from None
     try:

@@ -26,3 +26,8 @@ def run_command(func, args) -> int:
     except KeyboardInterrupt:
         print("lkm-segment: stopped", file=sys.stderr)
         return EXIT_FAILED
+
+
+def comma_list(text) -> list[str]:
+    """"a, b,c" -> ["a", "b", "c"]; None or "" -> []. Every comma-separated option."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]

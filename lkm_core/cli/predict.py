@@ -14,7 +14,7 @@ from ..contract import (DEVICE_HELP, DEFAULT_FORMAT, DICOM_SEG_FORMAT, EXIT_FAIL
                         OUTPUT_FORMATS)
 from ..errors import Cancelled, InputError, LKMError
 from ..inference.memory import DEFAULT_MEMORY_MODE, MEMORY_MODES, apply_memory_mode
-from .common import UsageError, run_command
+from .common import UsageError, comma_list, run_command
 
 
 class NothingToSegment(LKMError):
@@ -197,11 +197,11 @@ def _predict(args, cancel) -> int:
         from ..inputs.images import discover_inputs, nothing_to_segment
         from ..batch.runner import check_output_folder_or_fail
         bundle = load_bundle(args.model if args.model else default_bundle_path())
-        subset = _list_option(args.subset)
+        subset = comma_list(args.subset) or None
         try:
             predictor = Predictor(bundle, device=_device(args), threads=args.threads,
                                   quick=args.quick, tta=args.tta, step=args.step,
-                                  folds=_list_option(args.folds),
+                                  folds=comma_list(args.folds) or None,
                                   tiling=args.tiling, precision=args.precision,
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
                                   cancel=cancel, confidence_map=args.confidence_map,
@@ -266,8 +266,3 @@ def _say_skipped(skipped) -> None:
     from ..inputs.images import skip_message
     for s in skipped:
         print(f"lkm-segment: {skip_message(s)}", file=sys.stderr)
-
-
-def _list_option(text):
-    """"a, b,c" -> ["a", "b", "c"]; None or "" -> None."""
-    return ([s.strip() for s in text.split(",") if s.strip()] or None) if text else None

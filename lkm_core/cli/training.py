@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .common import comma_list
+
 
 def _sizes_arg(text: str) -> list[int]:
     try:
@@ -122,12 +124,6 @@ def _bundle_out_args(p) -> None:
                    "every prediction warns that left/right depends on the input's storage)")
 
 
-def _folds(text):
-    if not text:
-        return None
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _orientation(text: str):
     """--orientation: "auto", "none" (None) or a 3-letter code (checked by the export)."""
     low = str(text).strip().lower()
@@ -142,7 +138,7 @@ def _postprocessing(text: str):
 def run_export(args) -> int:
     from ..training.bundle_export import export_results
 
-    out = export_results(args.results, args.output, folds=_folds(args.folds), checkpoint_name=args.checkpoint,
+    out = export_results(args.results, args.output, folds=comma_list(args.folds) or None, checkpoint_name=args.checkpoint,
                          name=args.name, version=args.version, description=args.description,
                          licence=args.licence, data=args.data, parent=args.parent,
                          trust_checkpoint=args.trust_checkpoint,
@@ -155,7 +151,7 @@ def run_export(args) -> int:
 def run_import_official(args) -> int:
     from ..training.official import import_official
 
-    out = import_official(args.results, args.output, folds=_folds(args.folds), checkpoint_name=args.checkpoint,
+    out = import_official(args.results, args.output, folds=comma_list(args.folds) or None, checkpoint_name=args.checkpoint,
                           name=args.name, version=args.version, licence=args.licence, data=args.data,
                           trust_checkpoint=args.trust_checkpoint,
                           orientation=_orientation(args.orientation))
