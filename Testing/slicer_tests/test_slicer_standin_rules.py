@@ -183,7 +183,7 @@ def test_hidden_node_ids_filter_the_combo_box_list_and_move_the_selection_as_qt_
     assert combo.currentNode() is c and changes == [c]
     combo.setCurrentNode(a)  # a hidden node has no row: nothing is selected
     assert combo.currentNode() is None and changes == [c, None]
-    proxy.hiddenNodeIDs = []  # rows back into a list that still shows a current-less combo box
+    proxy.hiddenNodeIDs = []  # rows back, but the list was not empty: still nothing selected (as in Qt)
     assert combo.currentNode() is None and combo.nodeCount() == 3
     combo.setCurrentNode(c)
     proxy.hiddenNodeIDs = [c.GetID()]  # the last row: the new last row (B) takes over
@@ -199,3 +199,51 @@ def test_hidden_node_ids_filter_the_combo_box_list_and_move_the_selection_as_qt_
     assert with_none.currentNode() is c and changes[-1] is c
     with_none.sortFilterProxyModel().hiddenNodeIDs = [a.GetID(), b.GetID(), c.GetID()]  # only 'None' left
     assert with_none.currentNode() is None and changes[-1] is None and with_none.nodeCount() == 0
+
+
+def _qt_combo_after_filtering(items, current, steps):
+    """The text a real QComboBox (Qt 5.15, PyQt5's libraries) over a QSortFilterProxyModel shows
+    after each change of the hidden items: Qt's own rule, which the stand-in must follow."""
+    from PyQt5 import QtCore, QtGui, QtWidgets
+
+    class Filter(QtCore.QSortFilterProxyModel):
+        hidden = ()
+
+        def filterAcceptsRow(self, row, parent):
+            return self.sourceModel().item(row).text() not in self.hidden
+
+    source = QtGui.QStandardItemModel()
+    for text in items:
+        source.appendRow(QtGui.QStandardItem(text))
+    proxy = Filter()
+    proxy.setSourceModel(source)
+    combo = QtWidgets.QComboBox()
+    combo.setModel(proxy)
+    combo.setCurrentIndex(items.index(current))
+    shown = []
+    for hidden in steps:
+        proxy.hidden = tuple(hidden)
+        proxy.invalidateFilter()
+        shown.append(combo.currentText())
+    return shown
+
+
+@pytest.mark.parametrize("none_enabled, current, steps", [
+    (False, "A", [["B"], ["A", "B"], ["A", "B", "C", "D"], []]),
+    (False, "D", [["D"], ["C", "D"]]),
+    (False, "B", [["B", "C"]]),
+    (True, "B", [["B"], ["B", "C"], ["A", "B", "C", "D"]]),
+])
+def test_the_stand_ins_selection_rule_is_qts_own(qt, none_enabled, current, steps):
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    nodes = {name: scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in "ABCD"}
+    combo, _ = _volumes_combo(scene, none_enabled)
+    combo.setCurrentNode(nodes[current])
+    shown = []
+    for hidden in steps:
+        combo.sortFilterProxyModel().hiddenNodeIDs = [nodes[name].GetID() for name in hidden]
+        node = combo.currentNode()
+        shown.append(node.GetName() if node is not None else ("None" if none_enabled else ""))
+    assert shown == _qt_combo_after_filtering((["None"] if none_enabled else []) + list("ABCD"), current, steps)
