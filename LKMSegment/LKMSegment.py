@@ -28,6 +28,7 @@ from LKMSegmentLib.confidencemap import (OVERLAY_OPACITY, ConfidenceMapError, co
 from LKMSegmentLib.datasetexport import ExportError
 from LKMSegmentLib.enginecontract import contract, engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.models import start_verify, verify_outcome
+from LKMSegmentLib.nodeattributes import made_by_module_ids
 from LKMSegmentLib.panel import PanelState, controls
 from LKMSegmentLib.process import python_executable
 from LKMSegmentLib.scene import segmentable_volumes
@@ -142,6 +143,11 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+        for index in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")):
+            self.observeVolume(slicer.mrmlScene.GetNthNodeByClass(index, "vtkMRMLVolumeNode"))
+        self.hideModuleVolumes()
 
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
         addMenu = qt.QMenu(self.ui.addModelButton)
@@ -192,14 +198,38 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.batchRankingList.clear()
 
     def onSceneEndClose(self, caller, event):
+        self.hideModuleVolumes()
         if self.parent.isEntered:
             self.initializeParameterNode()
         self.refreshBatchList()
         self.refreshExportCases()
 
     def onSceneImported(self, caller, event):
+        self.hideModuleVolumes()
         self.refreshBatchList()
         self.refreshExportCases()
+
+    # -- the module's own volumes (confidence maps) are never offered as the input --------------
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node):
+        if node.IsA("vtkMRMLVolumeNode"):
+            self.observeVolume(node)
+            self.hideModuleVolumes()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeRemoved(self, caller, event, node):
+        if self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self.hideModuleVolumes):
+            self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self.hideModuleVolumes)  # lets it go
+            self.hideModuleVolumes()
+
+    def observeVolume(self, volume):
+        # a map is marked just after it is added, and a user may take the mark off (Data module)
+        self.addObserver(volume, vtk.vtkCommand.ModifiedEvent, self.hideModuleVolumes)
+
+    def hideModuleVolumes(self, *_args):
+        """The selector's filter hides the maps by ID; unlike HideFromEditors they stay in the Data
+        module. Setting the same IDs again changes nothing (qMRMLSortFilterProxyModel)."""
+        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = made_by_module_ids(slicer.mrmlScene)
 
     def initializeParameterNode(self):
         parameterNode = self.logic.getParameterNode()

@@ -11,3 +11,11 @@ def made_by_module(node) -> bool:
     """A volume this module made (a confidence map), not an image a user loaded. Maps saved by
     earlier versions carry only their ``MAP_ROLE`` attribute."""
     return bool(node.GetAttribute(MADE_BY_MODULE) or node.GetAttribute(MAP_ROLE))
+
+
+def made_by_module_ids(scene) -> list[str]:
+    """IDs of the scene's volumes this module made (its confidence maps), in scene order: what
+    the input selector hides."""
+    volumes = (scene.GetNthNodeByClass(i, "vtkMRMLVolumeNode")
+               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")))
+    return [v.GetID() for v in volumes if made_by_module(v)]

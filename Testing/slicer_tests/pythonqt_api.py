@@ -41,7 +41,8 @@ WRAPPERS = "generated_cpp_515"
 # Qt classes used by LKMSegment.py, qtprocess.py and the scripted-module base classes,
 # with every base class up to QObject (the meta-object and the wrappers are per class).
 QT_CLASSES = {
-    "QtCore": ["QObject", "QTimer", "QThread", "QIODevice", "QProcess", "QProcessEnvironment"],
+    "QtCore": ["QObject", "QTimer", "QThread", "QIODevice", "QProcess", "QProcessEnvironment",
+               "QAbstractItemModel", "QAbstractProxyModel", "QSortFilterProxyModel"],
     "QtWidgets": ["QWidget", "QFrame", "QLabel", "QAbstractButton", "QPushButton", "QRadioButton",
                   "QCheckBox", "QComboBox", "QAbstractScrollArea", "QAbstractItemView", "QListView",
                   "QListWidget", "QListWidgetItem", "QProgressBar", "QPlainTextEdit", "QLineEdit",
@@ -53,6 +54,8 @@ CUSTOM_CLASSES = {  # class: (repository, header path)
     "ctkPathLineEdit": (CTK, "Libs/Widgets/ctkPathLineEdit.h"),
     "qMRMLWidget": (SLICER, "Libs/MRML/Widgets/qMRMLWidget.h"),
     "qMRMLNodeComboBox": (SLICER, "Libs/MRML/Widgets/qMRMLNodeComboBox.h"),
+    # what qMRMLNodeComboBox.sortFilterProxyModel() returns (hiddenNodeIDs)
+    "qMRMLSortFilterProxyModel": (SLICER, "Libs/MRML/Widgets/qMRMLSortFilterProxyModel.h"),
 }
 
 
@@ -257,9 +260,13 @@ def build(pythonqt_git: str, ctk_git: str, slicer_git: str) -> dict:
     custom = {}
     for name, ((repo, commit, _), path) in CUSTOM_CLASSES.items():
         git_dir = ctk_git if repo == CTK[0] else slicer_git
-        custom[name] = header_meta(git_show(git_dir, commit, path), name)
+        header = git_show(git_dir, commit, path)
+        custom[name] = header_meta(header, name)
         custom[name]["header"] = f"{repo}@{commit}:{path}"
-        custom[name]["wrapper"] = {"constructors": [{"types": ["QWidget*"], "required": 0}],
+        # constructed with a parent: a widget's is a QWidget, a model's (the proxy) a QObject
+        parent = re.search(rf"\b{name}\s*\(\s*(QWidget|QObject)\s*\*", header)
+        custom[name]["wrapper"] = {"constructors": [{"types": [f"{parent.group(1) if parent else 'QWidget'}*"],
+                                                     "required": 0}],
                                    "static": {}, "methods": {}, "enums": []}
     from PyQt5.QtCore import QT_VERSION_STR
 

@@ -18,7 +18,10 @@ What makes it a fair stand-in rather than one that agrees with the code:
   PythonQtSignalTarget::call); an exception in a handler is recorded (PythonQt prints it and goes
   on), and the test fails on any recorded error.
 - ``qMRMLNodeComboBox`` behaves like Slicer's: with ``noneEnabled`` false it selects the first
-  node of its types as soon as there is one (what made a silent default possible).
+  node of its types as soon as there is one (what made a silent default possible); its
+  ``sortFilterProxyModel().hiddenNodeIDs`` keeps nodes out of the list, and when the current node
+  leaves the list (removed or hidden) the row that takes its place becomes current, as Qt's
+  QComboBox does when its model removes the current row.
 - ``slicer.util`` dialogs answer from a queue the test fills, and record what was shown.
 """
 
@@ -317,7 +320,11 @@ class Wrapped:
             raise AttributeError(name)
         kind, data = lookup(cls, name)
         if kind == "property":
-            return wrap(obj.property(name))
+            if isinstance(obj, QtCore.QObject) and obj.metaObject().indexOfProperty(name) < 0:
+                raise NotImplementedError(f"the stand-in's {cls} lacks the property '{name}' Slicer has")
+            value = obj.property(name)
+            # PythonQtConv::QStringListToPyObject: a QStringList comes to Python as a tuple
+            return tuple(value) if data["type"] == "QStringList" else wrap(value)
         if kind == "signal":
             return Signal(cls, name, *_bound_signal(obj, name, data))
         if kind == "method":
@@ -401,9 +408,30 @@ class qMRMLWidget(QtWidgets.QWidget):
         return self._scene
 
 
+class qMRMLSortFilterProxyModel(QtCore.QSortFilterProxyModel):
+    """What ``qMRMLNodeComboBox.sortFilterProxyModel()`` returns; of its filters only
+    ``hiddenNodeIDs`` (the combo box's own properties stand for the others)."""
+
+    def __init__(self, combo):
+        super().__init__(combo)
+        self._combo, self._hidden = combo, []
+
+    def _get_hidden(self):
+        return list(self._hidden)
+
+    def setHiddenNodeIDs(self, ids):
+        ids = [str(i) for i in ids]
+        if ids == self._hidden:  # qMRMLSortFilterProxyModel::setHiddenNodeIDs: no change, no refilter
+            return
+        self._hidden = ids
+        self._combo._refresh()  # invalidateFilter(): the rows of hidden nodes are removed
+
+    hiddenNodeIDs = QtCore.pyqtProperty("QStringList", _get_hidden, setHiddenNodeIDs)
+
+
 class qMRMLNodeComboBox(QtWidgets.QComboBox):
-    """Lists the scene's nodes of ``nodeTypes``; with ``noneEnabled`` false it selects the first
-    node as soon as there is one, like Slicer's."""
+    """Lists the scene's nodes of ``nodeTypes`` not hidden by its proxy model; with
+    ``noneEnabled`` false it selects the first node as soon as there is one, like Slicer's."""
 
     currentNodeChanged = QtCore.pyqtSignal(object)
 
@@ -412,8 +440,13 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
         self._scene, self._types, self._none, self._none_display = None, [], False, "None"
         self._observers, self._child_types = [], True
         self._current = None
+        self._listed = []  # the nodes the list showed at its last refresh
+        self._proxy = qMRMLSortFilterProxyModel(self)
         self.activated.connect(self._user_picked)
         self.setSizeAdjustPolicy(QtWidgets.QComboBox.AdjustToMinimumContentsLengthWithIcon)
+
+    def sortFilterProxyModel(self):
+        return self._proxy
 
     def _get_types(self):
         return list(self._types)
@@ -476,25 +509,39 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
                 if node.IsA(t) and (self._child_types or node.GetClassName() == t) and not node.GetHideFromEditors():
                     found.append(node)
                     break
-        return found
+        hidden = self._proxy._hidden
+        return [node for node in found if node.GetID() not in hidden]
+
+    def nodeCount(self):
+        return len(self.nodes())
+
+    def nodeFromIndex(self, index):
+        nodes = self.nodes()
+        return nodes[index] if 0 <= index < len(nodes) else None
 
     def _refresh(self):
-        nodes = self.nodes()
+        nodes, offset = self.nodes(), (1 if self._none else 0)
+        changed = False
         if self._current is not None and self._current not in nodes:
-            self._current = None
-        if self._current is None and not self._none and nodes:
-            self._current = nodes[0]  # Slicer's combo box never stays empty without 'None'
+            # the current row went away (node removed or filtered out): QComboBox (Qt 5.15,
+            # _q_rowsRemoved) makes the row now in its place current, or the last row; the
+            # 'None' item is row 0 when enabled. qMRMLNodeComboBox then reports that node.
+            old_row = offset + (self._listed.index(self._current) if self._current in self._listed else 0)
+            row = min(len(nodes) + offset - 1, old_row)
+            self._current = nodes[row - offset] if row >= offset else None
             changed = True
-        else:
-            changed = False
+        elif self._current is None and not self._none and nodes and not self._listed:
+            self._current = nodes[0]  # rows into an empty combo box: Qt makes the first current
+            changed = True
+        self._listed = nodes
         self.blockSignals(True)
         self.clear()
         if self._none:
             self.addItem(self._none_display)
         for node in nodes:
             self.addItem(node.GetName())
-        index = (nodes.index(self._current) + (1 if self._none else 0)) if self._current is not None else 0
-        self.setCurrentIndex(index if (self._none or nodes) else -1)
+        # no current node: the 'None' item, or no item at all (index -1) without it
+        self.setCurrentIndex(nodes.index(self._current) + offset if self._current is not None else offset - 1)
         self.blockSignals(False)
         if changed:
             self.currentNodeChanged.emit(self._current)
@@ -510,9 +557,9 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
     @QtCore.pyqtSlot(object)
     def setCurrentNode(self, node):
         if node is not None and node not in self.nodes():
-            raise ValueError(f"{node.GetName()} is not a node this combo box lists")
-        if node is None and not self._none and self.nodes():
-            node = self.nodes()[0]
+            # a node the list does not show (another type, hidden): Slicer finds no row for it
+            # and selects nothing ('None', or no item at all) - setCurrentNodeIDInternal
+            node = None
         if node is self._current:
             return
         self._current = node

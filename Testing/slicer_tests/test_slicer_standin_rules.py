@@ -147,3 +147,103 @@ def test_every_ui_widget_use_in_the_module_is_a_pythonqt_form():
             problems.append(f"{where} is assigned, but the property is read-only")
     assert checked > 40
     assert not problems, "\n".join(problems)
+
+
+def _volumes_combo(scene, none_enabled):
+    """The input selector as the .ui makes it, seen through PythonQt's rules."""
+    combo = standin.wrap(standin.qMRMLNodeComboBox())
+    combo.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+    combo.noneEnabled = none_enabled
+    combo.setMRMLScene(scene)
+    changes = []
+    combo.currentNodeChanged.connect(lambda node: changes.append(node))
+    return combo, changes
+
+
+def test_hidden_node_ids_filter_the_combo_box_list_and_move_the_selection_as_qt_does(qt):
+    """qMRMLSortFilterProxyModel.hiddenNodeIDs (a QStringList property, a tuple in PythonQt) takes
+    nodes out of the list; a hidden current node gives way to the row that takes its place (Qt's
+    QComboBox on a removed current row), or to nothing when no row is left."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    a, b, c = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in "ABC")
+    combo, changes = _volumes_combo(scene, none_enabled=False)
+    assert combo.currentNode() is a and combo.nodeCount() == 3
+    proxy = combo.sortFilterProxyModel()
+    with pytest.raises(TypeError):
+        proxy.hiddenNodeIDs()  # a property: its value, not a method
+
+    proxy.hiddenNodeIDs = [b.GetID()]
+    assert proxy.hiddenNodeIDs == (b.GetID(),)
+    assert [combo.nodeFromIndex(i) for i in range(combo.nodeCount())] == [a, c]
+    assert combo.currentNode() is a and changes == []  # another node hidden: the selection stays
+
+    proxy.hiddenNodeIDs = [b.GetID(), a.GetID()]  # the current node, row 0: row 0 is now C
+    assert combo.currentNode() is c and changes == [c]
+    combo.setCurrentNode(a)  # a hidden node has no row: nothing is selected
+    assert combo.currentNode() is None and changes == [c, None]
+    proxy.hiddenNodeIDs = []  # rows back, but the list was not empty: still nothing selected (as in Qt)
+    assert combo.currentNode() is None and combo.nodeCount() == 3
+    combo.setCurrentNode(c)
+    proxy.hiddenNodeIDs = [c.GetID()]  # the last row: the new last row (B) takes over
+    assert combo.currentNode() is b and changes[-1] is b
+    proxy.hiddenNodeIDs = [a.GetID(), b.GetID(), c.GetID()]
+    assert combo.currentNode() is None and combo.nodeCount() == 0 and changes[-1] is None
+    proxy.hiddenNodeIDs = []  # rows into an empty combo box: the first one becomes current
+    assert combo.currentNode() is a and changes[-1] is a
+
+    with_none, changes = _volumes_combo(scene, none_enabled=True)  # rows: 'None', A, B, C
+    with_none.setCurrentNode(b)
+    with_none.sortFilterProxyModel().hiddenNodeIDs = [b.GetID()]  # row 2 is now C
+    assert with_none.currentNode() is c and changes[-1] is c
+    with_none.sortFilterProxyModel().hiddenNodeIDs = [a.GetID(), b.GetID(), c.GetID()]  # only 'None' left
+    assert with_none.currentNode() is None and changes[-1] is None and with_none.nodeCount() == 0
+
+
+def _qt_combo_after_filtering(items, current, steps):
+    """The text a real QComboBox (Qt 5.15, PyQt5's libraries) over a QSortFilterProxyModel shows
+    after each change of the hidden items: Qt's own rule, which the stand-in must follow."""
+    from PyQt5 import QtCore, QtGui, QtWidgets
+
+    class Filter(QtCore.QSortFilterProxyModel):
+        hidden = ()
+
+        def filterAcceptsRow(self, row, parent):
+            return self.sourceModel().item(row).text() not in self.hidden
+
+    source = QtGui.QStandardItemModel()
+    for text in items:
+        source.appendRow(QtGui.QStandardItem(text))
+    proxy = Filter()
+    proxy.setSourceModel(source)
+    combo = QtWidgets.QComboBox()
+    combo.setModel(proxy)
+    combo.setCurrentIndex(items.index(current))
+    shown = []
+    for hidden in steps:
+        proxy.hidden = tuple(hidden)
+        proxy.invalidateFilter()
+        shown.append(combo.currentText())
+    return shown
+
+
+@pytest.mark.parametrize("none_enabled, current, steps", [
+    (False, "A", [["B"], ["A", "B"], ["A", "B", "C", "D"], []]),
+    (False, "D", [["D"], ["C", "D"]]),
+    (False, "B", [["B", "C"]]),
+    (True, "B", [["B"], ["B", "C"], ["A", "B", "C", "D"]]),
+])
+def test_the_stand_ins_selection_rule_is_qts_own(qt, none_enabled, current, steps):
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    nodes = {name: scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in "ABCD"}
+    combo, _ = _volumes_combo(scene, none_enabled)
+    combo.setCurrentNode(nodes[current])
+    shown = []
+    for hidden in steps:
+        combo.sortFilterProxyModel().hiddenNodeIDs = [nodes[name].GetID() for name in hidden]
+        node = combo.currentNode()
+        shown.append(node.GetName() if node is not None else ("None" if none_enabled else ""))
+    assert shown == _qt_combo_after_filtering((["None"] if none_enabled else []) + list("ABCD"), current, steps)

@@ -20,7 +20,7 @@ import pytest
 
 import slicer_app_standin as standin
 from slicer_fixtures import REPO, add_volume, bundle, ct_crop, new_scene, oblique_flipped_ijk_to_ras  # noqa: F401
-from widget_driving import TIMEOUT, import_module_file, pump, raw, segments
+from widget_driving import TIMEOUT, import_module_file, listed_nodes, pump, raw, segments
 
 from LKMSegmentLib.models import ModelRegistry  # noqa: E402
 from LKMSegmentLib.process import SubprocessRunner  # noqa: E402
@@ -86,6 +86,11 @@ def test_segment_two_volumes_stop_add_model_and_export_through_the_real_widget(
     # the model's confidence in each segment (the map was asked for by default)
     assert ui["confidenceList"].count() == ui["structuresList"].count()
     assert ui["showConfidenceMapButton"].isEnabled()
+    # the run's confidence map is a volume in the scene, but never offered as the input
+    maps = [n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode") if n.GetAttribute("LKMSegment.MadeByModule")]
+    assert len(maps) == 1, "no confidence map was made"
+    assert listed_nodes(ui["inputVolumeSelector"]) == [first], "the confidence map is offered as input"
+    assert ui["inputVolumeSelector"].currentNode() is first and widget._parameterNode.inputVolume is first
     first_before = snapshot(first_result)
 
     # -- a second volume: a new node for it, the first one's work untouched ----------------------

@@ -14,9 +14,10 @@ import pytest
 
 import slicer_app_standin as standin
 from slicer_fixtures import add_volume, bundle, ct_crop, new_scene, oblique_flipped_ijk_to_ras  # noqa: F401
-from widget_driving import import_module_file, pump, raw, segments
+from widget_driving import import_module_file, listed_nodes, pump, raw, segments
 
 from LKMSegmentLib import dependencies as deps  # noqa: E402
+from LKMSegmentLib.nodeattributes import MADE_BY_MODULE, MAP_ROLE  # noqa: E402
 from LKMSegmentLib.process import SubprocessRunner  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -94,8 +95,14 @@ def test_confidence_maps_are_never_segmented_and_the_batch_list_follows_the_scen
     ui["batchSegmentButton"].click()
     assert written == [volume], answers.shown
 
-    # picked as input by hand: refused with a reason, nothing written
+    # not offered as input: the selector lists only the volume, and asked for the map by its node
+    # it selects nothing (Slicer's qMRMLNodeComboBox finds no row for a hidden node)
+    assert listed_nodes(ui["inputVolumeSelector"]) == [volume]
     ui["inputVolumeSelector"].setCurrentNode(confidence_map)
+    assert ui["inputVolumeSelector"].currentNode() is None
+    # the map as the input choice all the same (a scene saved by an earlier version): Segment
+    # refuses it with a reason, nothing written
+    widget._parameterNode.inputVolume = confidence_map
     ui["segmentButton"].click()
     assert written == [volume]
     assert "confidence map made by LKMSegment" in answers.of_kind("error")[-1], answers.shown
@@ -106,6 +113,73 @@ def test_confidence_maps_are_never_segmented_and_the_batch_list_follows_the_scen
     small_volume(scene, "patient B", 2)
     ui["batchRefreshButton"].click()
     assert list_texts(ui["batchVolumesList"]) == ["patient B"]
+    close_panel(widget, app)
+
+
+def test_a_map_made_while_the_panel_is_open_never_becomes_an_input_choice(monkeypatch, tmp_path):
+    """Defect 1: a run's confidence map (added to the scene, then marked, as load_confidence_map
+    does at the end of a Segment) is kept out of the input selector at once; the input stays the
+    user's volume; a map the user unmarks is an ordinary volume again."""
+    scene = new_scene()
+    volume = small_volume(scene, "patient A", 5)
+    widget, ui, answers, app = open_panel(monkeypatch, tmp_path, scene)
+    selector = ui["inputVolumeSelector"]
+    assert selector.currentNode() is volume
+
+    _, confidence_map = with_confidence_map(scene, volume, tmp_path / "a")
+    assert listed_nodes(selector) == [volume], "the confidence map is offered as input"
+    assert selector.currentNode() is volume and widget._parameterNode.inputVolume is volume
+    ui["batchRefreshButton"].click()
+    assert list_texts(ui["batchVolumesList"]) == ["patient A"]
+
+    # the user takes the module's marks off (Data module): the selector offers it again
+    confidence_map.RemoveAttribute(MADE_BY_MODULE)
+    assert listed_nodes(selector) == [volume], "a map marked by its role alone (earlier versions) was offered"
+    confidence_map.RemoveAttribute(MAP_ROLE)
+    assert listed_nodes(selector) == [volume, confidence_map]
+    assert selector.currentNode() is volume
+    close_panel(widget, app)
+
+
+def save_scene(scene, path):
+    """Save ``scene`` as the application does: each storable node to its file, then the .mrml."""
+    path.parent.mkdir(parents=True)
+    for node in list(scene.GetNodesByClass("vtkMRMLStorableNode")):
+        if node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        storage.SetFileName(str(path.parent / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+        assert storage.WriteData(node), node.GetName()
+    scene.SetURL(str(path))
+    assert scene.Commit()
+
+
+def test_a_saved_scene_with_confidence_maps_loads_with_the_maps_out_of_the_input_selector(monkeypatch, tmp_path):
+    """Defect 1: maps saved with a scene (their marks are node attributes, saved with it) are kept
+    out of the input selector when the scene is loaded into the open panel; the batch list too."""
+    import slicer
+
+    saved = new_scene()
+    for seed, name in ((6, "patient A"), (7, "patient B")):
+        with_confidence_map(saved, small_volume(saved, name, seed), tmp_path / name)
+    save_scene(saved, tmp_path / "saved" / "scene.mrml")
+
+    scene = new_scene()
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # the application's Colors module does
+    widget, ui, answers, app = open_panel(monkeypatch, tmp_path, scene)
+    scene.SetURL(str(tmp_path / "saved" / "scene.mrml"))
+    messages = slicer.vtkMRMLMessageCollection()
+    assert scene.Import(messages), messages.GetAllMessagesAsString()
+    volumes = {n.GetName(): n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode")}
+    assert sorted(volumes) == ["patient A", "patient A confidence", "patient B", "patient B confidence"]
+    assert listed_nodes(ui["inputVolumeSelector"]) == [volumes["patient A"], volumes["patient B"]]
+    assert ui["inputVolumeSelector"].currentNode() is volumes["patient A"]
+    assert list_texts(ui["batchVolumesList"]) == ["patient A", "patient B"]
+
+    scene.Clear(0)  # a closed scene: nothing is hidden that a new scene's node could be
+    loaded = small_volume(scene, "patient C", 8)
+    assert listed_nodes(ui["inputVolumeSelector"]) == [loaded]
+    assert raw(widget.ui.inputVolumeSelector.sortFilterProxyModel()).hiddenNodeIDs == []
     close_panel(widget, app)
 
 

@@ -36,3 +36,8 @@ def segments(node):
 
 def raw(wrapped):
     return standin.unwrap(wrapped)
+
+
+def listed_nodes(combo):
+    """The nodes a qMRMLNodeComboBox offers (what its hidden-node filter lets through)."""
+    return [combo.nodeFromIndex(i) for i in range(combo.nodeCount())]
