@@ -68,16 +68,25 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-def is_satisfied(requirement: str) -> bool:
-    """Installed at a version the requirement allows (package metadata only, nothing imported)."""
-    version = installed_version(requirement_name(requirement))
-    if version is None:
-        return False
+def allows(requirement: str, version: str) -> bool:
     try:
         from packaging.requirements import Requirement  # Slicer ships packaging
     except ImportError:
         return True
     return Requirement(requirement).specifier.contains(version, prereleases=True)
+
+
+def is_satisfied(requirement: str) -> bool:
+    """Installed at a version the requirement allows (package metadata only, nothing imported)."""
+    version = installed_version(requirement_name(requirement))
+    return version is not None and allows(requirement, version)
+
+
+def too_old_torch() -> str | None:
+    """The installed torch's version when it does not satisfy TORCH_REQUIREMENT (metadata only:
+    an old torch is never imported)."""
+    version = installed_version("torch")
+    return version if version is not None and not allows(TORCH_REQUIREMENT, version) else None
 
 
 @dataclass
@@ -147,12 +156,14 @@ def make_plan(installed=None, system: str | None = None, gpu=nvidia_gpu_present,
     system = system or platform.system()
     plan = DependencyPlan()
     if not installed(TORCH_REQUIREMENT):
+        old = too_old_torch()
+        upgrade = f"PyTorch {old} is installed, too old: it is upgraded" if old else ""
         if pytorch_extension():
-            plan.steps.append(Step("torch", "pytorch-extension", TORCH_REQUIREMENT))
+            plan.steps.append(Step("torch", "pytorch-extension", TORCH_REQUIREMENT, upgrade))
         else:
-            plan.steps.append(Step("torch", "pip", TORCH_REQUIREMENT,
-                                   "the package index's default build; install the PyTorch "
-                                   "extension to get the build that matches your GPU"))
+            plan.steps.append(Step("torch", "pip", TORCH_REQUIREMENT, "; ".join(filter(None, (
+                upgrade, "the package index's default build; install the PyTorch "
+                "extension to get the build that matches your GPU")))))
     speedups = {_canonical(p) for p in SPEEDUPS}
     for requirement in (requirements if requirements is not None else read_requirements()):
         if installed(requirement):
