@@ -186,21 +186,23 @@ def make_plan(installed=None, system: str | None = None, gpu=nvidia_gpu_present,
     return plan
 
 
-def slicer_constraints() -> list[str]:
+def slicer_constraints(upgrading=()) -> list[str]:
     """``name==version`` for every distribution in this Python (Slicer's own packages): as a pip
-    constraints file they keep pip from upgrading or replacing any of them."""
+    constraints file they keep pip from upgrading or replacing any of them. Not pinned: the
+    distributions the plan itself upgrades (``upgrading``, e.g. an old torch), or pip could not."""
+    skip = {_canonical(p) for p in upgrading}
     pins = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
-        if name and dist.version:
+        if name and dist.version and _canonical(name) not in skip:
             pins.setdefault(_canonical(name), f"{name}=={dist.version}")
     return [pins[k] for k in sorted(pins)]
 
 
-def write_constraints(folder=None) -> Path:
+def write_constraints(folder=None, upgrading=()) -> Path:
     folder = Path(folder or tempfile.mkdtemp(prefix="lkmsegment-pip-"))
     path = folder / "slicer-constraints.txt"
-    path.write_text("\n".join(slicer_constraints()) + "\n", encoding="utf-8")
+    path.write_text("\n".join(slicer_constraints(upgrading)) + "\n", encoding="utf-8")
     return path
 
 
@@ -222,7 +224,8 @@ def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=pr
     """
     if pip_install is None and pip_ensure is None:
         raise ValueError("install needs pip_install or pip_ensure")
-    constraints_file = constraints_file or write_constraints()
+    constraints_file = constraints_file or write_constraints(
+        upgrading=[s.package for s in plan.steps + plan.speedups])
     for step in plan.steps:
         if step.how == "pytorch-extension":
             log(f"Installing {step.requirement} through the PyTorch extension ...")
