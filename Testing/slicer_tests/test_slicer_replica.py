@@ -213,6 +213,11 @@ def test_pytorch_extension_route_installs_torch_without_importing_it(extension_r
     assert {s["package"] for s in report["steps"][1:]} == {"safetensors", "slicerio", "pynrrd", "psutil"}
     assert "torch>=2.1 via the PyTorch extension" in report["text"]
     assert report["torch_before"] is None
+    # the extension's pip arguments, run with this Python as Slicer's _executePythonModule does;
+    # then the module's own pip steps, Slicer's packages pinned
+    python = str(extension_replica["python"])
+    assert report["commands"][0] == [python, "-m", "light_the_torch", "install", "torch>=2.1", "torchvision"]
+    assert [c[:5] for c in report["commands"][1:]] == [[python, "-m", "pip", "install", "-c"]] * 2
     assert report["torch_after"] == "2.13.0+cpu"  # the CPU build, as light-the-torch picks without a GPU
     assert not report["torch_imported"]  # the version was read from the metadata
     # light-the-torch was not there: the extension's own helper installed it on first use

@@ -90,7 +90,13 @@ def install(extension_dir: str) -> dict:
     import importlib.util
 
     sys.path.insert(0, extension_dir)  # as Slicer puts an installed extension's module folder
+    import slicer.util
+
     from LKMSegmentLib import dependencies as deps
+
+    commands = []  # every process slicer.util starts, as its command line
+    launch = slicer.util.launchConsoleProcess
+    slicer.util.launchConsoleProcess = lambda args, **kw: commands.append(list(args)) or launch(args, **kw)
 
     before = deps.make_plan()  # the module's own checks: PyTorchUtils importable, no NVIDIA GPU
     torch_before = deps.installed_version("torch")
@@ -98,7 +104,7 @@ def install(extension_dir: str) -> dict:
     notes = deps.install_in_slicer(before, log=log.append)
     after = deps.make_plan()
     return {"steps": [vars(s) for s in before.steps], "speedups": [vars(s) for s in before.speedups],
-            "text": before.text(), "log": log, "notes": notes,
+            "text": before.text(), "log": log, "notes": notes, "commands": commands,
             "torch_before": torch_before, "torch_after": deps.installed_version("torch"),
             "after_steps": [vars(s) for s in after.steps + after.speedups],
             "torch_imported": "torch" in sys.modules,
