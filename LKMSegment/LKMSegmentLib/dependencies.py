@@ -68,16 +68,25 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-def is_satisfied(requirement: str) -> bool:
-    """Installed at a version the requirement allows (package metadata only, nothing imported)."""
-    version = installed_version(requirement_name(requirement))
-    if version is None:
-        return False
+def allows(requirement: str, version: str) -> bool:
     try:
         from packaging.requirements import Requirement  # Slicer ships packaging
     except ImportError:
         return True
     return Requirement(requirement).specifier.contains(version, prereleases=True)
+
+
+def is_satisfied(requirement: str) -> bool:
+    """Installed at a version the requirement allows (package metadata only, nothing imported)."""
+    version = installed_version(requirement_name(requirement))
+    return version is not None and allows(requirement, version)
+
+
+def too_old_torch() -> str | None:
+    """The installed torch's version when it does not satisfy TORCH_REQUIREMENT (metadata only:
+    an old torch is never imported)."""
+    version = installed_version("torch")
+    return version if version is not None and not allows(TORCH_REQUIREMENT, version) else None
 
 
 @dataclass
@@ -147,12 +156,14 @@ def make_plan(installed=None, system: str | None = None, gpu=nvidia_gpu_present,
     system = system or platform.system()
     plan = DependencyPlan()
     if not installed(TORCH_REQUIREMENT):
+        old = too_old_torch()
+        upgrade = f"PyTorch {old} is installed, too old: it is upgraded" if old else ""
         if pytorch_extension():
-            plan.steps.append(Step("torch", "pytorch-extension", TORCH_REQUIREMENT))
+            plan.steps.append(Step("torch", "pytorch-extension", TORCH_REQUIREMENT, upgrade))
         else:
-            plan.steps.append(Step("torch", "pip", TORCH_REQUIREMENT,
-                                   "the package index's default build; install the PyTorch "
-                                   "extension to get the build that matches your GPU"))
+            plan.steps.append(Step("torch", "pip", TORCH_REQUIREMENT, "; ".join(filter(None, (
+                upgrade, "the package index's default build; install the PyTorch "
+                "extension to get the build that matches your GPU")))))
     speedups = {_canonical(p) for p in SPEEDUPS}
     for requirement in (requirements if requirements is not None else read_requirements()):
         if installed(requirement):
@@ -175,21 +186,23 @@ def make_plan(installed=None, system: str | None = None, gpu=nvidia_gpu_present,
     return plan
 
 
-def slicer_constraints() -> list[str]:
+def slicer_constraints(upgrading=()) -> list[str]:
     """``name==version`` for every distribution in this Python (Slicer's own packages): as a pip
-    constraints file they keep pip from upgrading or replacing any of them."""
+    constraints file they keep pip from upgrading or replacing any of them. Not pinned: the
+    distributions the plan itself upgrades (``upgrading``, e.g. an old torch), or pip could not."""
+    skip = {_canonical(p) for p in upgrading}
     pins = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
-        if name and dist.version:
+        if name and dist.version and _canonical(name) not in skip:
             pins.setdefault(_canonical(name), f"{name}=={dist.version}")
     return [pins[k] for k in sorted(pins)]
 
 
-def write_constraints(folder=None) -> Path:
+def write_constraints(folder=None, upgrading=()) -> Path:
     folder = Path(folder or tempfile.mkdtemp(prefix="lkmsegment-pip-"))
     path = folder / "slicer-constraints.txt"
-    path.write_text("\n".join(slicer_constraints()) + "\n", encoding="utf-8")
+    path.write_text("\n".join(slicer_constraints(upgrading)) + "\n", encoding="utf-8")
     return path
 
 
@@ -211,7 +224,8 @@ def install(plan: DependencyPlan, pip_install=None, torch_installer=None, log=pr
     """
     if pip_install is None and pip_ensure is None:
         raise ValueError("install needs pip_install or pip_ensure")
-    constraints_file = constraints_file or write_constraints()
+    constraints_file = constraints_file or write_constraints(
+        upgrading=[s.package for s in plan.steps + plan.speedups])
     for step in plan.steps:
         if step.how == "pytorch-extension":
             log(f"Installing {step.requirement} through the PyTorch extension ...")

@@ -7,6 +7,7 @@ import os
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -197,6 +198,26 @@ def test_install_pins_every_slicer_package_and_uses_pip_ensure_where_slicer_has_
                                                                      (["numba>=0.68"], options)]
     assert all(isinstance(r, Requirement) for r in ensured[0][0])  # what every pip_ensure takes
     assert len(calls) == 2
+
+
+def test_an_old_torch_is_named_in_the_plan_and_not_pinned_against_its_upgrade(monkeypatch, tmp_path):
+    versions = {"torch": "2.0.1"}  # what the metadata says; torch is never imported to ask
+    monkeypatch.setattr(deps, "installed_version", lambda name: versions.get(name))
+    for extension in (True, False):
+        plan = deps.make_plan(installed=deps.is_satisfied, system="Linux", gpu=lambda: False,
+                              pytorch_extension=lambda: extension, requirements=[])
+        assert [(s.package, s.requirement) for s in plan.steps] == [("torch", "torch>=2.1")]
+        assert "PyTorch 2.0.1 is installed, too old: it is upgraded" in plan.text()
+    # the pip route (no PyTorch extension): a torch==2.0.1 pin would make pip refuse torch>=2.1
+    monkeypatch.undo()
+    calls = []
+    deps.install(plan, pip_install=calls.append, log=lambda m: None)
+    assert calls == [["-c", calls[0][1], "torch>=2.1"]]
+    pins = Path(calls[0][1]).read_text(encoding="utf-8").split()
+    assert not [p for p in pins if p.lower().startswith("torch==")]
+    import numpy
+    assert f"numpy=={numpy.__version__}" in pins  # Slicer's own packages stay pinned
+    assert "torch==" in deps.write_constraints(tmp_path).read_text(encoding="utf-8")  # pinned otherwise
 
 
 def test_a_speedup_that_cannot_install_is_a_note_and_the_rest_is_installed():

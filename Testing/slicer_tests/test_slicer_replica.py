@@ -12,6 +12,11 @@ package has a 3.11 wheel. VTK, Qt and MRML are compiled into Slicer, not pip pac
 of the module driven here (EngineJob, SubprocessRunner, ModelRegistry, dependencies) does not
 use them. lkm_core is not installed in the replica: it is found the way the installed extension
 puts it, a copy next to a copy of the module's files (the files CMake packages).
+
+Two more replicas take the PyTorch extension's route (``slicer_python/pytorch_extension_standin``:
+``PyTorchUtils`` and ``slicer.util`` as the real ones, light-the-torch a stand-in because its
+CLI only installs from PyTorch's own index, unreachable here): a fresh Slicer with the extension,
+and one with an old torch (2.0.1, real, installed without its dependencies and never imported).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 PACKAGES = HERE / "slicer_python" / "slicer-5.12-packages.txt"
 DRIVER = HERE / "slicer_python" / "replica_driver.py"
+PYTORCH_EXTENSION = HERE / "slicer_python" / "pytorch_extension_standin"
+OLD_TORCH = "torch==2.0.1"  # older than the module's TORCH_REQUIREMENT (torch>=2.1)
 TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
 WHEEL_DIRS = [Path("/opt/wheels")]
 
@@ -46,16 +53,20 @@ def _clean_env(**extra) -> dict:
     return env
 
 
-def _run(cmd, timeout=900, **kw) -> subprocess.CompletedProcess:
+def _run(cmd, timeout=900, env=None, **kw) -> subprocess.CompletedProcess:
     result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
-                            timeout=timeout, env=_clean_env(), **kw)
+                            timeout=timeout, env=_clean_env(**(env or {})), **kw)
     assert result.returncode == 0, f"{cmd[:4]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result
 
 
-def _driver(python, *args, timeout=1500) -> dict:
-    result = _run([python, DRIVER, *args], timeout=timeout)
+def _driver(python, *args, timeout=1500, env=None) -> dict:
+    result = _run([python, DRIVER, *args], timeout=timeout, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _frozen(python) -> list[str]:
+    return [_canonical(x) for x in _run([python, "-m", "pip", "freeze", "--all"]).stdout.split()]
 
 
 def _canonical(pin: str) -> str:
@@ -89,8 +100,8 @@ def torch_wheel() -> Path:
 
 
 @pytest.fixture(scope="session")
-def replica(tmp_path_factory):
-    """Build once per session: Slicer's packages, then the module's plan (as on a fresh Slicer)."""
+def bare_replica(tmp_path_factory):
+    """Slicer's Python as shipped, next to the module's files; built once, each case copies it."""
     python311 = shutil.which("python3.11")
     assert python311, "Python 3.11 is needed to build the replica of Slicer's Python"
     root = tmp_path_factory.mktemp("slicer-replica")
@@ -103,15 +114,42 @@ def replica(tmp_path_factory):
     no_engine = subprocess.run([python, "-c", "import lkm_core"], capture_output=True,
                                env=_clean_env(), cwd=root)
     assert no_engine.returncode != 0, "lkm_core must not be importable in the bare replica"
+    return {"venv": venv, "ext": ext, "root": root}
 
+
+def copy_replica(bare, dest: Path) -> Path:
+    """A copy of the bare replica (a venv is usable moved: run as ``python -m``); its python."""
+    shutil.copytree(bare["venv"], dest / "python", symlinks=True)
+    return dest / "python" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def replica(bare_replica, tmp_path_factory):
+    """Slicer's packages, then the module's plan (as on a fresh Slicer without the PyTorch extension)."""
+    root = tmp_path_factory.mktemp("plan-replica")
+    python, ext = copy_replica(bare_replica, root), bare_replica["ext"]
     plan = _driver(python, "plan", ext, root)
     # the plan's pip arguments, with the local CPU wheel for its torch step
     arguments = [str(torch_wheel()) if a.split(">")[0].split("=")[0] == "torch" else a
                  for a in plan["pip_arguments"]]
     assert arguments != plan["pip_arguments"], plan  # a fresh Slicer has no torch
     _run([python, "-m", "pip", "install", "--disable-pip-version-check", "-q", *arguments])
-    frozen = [_canonical(x) for x in _run([python, "-m", "pip", "freeze", "--all"]).stdout.split()]
-    return {"python": python, "ext": ext, "root": root, "plan": plan, "frozen": frozen}
+    return {"python": python, "ext": ext, "root": root, "plan": plan, "frozen": _frozen(python)}
+
+
+def install_with_extension(python, ext) -> dict:
+    """The module's ensureDependencies after the user's OK (install_in_slicer), the PyTorch
+    extension installed; its light-the-torch stand-in takes the local CPU torch wheel."""
+    return _driver(python, "install", ext, PYTORCH_EXTENSION,
+                   env={"LTT_STANDIN_CPU_WHEEL": str(torch_wheel())})
+
+
+@pytest.fixture(scope="session")
+def extension_replica(bare_replica, tmp_path_factory):
+    """A fresh Slicer with the PyTorch extension and no torch, after the module's install."""
+    python = copy_replica(bare_replica, tmp_path_factory.mktemp("extension-replica"))
+    report = install_with_extension(python, bare_replica["ext"])
+    return {"python": python, "ext": bare_replica["ext"], "report": report, "frozen": _frozen(python)}
 
 
 @pytest.mark.slow
@@ -161,3 +199,56 @@ def test_add_model_and_detect_work_without_a_pip_installed_lkm_core(replica, tmp
     assert report["listed"] == ["lkm-default-abdomen-ct-3mm"]
     assert "error" not in report["devices"], report["devices"]
     assert report["devices"]["torch"].startswith("2.13.0")
+
+
+def _site_packages(python: Path) -> Path:
+    return next((python.parent.parent / "lib").glob("python3.*/site-packages"))
+
+
+@pytest.mark.slow
+def test_pytorch_extension_route_installs_torch_without_importing_it(extension_replica):
+    report = extension_replica["report"]
+    assert report["steps"][0] == {"package": "torch", "how": "pytorch-extension",
+                                  "requirement": "torch>=2.1", "note": ""}
+    assert {s["package"] for s in report["steps"][1:]} == {"safetensors", "slicerio", "pynrrd", "psutil"}
+    assert "torch>=2.1 via the PyTorch extension" in report["text"]
+    assert report["torch_before"] is None
+    # the extension's pip arguments, run with this Python as Slicer's _executePythonModule does;
+    # then the module's own pip steps, Slicer's packages pinned
+    python = str(extension_replica["python"])
+    assert report["commands"][0] == [python, "-m", "light_the_torch", "install", "torch>=2.1", "torchvision"]
+    assert [c[:5] for c in report["commands"][1:]] == [[python, "-m", "pip", "install", "-c"]] * 2
+    assert report["torch_after"] == "2.13.0+cpu"  # the CPU build, as light-the-torch picks without a GPU
+    assert not report["torch_imported"]  # the version was read from the metadata
+    # light-the-torch was not there: the extension's own helper installed it on first use
+    assert Path(report["light_the_torch"]).parent.parent == _site_packages(extension_replica["python"])
+    assert report["notes"] == []  # the optional numba installed too
+    assert report["after_steps"] == []  # the next Segment click asks nothing
+    for pin in slicer_packages():  # numpy, SimpleITK, ... as Slicer ships them
+        assert _canonical(pin) in extension_replica["frozen"], f"{pin} was changed by the install"
+
+
+@pytest.mark.slow
+def test_the_engine_runs_on_torch_from_the_pytorch_extension(extension_replica, tmp_path):
+    # Add model (the engine verifies the bundle) and Detect (a child Python imports torch): the
+    # full Segment on this torch build is the plan replica's test above
+    report = _driver(extension_replica["python"], "add-model", extension_replica["ext"], tmp_path)
+    assert report["added"] == "lkm-default-abdomen-ct-3mm"
+    assert "error" not in report["devices"], report["devices"]
+    assert report["devices"]["torch"] == "2.13.0+cpu"
+
+
+@pytest.mark.slow
+def test_an_old_torch_is_upgraded_through_the_pytorch_extension(bare_replica, tmp_path):
+    python = copy_replica(bare_replica, tmp_path)
+    # a real old release, as an old PyTorch extension install left it; never imported here
+    _run([python, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q", OLD_TORCH],
+         timeout=1800)
+    report = install_with_extension(python, bare_replica["ext"])
+    assert report["torch_before"] == "2.0.1"
+    torch_step = report["steps"][0]
+    assert (torch_step["how"], torch_step["requirement"]) == ("pytorch-extension", "torch>=2.1")
+    assert "PyTorch 2.0.1 is installed, too old: it is upgraded" in report["text"]  # the user is told
+    assert report["torch_after"] == "2.13.0+cpu"
+    assert not report["torch_imported"]
+    assert report["after_steps"] == []  # no prompt on the next click

@@ -9,7 +9,9 @@ covers:
 
 - Slicer's real PythonQt, CTK and qMRML widgets and its parameterNodeWrapper;
 - the QProcess runner inside the application, through the PythonSlicer launcher;
-- installing dependencies through Slicer's pip helpers and the PyTorch extension;
+- installing dependencies through Slicer's own pip helpers and the real PyTorch extension and
+  light-the-torch (test_slicer_replica.py runs the module's install, the extension route
+  included, in a replica of Slicer's Python with stand-ins for those);
 - `slicer.util.loadVolume` of the sample CT, the subject hierarchy plugins of the app.
 
 Everything below the panel (engine process, protocol, Stop, import into segmentation nodes,

@@ -3,6 +3,9 @@
     python replica_driver.py plan MODULE_DIR WORK        -> the install plan for this Python
     python replica_driver.py segment MODULE_DIR CT WORK  -> Segment with the default model
     python replica_driver.py add-model MODULE_DIR WORK   -> Add model + Detect, as the panel does
+    python replica_driver.py install MODULE_DIR EXTENSION_DIR
+        -> the plan, installed as the module installs it in Slicer (install_in_slicer), with the
+           PyTorch extension's module folder EXTENSION_DIR on sys.path (and slicer.util there)
 
 MODULE_DIR is laid out as the installed extension lays out its qt-scripted-modules folder:
 LKMSegment.py, LKMSegmentLib/, Resources/ and lkm_core/ side by side. Only that folder is put on
@@ -83,11 +86,38 @@ def add_model(work: Path) -> dict:
             "devices": devices, "pythonpath": os.environ.get("PYTHONPATH")}
 
 
+def install(extension_dir: str) -> dict:
+    import importlib.util
+
+    sys.path.insert(0, extension_dir)  # as Slicer puts an installed extension's module folder
+    import slicer.util
+
+    from LKMSegmentLib import dependencies as deps
+
+    commands = []  # every process slicer.util starts, as its command line
+    launch = slicer.util.launchConsoleProcess
+    slicer.util.launchConsoleProcess = lambda args, **kw: commands.append(list(args)) or launch(args, **kw)
+
+    before = deps.make_plan()  # the module's own checks: PyTorchUtils importable, no NVIDIA GPU
+    torch_before = deps.installed_version("torch")
+    log = []
+    notes = deps.install_in_slicer(before, log=log.append)
+    after = deps.make_plan()
+    return {"steps": [vars(s) for s in before.steps], "speedups": [vars(s) for s in before.speedups],
+            "text": before.text(), "log": log, "notes": notes, "commands": commands,
+            "torch_before": torch_before, "torch_after": deps.installed_version("torch"),
+            "after_steps": [vars(s) for s in after.steps + after.speedups],
+            "torch_imported": "torch" in sys.modules,
+            "light_the_torch": importlib.util.find_spec("light_the_torch").origin}
+
+
 if __name__ == "__main__":
     if command == "plan":
         result = plan(Path(sys.argv[3]))
     elif command == "segment":
         result = segment(sys.argv[3], Path(sys.argv[4]))
+    elif command == "install":
+        result = install(sys.argv[3])
     else:
         result = add_model(Path(sys.argv[3]))
     print(json.dumps(result, default=str))
