@@ -19,14 +19,13 @@ class PyTorchUtilsLogic:
     @staticmethod
     def _getPipInstallArguments(forceComputationBackend=None, torchVersionRequirement=None,
                                 torchvisionVersionRequirement=None):
-        if torchVersionRequirement is None:
-            torchVersionRequirement = ""
-        if torchvisionVersionRequirement is None:
-            torchvisionVersionRequirement = ""
-        args = ["install", "torch" + torchVersionRequirement, "torchvision" + torchvisionVersionRequirement]
-        if forceComputationBackend is not None:
-            args.append(f"--pytorch-computation-backend={forceComputationBackend}")
-        return args
+        # the extension's contract: light-the-torch's "install" of torch and torchvision, each
+        # with its requirement (if any), and the backend option only when one is forced
+        packages = [f"torch{torchVersionRequirement or ''}",
+                    f"torchvision{torchvisionVersionRequirement or ''}"]
+        backend = ([] if forceComputationBackend is None
+                   else [f"--pytorch-computation-backend={forceComputationBackend}"])
+        return ["install", *packages, *backend]
 
     @staticmethod
     def _installLightTheTorch():
