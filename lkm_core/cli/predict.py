@@ -47,6 +47,9 @@ def register(sub) -> None:
     pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="CPU: fp32 (auto) or bf16 (faster on CPUs with AVX512-BF16/AMX, "
                     "checked against fp32 at first use); GPU: fp16 (auto), bf16 or fp32")
+    pr.add_argument("--crop", default="auto", choices=["auto", "nonzero", "body"],
+                    help="nonzero (auto): nnU-Net's crop to the nonzero voxels; body (CT models): "
+                    "the network runs only on the box around the patient, not the air around it")
     pr.add_argument("--memory", default=DEFAULT_MEMORY_MODE, choices=list(MEMORY_MODES),
                     help="keep: malloc keeps freed memory in the process (Linux/glibc; faster CPU "
                          "runs, more peak memory); release: the C library's default "
@@ -202,7 +205,7 @@ def _predict(args, cancel) -> int:
             predictor = Predictor(bundle, device=_device(args), threads=args.threads,
                                   quick=args.quick, tta=args.tta, step=args.step,
                                   folds=comma_list(args.folds) or None,
-                                  tiling=args.tiling, precision=args.precision,
+                                  tiling=args.tiling, precision=args.precision, crop=args.crop,
                                   batch_size=args.batch_size, subset=subset, progress=reporter,
                                   cancel=cancel, confidence_map=args.confidence_map,
                                   probabilities=args.save_probabilities,

@@ -42,7 +42,7 @@ from ..ssm.backend import backend_report, reset_backends_used
 from ..errors import InputError, ResourceError
 from ..inputs import images as lkm_io
 from .preprocessing import (Prepared, postprocess_labels, prepare, probabilities_on_input_grid,
-                            to_input_grid)
+                            resolve_crop, to_input_grid)
 from .sliding_window import (TILINGS, DeviceOutOfMemory, pad_to_patch, plan_patch,
                              scores_to_labels, sliding_window_passes, tiled_voxels)
 
@@ -253,7 +253,8 @@ class Predictor:
                  batch_size: int | None = None, subset: Sequence[str] | None = None,
                  folds: Sequence[str] | None = None, networks: Sequence[Callable] | None = None,
                  progress: Callable[[dict], None] | None = None, cancel=None,
-                 tiling: str = "auto", precision: str = "auto", keep_scores: bool = False,
+                 tiling: str = "auto", precision: str = "auto", crop: str = "auto",
+                 keep_scores: bool = False,
                  confidence: bool = True, confidence_map: bool = False,
                  probabilities: bool = False, postprocessing: bool = True):
         self.bundle = bundle
@@ -261,6 +262,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.quick = quick
         self.tiling = resolve_tiling(tiling)
+        self.crop = resolve_crop(crop, bundle.normalization)
         if (precision or "auto").lower() not in PRECISIONS:
             raise InputError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
         self.precision = precision.lower()
@@ -354,7 +356,7 @@ class Predictor:
                            dimension=b.dimension, normalization=b.normalization,
                            orientation=b.orientation, timings=timings,
                            num_classes=b.num_classes, patch_size=b.patch_size,
-                           source=f"The image {case}", resampling=b.resampling)
+                           source=f"The image {case}", resampling=b.resampling, crop=self.crop)
         timings["preprocess"] = time.perf_counter() - t0
         self._emit(case, "preprocess", 1.0)
         return Loaded(case, image, prepared, two_d_input, timings)
@@ -371,6 +373,8 @@ class Predictor:
         reset_backends_used()
         window, loaded.device, loaded.tiling, loaded.precision = self._run_network(
             prepared.array, case)
+        kept = np.prod([s.stop - s.start for s in prepared.bbox]) / float(np.prod(prepared.full_shape))
+        loaded.tiling["crop"] = {"mode": prepared.crop, "kept": round(float(kept), 3)}
         loaded.scores = window.scores
         # the passes' disagreement is a confidence signal: kept only when it will be read
         loaded.disagreement = window.disagreement if self.confidence else None

@@ -5,7 +5,8 @@ nnU-Net sees here what it saw in training:
 
 1. reorient to the bundle's ``orientation`` (axis permutation and flips only, exact);
 2. ``transpose`` the (z, y, x) array;
-3. crop to the bounding box of the nonzero voxels;
+3. crop to the bounding box of the nonzero voxels (or, with ``crop="body"`` on a CT model, to the
+   box of the body: see :func:`body_bbox`);
 4. normalise on the image's own grid (CT: clip then z-score with the dataset's statistics;
    z-score with ``use_mask``: statistics inside the hole-filled nonzero mask, voxels outside it
    stay 0);
@@ -77,7 +78,8 @@ class Prepared:
     oriented: Geometry = None  # the reoriented input (what the transposed array was cut from)
     orientation: str | None = None   # the input's own orientation code, when it was reoriented
     full_shape: tuple = ()     # transposed shape of the reoriented input
-    bbox: tuple = ()           # slices of the nonzero crop in that transposed array
+    bbox: tuple = ()           # slices of the crop (nonzero or body) in that transposed array
+    crop: str = "nonzero"      # which crop ran: "nonzero" (nnU-Net's) or "body"
     spacing: tuple = ()        # transposed spacing of the input (mm)
     target: tuple = ()         # transposed spacing of the network grid (mm)
     resampling: Resampling = DEFAULT_RESAMPLING
@@ -216,6 +218,62 @@ def nonzero_bbox(array: np.ndarray) -> tuple:
     return tuple(out)
 
 
+CROPS = ("nonzero", "body")
+# Air is about -1000 HU and fat -100: -500 separates the patient (and the table) from the air
+# around them, on any CT, before any normalisation.
+BODY_THRESHOLD_HU = -500.0
+# air kept around the body's box, so the network sees the skin with the air next to it
+BODY_MARGIN_MM = 10.0
+# parts smaller than this share of the largest (noise, a stray bright voxel) do not widen the box;
+# arms and the table are far larger and stay in
+BODY_MIN_PART = 0.01
+
+
+def body_bbox(array: np.ndarray, spacing, threshold: float = BODY_THRESHOLD_HU,
+              margin_mm: float = BODY_MARGIN_MM) -> tuple:
+    """Slices of the box around the body in a CT array (HU): the voxels above ``threshold``, in
+    parts of at least ``BODY_MIN_PART`` of the largest, plus ``margin_mm`` on every side. The
+    whole array when nothing is above the threshold. Found on every second voxel: a box needs no
+    more, and it keeps this a fraction of a second on a clinical CT."""
+    from scipy.ndimage import find_objects, label
+
+    stride = 2
+    coarse = array[tuple(slice(None, None, stride) for _ in range(array.ndim))] > threshold
+    parts, count = label(coarse)
+    if count == 0:
+        return tuple(slice(0, n) for n in array.shape)
+    sizes = np.bincount(parts.ravel())[1:]
+    keep = np.flatnonzero(sizes >= BODY_MIN_PART * sizes.max())
+    boxes = [box for i, box in enumerate(find_objects(parts)) if i in set(keep)]
+    out = []
+    for axis, n in enumerate(array.shape):
+        margin = int(np.ceil(margin_mm / float(spacing[axis])))
+        lo = min(b[axis].start for b in boxes) * stride
+        hi = (max(b[axis].stop for b in boxes) - 1) * stride + stride
+        out.append(slice(max(0, lo - margin), min(n, hi + margin)))
+    return tuple(out)
+
+
+def resolve_crop(crop: str, normalization: list) -> str:
+    """'auto' -> nnU-Net's nonzero crop (the body crop is on request: see docs/performance.md);
+    refuses an unknown crop, and the body crop on a model that does not take CT intensities."""
+    crop = (crop or "auto").lower()
+    if crop == "auto":
+        return "nonzero"
+    if crop not in CROPS:
+        raise InputError(f"Unknown crop {crop!r}: use auto, {' or '.join(CROPS)}.")
+    scheme = normalization[0].get("scheme") if normalization else None
+    if crop == "body" and scheme != "ct":
+        raise InputError("The body crop finds the patient by CT intensities (HU), but this model "
+                         f"normalises its input as {scheme!r}: use --crop nonzero (or auto).")
+    return crop
+
+
+def crop_box(array: np.ndarray, crop: str, spacing) -> tuple:
+    """The box the network runs on (``crop`` from :func:`resolve_crop`)."""
+    return body_bbox(array, spacing) if crop == "body" else nonzero_bbox(array)
+
+
 def normalize(array: np.ndarray, scheme: dict, mask: np.ndarray | None = None) -> np.ndarray:
     """Intensity normalisation in place (float32), nnU-Net's schemes. ``scheme`` from
     Bundle.normalization; ``mask`` (z-score with use_mask): default :func:`nonzero_mask`."""
@@ -288,9 +346,9 @@ def resample_array(array: np.ndarray, shape, spacing, target, order: int = 3,
 def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalization: list,
             orientation: str | None = None, timings: dict | None = None, num_classes: int = 2,
             patch_size=None, source="the image",
-            resampling: Resampling = DEFAULT_RESAMPLING) -> Prepared:
+            resampling: Resampling = DEFAULT_RESAMPLING, crop: str = "nonzero") -> Prepared:
     """Input image (float32, 3D, validated) -> network array with its geometry. Refuses (see
-    :func:`check_input_size`) before allocating anything."""
+    :func:`check_input_size`) before allocating anything. ``crop``: see :func:`resolve_crop`."""
     if len(normalization) != 1:
         raise InputError(f"The model expects {len(normalization)} image channels per case; "
                          "only single-channel models are supported by this predictor.")
@@ -310,7 +368,7 @@ def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalizat
     full_shape = array.shape
     spacing_t = tuple(geometry.spacing[::-1][t] for t in transpose)
     target_t = target_spacing(spacing_t, spacing, dimension, resampling.data.resample)
-    bbox = nonzero_bbox(array)
+    bbox = crop_box(array, crop, spacing_t)
     array = np.ascontiguousarray(array[bbox])
     new_shape = network_shape(array.shape, spacing_t, target_t)
     normalize(array, normalization[0])
@@ -323,8 +381,8 @@ def prepare(image: sitk.Image, *, spacing, transpose, dimension: str, normalizat
     log.debug("network grid %s at %s mm", grid.GetSize(), grid.GetSpacing())
     return Prepared(array=array, grid=grid, transpose=transpose, oriented=geometry,
                     orientation=own if orientation and own != orientation else None,
-                    full_shape=tuple(full_shape), bbox=bbox, spacing=spacing_t, target=target_t,
-                    resampling=resampling)
+                    full_shape=tuple(full_shape), bbox=bbox, crop=crop, spacing=spacing_t,
+                    target=target_t, resampling=resampling)
 
 
 def _network_grid(geometry: Geometry, bbox, new_shape, transpose) -> sitk.Image:
