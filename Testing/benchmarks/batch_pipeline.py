@@ -12,7 +12,13 @@ the summaries, their ratio (1.0 = the network never waits) and the child's peak 
     python Testing/benchmarks/batch_pipeline.py --device cuda     # on a GPU
     python Testing/benchmarks/batch_pipeline.py --cases 4 --crop 0.5  # a quick look
 
-Measured (2026-12-07, 2 CPU cores shared with other jobs, load 9-14; 3d_small untrained, full
+Measured (2026-12-07, quiet 2-core machine, load < 2; 3d_small untrained, quick mode; 8 clinical-size
+cases, crops 0.70-1.00, 320 x 265 x 157 to 457 x 379 x 224 voxels: ``--cases 8 --quick --repeats 2``;
+results/batch_pipeline_3d_small_quick_8clinical_cpu2threads.json): sequential 150.6 s and 143.9 s for
+network sums of 122.7 s and 117.3 s (wall / network 1.23), pipelined 145.4 s and 123.3 s (1.03):
+pipelined / sequential 0.965 and 0.857; peak RSS 1.81-1.87 -> 2.39-2.45 GB.
+
+Earlier (2026-12-07, 2 CPU cores shared with other jobs, load 9-14; 3d_small untrained, full
 mode; 8 cases cropped 0.30-0.45 of the clinical-size CT, 139-206 x 112-169 x 68-100 voxels:
 ``--cases 8 --crop 0.3 --largest-crop 0.45``; results/batch_pipeline_3d_small_cpu*.json):
 

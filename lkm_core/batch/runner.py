@@ -58,9 +58,10 @@ class BatchSettings:
 
 
 def use_pipeline(mode: str) -> bool:
-    """``auto`` is pipelined, on the CPU too: on 2 shared cores a batch of 8 CTs took 0.26 (2
-    torch threads) and 0.52 (1 thread) of the sequential wall time, the network hardly ever
-    waiting (Testing/benchmarks/batch_pipeline.py); an accelerator waits for the disk even more."""
+    """``auto`` is pipelined, on the CPU too: on 2 cores, 8 clinical-size CTs in quick mode took
+    0.86-0.97 of the sequential wall time and smaller CTs in full mode 0.26 (2 torch threads) and
+    0.52 (1 thread), the network hardly ever waiting (Testing/benchmarks/batch_pipeline.py); an
+    accelerator waits for the disk even more."""
     if mode not in PIPELINE_MODES:
         raise ValueError(f"pipeline must be one of {PIPELINE_MODES}, not {mode!r}")
     return mode != "off"
