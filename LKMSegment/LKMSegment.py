@@ -243,8 +243,9 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = volumes[0]
 
     def setParameterNode(self, parameterNode):
-        if self._parameterNode:
+        if self._parameterNode and self._parameterNodeGuiTag is not None:  # not already let go by exit()
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
         self._parameterNode = parameterNode
         if self._parameterNode:
