@@ -69,6 +69,7 @@ def installed_version(distribution: str) -> str | None:
 
 
 def allows(requirement: str, version: str) -> bool:
+    """Whether ``version`` satisfies ``requirement`` (pre-releases count)."""
     try:
         from packaging.requirements import Requirement  # Slicer ships packaging
     except ImportError:
