@@ -28,10 +28,9 @@ from LKMSegmentLib.confidencemap import (OVERLAY_OPACITY, ConfidenceMapError, co
 from LKMSegmentLib.datasetexport import ExportError
 from LKMSegmentLib.enginecontract import contract, engine_available, engine_environment, engine_search_path
 from LKMSegmentLib.models import start_verify, verify_outcome
-from LKMSegmentLib.nodeattributes import made_by_module_ids
 from LKMSegmentLib.panel import PanelState, controls
 from LKMSegmentLib.process import python_executable
-from LKMSegmentLib.scene import segmentable_volumes
+from LKMSegmentLib.scene import module_volume_ids, scene_volumes, segmentable_volumes
 
 
 class LKMSegment(ScriptedLoadableModule):
@@ -145,8 +144,8 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
-        for index in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")):
-            self.observeVolume(slicer.mrmlScene.GetNthNodeByClass(index, "vtkMRMLVolumeNode"))
+        for volume in scene_volumes(slicer.mrmlScene):
+            self.observeVolume(volume)
         self.hideModuleVolumes()
 
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
@@ -229,7 +228,7 @@ class LKMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def hideModuleVolumes(self, *_args):
         """The selector's filter hides the maps by ID; unlike HideFromEditors they stay in the Data
         module. Setting the same IDs again changes nothing (qMRMLSortFilterProxyModel)."""
-        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = made_by_module_ids(slicer.mrmlScene)
+        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = module_volume_ids(slicer.mrmlScene)
 
     def initializeParameterNode(self):
         parameterNode = self.logic.getParameterNode()

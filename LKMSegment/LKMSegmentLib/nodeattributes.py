@@ -12,10 +12,3 @@ def made_by_module(node) -> bool:
     earlier versions carry only their ``MAP_ROLE`` attribute."""
     return bool(node.GetAttribute(MADE_BY_MODULE) or node.GetAttribute(MAP_ROLE))
 
-
-def made_by_module_ids(scene) -> list[str]:
-    """IDs of the scene's volumes this module made (its confidence maps), in scene order: what
-    the input selector hides."""
-    volumes = (scene.GetNthNodeByClass(i, "vtkMRMLVolumeNode")
-               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")))
-    return [v.GetID() for v in volumes if made_by_module(v)]

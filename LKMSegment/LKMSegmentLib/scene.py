@@ -58,12 +58,22 @@ def check_input_volume(volume) -> None:
         raise ValueError(f"The volume '{volume.GetName()}' is empty.")
 
 
+def scene_volumes(scene, class_name: str = "vtkMRMLVolumeNode") -> list:
+    """The scene's nodes of ``class_name`` (subclasses included), in scene order."""
+    return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
 def segmentable_volumes(scene) -> list:
     """The scene's volumes a user can segment: scalar volumes, neither labelmaps nor the
     module's own confidence maps."""
-    volumes = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
-               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
-    return [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode") and not made_by_module(v)]
+    return [v for v in scene_volumes(scene, "vtkMRMLScalarVolumeNode")
+            if not v.IsA("vtkMRMLLabelMapVolumeNode") and not made_by_module(v)]
+
+
+def module_volume_ids(scene) -> list[str]:
+    """IDs of the scene's volumes this module made (its confidence maps), in scene order: what
+    the input selector hides."""
+    return [v.GetID() for v in scene_volumes(scene) if made_by_module(v)]
 
 
 def write_volume(volume, path) -> None:

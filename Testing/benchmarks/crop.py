@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from lkm_core.bundle import default_bundle_path, load_bundle  # noqa: E402
 from lkm_core.inference.predictor import Predictor  # noqa: E402
 from lkm_core.inputs.sample_data import REFERENCE_LABELS, fetch_sample_ct  # noqa: E402
+from lkm_core.outputs.reading import dice as mask_dice  # noqa: E402
 
 
 def dice(a: np.ndarray, b: np.ndarray, value_a: int, value_b: int | None = None):
     """Dice of label ``value_a`` in ``a`` and ``value_b`` (default the same) in ``b``; None when
     neither holds it."""
-    x, y = a == value_a, b == (value_a if value_b is None else value_b)
-    total = x.sum() + y.sum()
-    return round(float(2 * (x & y).sum() / total), 4) if total else None
+    d = mask_dice(a == value_a, b == (value_a if value_b is None else value_b))
+    return None if math.isnan(d) else round(d, 4)
 
 
 def main(argv=None) -> None:

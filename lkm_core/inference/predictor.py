@@ -373,8 +373,7 @@ class Predictor:
         reset_backends_used()
         window, loaded.device, loaded.tiling, loaded.precision = self._run_network(
             prepared.array, case)
-        kept = np.prod([s.stop - s.start for s in prepared.bbox]) / float(np.prod(prepared.full_shape))
-        loaded.tiling["crop"] = {"mode": prepared.crop, "kept": round(float(kept), 3)}
+        loaded.tiling["crop"] = prepared.crop_record
         loaded.scores = window.scores
         # the passes' disagreement is a confidence signal: kept only when it will be read
         loaded.disagreement = window.disagreement if self.confidence else None

@@ -85,6 +85,12 @@ class Prepared:
     resampling: Resampling = DEFAULT_RESAMPLING
 
     @property
+    def crop_record(self) -> dict:
+        """Which crop ran and the share of the (reoriented) input it kept: for the summary."""
+        kept = np.prod([s.stop - s.start for s in self.bbox]) / float(np.prod(self.full_shape))
+        return {"mode": self.crop, "kept": round(float(kept), 3)}
+
+    @property
     def network_spacing_xyz(self) -> tuple:
         """The model's spacing in SimpleITK (x, y, z) order."""
         return _untranspose(self.target, self.transpose)[::-1]
@@ -243,13 +249,14 @@ def body_bbox(array: np.ndarray, spacing, threshold: float = BODY_THRESHOLD_HU,
     if count == 0:
         return tuple(slice(0, n) for n in array.shape)
     sizes = np.bincount(parts.ravel())[1:]
-    keep = np.flatnonzero(sizes >= BODY_MIN_PART * sizes.max())
-    boxes = [box for i, box in enumerate(find_objects(parts)) if i in set(keep)]
+    objects = find_objects(parts)
+    boxes = [objects[i] for i in np.flatnonzero(sizes >= BODY_MIN_PART * sizes.max())]
     out = []
     for axis, n in enumerate(array.shape):
         margin = int(np.ceil(margin_mm / float(spacing[axis])))
+        # coarse voxel k covers fine voxels k*stride .. k*stride + stride - 1
         lo = min(b[axis].start for b in boxes) * stride
-        hi = (max(b[axis].stop for b in boxes) - 1) * stride + stride
+        hi = max(b[axis].stop for b in boxes) * stride
         out.append(slice(max(0, lo - margin), min(n, hi + margin)))
     return tuple(out)
 
