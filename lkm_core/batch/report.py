@@ -28,6 +28,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from ..errors import InputError
 from ..files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,6 @@ def _to_csv(rows, columns=None) -> str:
 
 
 def read_report(path) -> list:
-    from ..errors import InputError
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -152,7 +152,6 @@ def read_report(path) -> list:
 def find_reports(items) -> list:
     """Report files from arguments: files as given, folders searched (recursively) for
     ``batch_report*.csv``."""
-    from ..errors import InputError
     found = []
     for item in items:
         path = Path(item).expanduser()

@@ -39,7 +39,7 @@ import torch
 
 from ..bundle import NO_ORIENTATION_WARNING, Bundle
 from ..ssm.backend import backend_report, reset_backends_used
-from ..errors import InputError, ResourceError
+from ..errors import Cancelled, InputError, ResourceError
 from ..inputs import images as lkm_io
 from .preprocessing import (Prepared, postprocess_labels, prepare, probabilities_on_input_grid,
                             resolve_crop, to_input_grid)
@@ -365,7 +365,6 @@ class Predictor:
         """Run the network on a loaded case (its network input is freed; its scores kept)."""
         case, prepared, timings = loaded.case, loaded.prepared, loaded.timings
         if self._should_stop():
-            from ..errors import Cancelled
             raise Cancelled("Stopped by the user.")
 
         t0 = time.perf_counter()
@@ -382,7 +381,6 @@ class Predictor:
         prepared.array = None  # the network input is no longer needed: free it before the way back
         timings["network"] = time.perf_counter() - t0
         if self._should_stop():  # a cancel request that came during the last patch
-            from ..errors import Cancelled
             raise Cancelled("Stopped by the user.")
         return loaded
 
