@@ -1,6 +1,7 @@
 """Predictor options: devices and the out-of-memory fallback, subsets, DICOM folders, sharding,
 progress events."""
 
+import json
 import logging
 
 import numpy as np
@@ -13,7 +14,8 @@ from lkm_core.inference import predictor as inference
 from lkm_core.cli.common import UsageError
 from lkm_core.cli.predict import _shard
 from lkm_core.cli.root import _parser
-from lkm_core.errors import InputError, ResourceError
+from lkm_core.bundle import load_bundle
+from lkm_core.errors import InputError, ModelError, ResourceError
 from lkm_core.inference.predictor import Predictor, resolve_device
 from lkm_core.inputs.dicom_series import series_case_name
 from lkm_core.inputs.images import expand_inputs, read_image
@@ -216,6 +218,33 @@ def test_bf16_that_agrees_runs_in_bf16_and_says_so(tmp_path):
     net.forward = lambda x: net.conv(x)  # the same convolution, right in bf16
     result = Predictor(bundle, device="cpu", networks=[net], precision="bf16").predict_image(image)
     assert result.precision == "bf16"
+
+
+@pytest.mark.parametrize("recorded, cpu_has_bf16, expected", [
+    ("bf16", True, "bf16"), ("bf16", False, "fp32"), (None, True, "fp32"), ("fp32", True, "fp32")])
+def test_auto_runs_bf16_only_where_the_model_records_it_and_the_cpu_has_it(
+        tmp_path, monkeypatch, recorded, cpu_has_bf16, expected):
+    image, _ = sphere_image(size=(12, 12, 12), radius_mm=4, background=-1.0)
+    bundle = make_bundle(tmp_path / "b", patch=(8, 8, 8))
+    if recorded is not None:
+        bundle.meta.setdefault("inference", {})["cpu_precision"] = recorded
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: cpu_has_bf16)
+    net = WrongInBf16()
+    net.forward = lambda x: net.conv(x)  # right in bf16: the self-check passes
+    result = Predictor(bundle, device="cpu", networks=[net]).predict_image(image)
+    assert result.precision == expected
+    forced = Predictor(bundle, device="cpu", networks=[net], precision="fp32").predict_image(image)
+    assert forced.precision == "fp32"
+
+
+def test_a_model_recording_an_unknown_cpu_precision_is_refused(tmp_path):
+    bundle = make_bundle(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "model.json").read_text())
+    meta["inference"] = {"cpu_precision": "int8"}
+    (tmp_path / "b" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="cpu_precision must be fp32 or bf16, not 'int8'"):
+        load_bundle(tmp_path / "b")
+    assert bundle.cpu_precision == "fp32"
 
 
 def test_bf16_is_detected_from_the_cpu_flags(tmp_path):

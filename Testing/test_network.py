@@ -179,3 +179,25 @@ def test_inference_in_groups_of_sequences_gives_the_same_result(monkeypatch):
         monkeypatch.setattr(blocks, "_GROUP_ELEMENTS", 2 * 20 * 16)   # two sequences per group
         grouped = bim(seqs)
     assert torch.allclose(whole, grouped, atol=1e-6)
+
+
+def test_under_bf16_autocast_only_the_stem_last_decoder_stage_and_heads_stay_fp32():
+    """The stem (raw intensities), the full-resolution decoder stage and the heads (what picks
+    each voxel's class) run in fp32; every other convolution in bf16, where the speed is."""
+    net = build_network(presets.preset_config("3d_small", 1, 3)).eval()
+    produced = {}
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv3d):
+            module.register_forward_hook(
+                lambda m, i, o, name=name: produced.__setitem__(name, o.dtype))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(torch.randn(1, 1, 32, 64, 64))
+    assert logits.dtype == torch.float32
+    assert produced["encoder.stem.convs.0.conv"] == torch.float32
+    last_head = f"decoder.seg_layers.{len(net.decoder.seg_layers) - 1}"
+    assert produced[last_head] == torch.float32
+    last_stage = f"decoder.stages.{len(net.decoder.stages) - 1}."
+    assert {d for n, d in produced.items() if n.startswith(last_stage)} == {torch.float32}
+    rest = {n: d for n, d in produced.items()
+            if "stem" not in n and "seg_layers" not in n and not n.startswith(last_stage)}
+    assert rest and set(rest.values()) == {torch.bfloat16}

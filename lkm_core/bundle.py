@@ -45,7 +45,9 @@ Optional keys::
     quick_spacing     spacing (mm, scalar or list like ``spacing``) for quick mode; default 3.0
     inference         {"step": 0.5, "mirror_axes": [0, 1, 2]} defaults for the predictor;
                       mirror_axes are the checkpoint's (nnU-Net's inference_allowed_mirroring_axes;
-                      [] = trained without mirroring): test-time mirroring never goes beyond them
+                      [] = trained without mirroring): test-time mirroring never goes beyond them;
+                      optional "cpu_precision": "bf16" where bf16 was shown to keep this model's
+                      labels (then ``--precision auto`` runs it on CPUs with bf16 units; default fp32)
     resampling        the plans' resampling functions and kwargs, as nnU-Net names them:
                       {"data": {"function": "resample_data_or_seg_to_shape", "kwargs": {...}},
                        "probabilities": {...}}; absent = nnU-Net's defaults (lkm_core.inference.preprocessing)
@@ -137,6 +139,12 @@ class Bundle:
     @property
     def inference_defaults(self) -> dict:
         return dict(self.meta.get("inference", {}))
+
+    @property
+    def cpu_precision(self) -> str:
+        """What ``--precision auto`` may run on a CPU with bf16 units: "bf16" where the model's
+        labels were shown to survive it (Dice against fp32), else "fp32"."""
+        return _cpu_precision(self.meta)
 
     @property
     def num_classes(self) -> int:
@@ -287,6 +295,7 @@ def validate_meta(meta: dict, where="model.json") -> None:
     check_orientation(meta.get("orientation"), where)
     _resampling(meta, where)
     _postprocessing(meta, where)
+    _cpu_precision(meta, where)
     norm = _normalization_list(meta["normalization"])
     if len(norm) != int(meta["input_channels"]):
         raise ModelError(f"{where}: {len(norm)} normalisation entries for "
@@ -301,6 +310,17 @@ def validate_meta(meta: dict, where="model.json") -> None:
             raise ModelError(f"{where}: every fold needs name, file and sha256.")
         _safe_relative(f["file"], where)
     _labels(meta, where)  # values, names, colours, terminology: the module's own rules
+
+
+CPU_PRECISIONS = ("fp32", "bf16")
+
+
+def _cpu_precision(meta: dict, where="model.json") -> str:
+    value = meta.get("inference", {}).get("cpu_precision", "fp32")
+    if value not in CPU_PRECISIONS:
+        raise ModelError(f"{where}: inference.cpu_precision must be "
+                         f"{' or '.join(CPU_PRECISIONS)}, not {value!r}.")
+    return value
 
 
 def _resampling(meta: dict, where="model.json") -> Resampling:
@@ -533,6 +553,23 @@ def write_bundle(out_dir, meta: dict, weights: dict) -> Path:
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / META_FILE)
     return out
+
+
+def record_cpu_precision(folder, precision: str, evidence: dict) -> Path:
+    """Set ``inference.cpu_precision`` in a bundle folder's model.json, with ``evidence`` (how
+    it was shown) under ``provenance.cpu_precision_check``. The weights are not touched."""
+    folder = Path(folder)
+    if not (folder / META_FILE).is_file():
+        raise ModelError(f"{folder} is not a bundle folder (no {META_FILE}); to record in a "
+                         ".zip bundle, unzip it, record in the folder and zip it again.")
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    meta.setdefault("inference", {})["cpu_precision"] = precision
+    meta.setdefault("provenance", {})["cpu_precision_check"] = evidence
+    validate_meta(meta, str(folder / META_FILE))
+    tmp = folder / f".{META_FILE}.partial"
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / META_FILE)
+    return folder
 
 
 def zip_bundle(folder, zip_path) -> Path:

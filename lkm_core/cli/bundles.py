@@ -1,10 +1,12 @@
-"""``lkm-segment info`` and ``bundle init / verify``: describe, make and check model bundles."""
+"""``lkm-segment info`` and ``bundle init / verify / precision``: describe, make and check model
+bundles."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from ..contract import EXIT_OK
+from ..contract import EXIT_FAILED, EXIT_OK, META_FILE
 from .common import UsageError, comma_list
 
 def register(sub):
@@ -31,6 +33,20 @@ def register(sub):
     verify = bsub.add_parser("verify", help="check model.json and the weights' checksums")
     verify.add_argument("bundle")
     verify.set_defaults(func=cmd_bundle_verify)
+    precision = bsub.add_parser(
+        "precision", help="show whether bf16 keeps the model's labels on these images (and, "
+        "with --record, let --precision auto use bf16 for it)")
+    precision.add_argument("bundle", help="a bundle folder (a .zip can be checked, not recorded)")
+    precision.add_argument("inputs", nargs="+", metavar="IMAGE",
+                           help="images, DICOM series or folders of them, like the model's data")
+    precision.add_argument("--min-dice", type=float, default=0.99)
+    precision.add_argument("--min-volume-ml", type=float, default=1.0,
+                           help="structures smaller than this in fp32 are shown, not judged")
+    precision.add_argument("--quick", action="store_true", help="compare in quick mode")
+    precision.add_argument("--threads", type=int, default=None)
+    precision.add_argument("--record", action="store_true",
+                           help="write the outcome into model.json (inference.cpu_precision)")
+    precision.set_defaults(func=cmd_bundle_precision)
     return bsub
 
 
@@ -91,3 +107,49 @@ def cmd_bundle_verify(args) -> int:
     print(f"OK: {bundle.name} {bundle.version}, {len(bundle.folds)} weights file(s) match "
           "their checksums")
     return EXIT_OK
+
+
+def cmd_bundle_precision(args) -> int:
+    import datetime
+
+    from ..bundle import load_bundle, record_cpu_precision
+    from ..inference.predictor import cpu_supports_bf16
+    from ..inputs.images import expand_inputs, read_image, validate_image
+    from ..outputs.precision_proof import bf16_holds, compare_precisions
+
+    if not 0 < args.min_dice <= 1:
+        raise UsageError(f"--min-dice must be in (0, 1], not {args.min_dice}.")
+    if args.min_volume_ml < 0:
+        raise UsageError(f"--min-volume-ml cannot be negative ({args.min_volume_ml}).")
+    if args.record and not Path(args.bundle, META_FILE).is_file():
+        raise UsageError("--record needs a bundle folder: unzip the bundle, record in the folder, "
+                         "and zip it again.")
+    bundle = load_bundle(args.bundle)
+    if not cpu_supports_bf16():
+        print("note: this CPU has no bf16 units; bf16 runs emulated (slow), the labels are what "
+              "a CPU with them would give")
+    cases = ((name, validate_image(read_image(path), path, bundle.dimension))
+             for name, path in expand_inputs(args.inputs, bundle.modality))
+    results = compare_precisions(bundle, cases, threads=args.threads, quick=args.quick,
+                                 min_volume_ml=args.min_volume_ml)
+    for case in results:
+        print(f"{case.case}: network fp32 {case.fp32_network_s:.1f} s, bf16 "
+              f"{case.bf16_network_s:.1f} s (ran {case.bf16_ran})")
+        for s in case.structures:
+            mark = ("" if s.judged else "  (absent)" if s.voxels_differing == 0 and not s.fp32_ml
+                    else "  (too small to judge)")
+            print(f"  {s.name:<28} {s.fp32_ml:9.2f} mL  Dice {s.dice:.4f}  "
+                  f"{s.voxels_differing} voxel(s) differ{mark}")
+    holds = bf16_holds(results, args.min_dice)
+    worst = min((c.min_judged_dice for c in results), default=1.0)
+    print(f"bf16 {'keeps' if holds else 'does NOT keep'} the labels: lowest judged Dice "
+          f"{worst:.4f} over {len(results)} case(s) (needs {args.min_dice})")
+    if args.record:
+        evidence = {"cases": len(results), "min_dice": round(worst, 4),
+                    "required_dice": args.min_dice, "min_volume_ml": args.min_volume_ml,
+                    "quick": args.quick,
+                    "date": datetime.date.today().isoformat()}
+        record_cpu_precision(args.bundle, "bf16" if holds else "fp32", evidence)
+        print(f"recorded cpu_precision {'bf16' if holds else 'fp32'} in "
+              f"{Path(args.bundle, META_FILE)}")
+    return EXIT_OK if holds else EXIT_FAILED

@@ -202,10 +202,13 @@ def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the convolutions: fp16 on GPUs (unless fp32); on CPUs fp32 unless
-    bf16 is asked for. bf16 is not the CPU default: against fp32 it kept Dice >= 0.994 on the
-    default model's sample CT, but 0.972 (pancreas) on an anisotropic case."""
+def autocast_dtype(precision: str, device: torch.device,
+                   proven_cpu_precision: str = "fp32") -> torch.dtype | None:
+    """The autocast dtype for the convolutions: fp16 on GPUs (unless fp32 or bf16 is asked for).
+    On CPUs, "auto" runs bf16 only where the model records it as proven against fp32
+    (``proven_cpu_precision``, the bundle's ``inference.cpu_precision``) and the CPU has bf16
+    units; else fp32. Whether bf16 keeps the labels depends on the model: the default model kept
+    Dice >= 0.995 on its organs, an untrained 3d_paper (whose argmax is noise) only 0.83."""
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -214,6 +217,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         if not cpu_supports_bf16():
             log.warning("bf16 was asked for, but this CPU has no bf16 units (AVX512-BF16/AMX): "
                         "expect it to be slower than fp32.")
+        return torch.bfloat16
+    if proven_cpu_precision == "bf16" and cpu_supports_bf16():
         return torch.bfloat16
     return None
 
@@ -442,7 +447,7 @@ class Predictor:
     def _autocast_dtype(self, device: torch.device, array: np.ndarray, patch: tuple):
         """The precision to run in, its low-precision kernels checked once per device on a
         small crop of this image; a failed check falls back to fp32 with one warning."""
-        dtype = autocast_dtype(self.precision, device)
+        dtype = autocast_dtype(self.precision, device, self.bundle.cpu_precision)
         if dtype is None or device.type == "cuda":
             return dtype   # the GPU's fp16 path is nnU-Net's, unchecked as there
         key = (device.type, dtype)

@@ -7,7 +7,7 @@ onto this network by renaming only its Mamba parts (see official_keys.py).
 
 from __future__ import annotations
 
-
+import torch
 import torch.nn as nn
 
 CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -22,6 +22,14 @@ def as_tuple(value, dims: int) -> tuple:
             raise ValueError(f"expected {dims} values, got {value}")
         return tuple(int(v) for v in value)
     return (int(value),) * dims
+
+
+def run_in_fp32(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` in fp32 even inside an autocast region: for the layers whose rounding to
+    bf16/fp16 costs labels (the stem, which sees raw intensities; the full-resolution decoder
+    stage and the heads, whose outputs decide each voxel's class where two classes are close)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return module(x.float())
 
 
 class ConvNormAct(nn.Module):
