@@ -244,7 +244,11 @@ def test_a_model_recording_an_unknown_cpu_precision_is_refused(tmp_path):
     (tmp_path / "b" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="cpu_precision must be fp32 or bf16, not 'int8'"):
         load_bundle(tmp_path / "b")
-    assert bundle.cpu_precision == "fp32"
+    meta["inference"] = {"tiling": "tiles"}
+    (tmp_path / "b" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="inference.tiling must be fit or nnunet, not 'tiles'"):
+        load_bundle(tmp_path / "b")
+    assert (bundle.cpu_precision, bundle.tiling, bundle.crop) == ("fp32", "nnunet", "nonzero")
 
 
 def test_bf16_is_detected_from_the_cpu_flags(tmp_path):

@@ -184,16 +184,18 @@ def test_inference_in_groups_of_sequences_gives_the_same_result(monkeypatch):
 def test_under_bf16_autocast_only_the_stem_last_decoder_stage_and_heads_stay_fp32():
     """The stem (raw intensities), the full-resolution decoder stage and the heads (what picks
     each voxel's class) run in fp32; every other convolution in bf16, where the speed is."""
+    from lkm_core.network.blocks import ConvNormAct
+
     net = build_network(presets.preset_config("3d_small", 1, 3)).eval()
     produced = {}
     for name, module in net.named_modules():
-        if isinstance(module, nn.Conv3d):
+        if isinstance(module, (ConvNormAct, nn.Conv3d)) and not name.endswith(".conv"):
             module.register_forward_hook(
                 lambda m, i, o, name=name: produced.__setitem__(name, o.dtype))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = net(torch.randn(1, 1, 32, 64, 64))
     assert logits.dtype == torch.float32
-    assert produced["encoder.stem.convs.0.conv"] == torch.float32
+    assert produced["encoder.stem.convs.0"] == torch.float32
     last_head = f"decoder.seg_layers.{len(net.decoder.seg_layers) - 1}"
     assert produced[last_head] == torch.float32
     last_stage = f"decoder.stages.{len(net.decoder.stages) - 1}."
@@ -201,3 +203,44 @@ def test_under_bf16_autocast_only_the_stem_last_decoder_stage_and_heads_stay_fp3
     rest = {n: d for n, d in produced.items()
             if "stem" not in n and "seg_layers" not in n and not n.startswith(last_stage)}
     assert rest and set(rest.values()) == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 32, 64, 64), (1, 8, 8, 16, 16), (2, 8, 16, 16, 16)])
+def test_fp32_cpu_inference_convolves_through_onednn_with_torchs_results(shape, monkeypatch):
+    """Small 3D inputs that torch would give its slow native kernel go to oneDNN directly, with
+    the same result up to float rounding; with gradients on (training) torch's path is kept."""
+    from lkm_core.network.blocks import ConvNormAct
+
+    torch.manual_seed(0)
+    block = ConvNormAct(nn.Conv3d, shape[1], 16, 3, 1, True, nn.InstanceNorm3d, {"affine": True},
+                        nonlin=nn.LeakyReLU).eval()
+    x = torch.randn(shape)
+    calls = []
+    onednn = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution",
+                        lambda *a: calls.append(a[0].shape) or onednn(*a))
+    with torch.inference_mode():
+        fast = block(x)
+    assert calls == [x.shape]
+    with torch.no_grad():
+        reference = block.nonlin(block.norm(block.conv(x)))
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    block.train()
+    block(x).sum().backward()                       # training: torch's own (differentiable) path
+    assert len(calls) == 1 and block.conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype, kept_fp32", [(torch.bfloat16, True), (torch.float16, False),
+                                              (None, False)])
+def test_only_bf16_autocast_sends_the_sensitive_layers_to_fp32(dtype, kept_fp32):
+    """bf16 keeps 8 mantissa bits: the stem, last decoder stage and heads leave it. fp16 (11
+    bits, the GPU's default as in nnU-Net) and plain fp32 run as they are."""
+    from lkm_core.network.blocks import autocast_dtype, run_in_fp32_under_bf16
+
+    seen = []
+    probe = lambda x: seen.append((autocast_dtype("cpu"), x.dtype)) or x  # noqa: E731
+    x = torch.ones(2, dtype=torch.bfloat16 if dtype else torch.float32)
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        assert autocast_dtype("cpu") == dtype
+        run_in_fp32_under_bf16(probe, x)
+    assert seen == ([(None, torch.float32)] if kept_fp32 else [(dtype, x.dtype)])

@@ -46,8 +46,10 @@ Optional keys::
     inference         {"step": 0.5, "mirror_axes": [0, 1, 2]} defaults for the predictor;
                       mirror_axes are the checkpoint's (nnU-Net's inference_allowed_mirroring_axes;
                       [] = trained without mirroring): test-time mirroring never goes beyond them;
-                      optional "cpu_precision": "bf16" where bf16 was shown to keep this model's
-                      labels (then ``--precision auto`` runs it on CPUs with bf16 units; default fp32)
+                      optional "cpu_precision" ("fp32"/"bf16"), "tiling" ("nnunet"/"fit") and
+                      "crop" ("nonzero"/"body"): what ``auto`` runs for this model, recorded by
+                      ``lkm-segment bundle speedups`` where the faster path kept the labels and
+                      paid (bf16 only on CPUs with bf16 units); absent = nnU-Net's exact path
     resampling        the plans' resampling functions and kwargs, as nnU-Net names them:
                       {"data": {"function": "resample_data_or_seg_to_shape", "kwargs": {...}},
                        "probabilities": {...}}; absent = nnU-Net's defaults (lkm_core.inference.preprocessing)
@@ -142,9 +144,19 @@ class Bundle:
 
     @property
     def cpu_precision(self) -> str:
-        """What ``--precision auto`` may run on a CPU with bf16 units: "bf16" where the model's
-        labels were shown to survive it (Dice against fp32), else "fp32"."""
-        return _cpu_precision(self.meta)
+        """What ``--precision auto`` runs on a CPU with bf16 units: "bf16" where it was shown
+        to keep this model's labels and to pay, else "fp32"."""
+        return _inference_choice(self.meta, "cpu_precision")
+
+    @property
+    def tiling(self) -> str:
+        """What ``--tiling auto`` runs: "fit" where it was shown to keep the labels and pay."""
+        return _inference_choice(self.meta, "tiling")
+
+    @property
+    def crop(self) -> str:
+        """What ``--crop auto`` runs: "body" where it was shown to keep the labels and pay."""
+        return _inference_choice(self.meta, "crop")
 
     @property
     def num_classes(self) -> int:
@@ -295,7 +307,8 @@ def validate_meta(meta: dict, where="model.json") -> None:
     check_orientation(meta.get("orientation"), where)
     _resampling(meta, where)
     _postprocessing(meta, where)
-    _cpu_precision(meta, where)
+    for option in INFERENCE_CHOICES:
+        _inference_choice(meta, option, where)
     norm = _normalization_list(meta["normalization"])
     if len(norm) != int(meta["input_channels"]):
         raise ModelError(f"{where}: {len(norm)} normalisation entries for "
@@ -312,14 +325,25 @@ def validate_meta(meta: dict, where="model.json") -> None:
     _labels(meta, where)  # values, names, colours, terminology: the module's own rules
 
 
+# The paths a model may run, per inference option ("fit or nnunet" reads as the CLI's choices);
+# what "auto" means for a model is recorded in model.json's "inference" (absent: the reference,
+# nnU-Net's exact path), by `lkm-segment bundle speedups`.
+TILINGS = ("fit", "nnunet")
+CROPS = ("nonzero", "body")
 CPU_PRECISIONS = ("fp32", "bf16")
+INFERENCE_CHOICES = {  # option: (its values, the reference)
+    "cpu_precision": (CPU_PRECISIONS, "fp32"),
+    "tiling": (TILINGS, "nnunet"),
+    "crop": (CROPS, "nonzero"),
+}
 
 
-def _cpu_precision(meta: dict, where="model.json") -> str:
-    value = meta.get("inference", {}).get("cpu_precision", "fp32")
-    if value not in CPU_PRECISIONS:
-        raise ModelError(f"{where}: inference.cpu_precision must be "
-                         f"{' or '.join(CPU_PRECISIONS)}, not {value!r}.")
+def _inference_choice(meta: dict, option: str, where="model.json") -> str:
+    values, reference = INFERENCE_CHOICES[option]
+    value = meta.get("inference", {}).get(option, reference)
+    if value not in values:
+        raise ModelError(f"{where}: inference.{option} must be {' or '.join(values)}, "
+                         f"not {value!r}.")
     return value
 
 
@@ -555,16 +579,17 @@ def write_bundle(out_dir, meta: dict, weights: dict) -> Path:
     return out
 
 
-def record_cpu_precision(folder, precision: str, evidence: dict) -> Path:
-    """Set ``inference.cpu_precision`` in a bundle folder's model.json, with ``evidence`` (how
-    it was shown) under ``provenance.cpu_precision_check``. The weights are not touched."""
+def record_inference_choices(folder, choices: dict, evidence: dict) -> Path:
+    """Set what ``auto`` runs for a bundle folder's model (``choices``: option -> value, see
+    INFERENCE_CHOICES) in its model.json, with ``evidence`` (how it was shown) under
+    ``provenance.speedup_check``. The weights are not touched."""
     folder = Path(folder)
     if not (folder / META_FILE).is_file():
         raise ModelError(f"{folder} is not a bundle folder (no {META_FILE}); to record in a "
                          ".zip bundle, unzip it, record in the folder and zip it again.")
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    meta.setdefault("inference", {})["cpu_precision"] = precision
-    meta.setdefault("provenance", {})["cpu_precision_check"] = evidence
+    meta.setdefault("inference", {}).update(choices)
+    meta.setdefault("provenance", {}).setdefault("speedup_check", {}).update(evidence)
     validate_meta(meta, str(folder / META_FILE))
     tmp = folder / f".{META_FILE}.partial"
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

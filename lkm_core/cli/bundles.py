@@ -1,4 +1,4 @@
-"""``lkm-segment info`` and ``bundle init / verify / precision``: describe, make and check model
+"""``lkm-segment info`` and ``bundle init / verify / speedups``: describe, make and check model
 bundles."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..contract import EXIT_FAILED, EXIT_OK, META_FILE
+from ..contract import EXIT_OK, META_FILE
 from .common import UsageError, comma_list
 
 def register(sub):
@@ -33,20 +33,27 @@ def register(sub):
     verify = bsub.add_parser("verify", help="check model.json and the weights' checksums")
     verify.add_argument("bundle")
     verify.set_defaults(func=cmd_bundle_verify)
-    precision = bsub.add_parser(
-        "precision", help="show whether bf16 keeps the model's labels on these images (and, "
-        "with --record, let --precision auto use bf16 for it)")
-    precision.add_argument("bundle", help="a bundle folder (a .zip can be checked, not recorded)")
-    precision.add_argument("inputs", nargs="+", metavar="IMAGE",
-                           help="images, DICOM series or folders of them, like the model's data")
-    precision.add_argument("--min-dice", type=float, default=0.99)
-    precision.add_argument("--min-volume-ml", type=float, default=1.0,
-                           help="structures smaller than this in fp32 are shown, not judged")
-    precision.add_argument("--quick", action="store_true", help="compare in quick mode")
-    precision.add_argument("--threads", type=int, default=None)
-    precision.add_argument("--record", action="store_true",
-                           help="write the outcome into model.json (inference.cpu_precision)")
-    precision.set_defaults(func=cmd_bundle_precision)
+    speedups = bsub.add_parser(
+        "speedups", help="show whether bf16, the fitted tiling and the body crop keep the model's "
+        "labels on these images, and what they save (with --record, let auto use those that pay)")
+    speedups.add_argument("bundle", help="a bundle folder (a .zip can be checked, not recorded)")
+    speedups.add_argument("inputs", nargs="+", metavar="IMAGE",
+                          help="images, DICOM series or folders of them, like the model's data")
+    speedups.add_argument("--only", default=None, metavar="NAME[,NAME...]",
+                          help="check only these: precision, tiling, crop (default: all the "
+                          "model can take; crop needs a CT model)")
+    speedups.add_argument("--min-dice", type=float, default=0.99)
+    speedups.add_argument("--min-volume-ml", type=float, default=1.0,
+                          help="structures smaller than this in both runs are shown, not judged")
+    speedups.add_argument("--max-time-ratio", type=float, default=0.9,
+                          help="--record takes a speed-up only if its network time is at most "
+                          "this share of the reference's")
+    speedups.add_argument("--quick", action="store_true", help="compare in quick mode")
+    speedups.add_argument("--threads", type=int, default=None)
+    speedups.add_argument("--record", action="store_true",
+                          help="write into model.json what auto runs: each speed-up that keeps "
+                          "the labels and pays, else nnU-Net's exact path")
+    speedups.set_defaults(func=cmd_bundle_speedups)
     return bsub
 
 
@@ -109,47 +116,68 @@ def cmd_bundle_verify(args) -> int:
     return EXIT_OK
 
 
-def cmd_bundle_precision(args) -> int:
+def cmd_bundle_speedups(args) -> int:
     import datetime
 
-    from ..bundle import load_bundle, record_cpu_precision
+    from ..bundle import INFERENCE_CHOICES, load_bundle, record_inference_choices
     from ..inference.predictor import cpu_supports_bf16
     from ..inputs.images import expand_inputs, read_image, validate_image
-    from ..outputs.precision_proof import bf16_holds, compare_precisions
+    from ..outputs import speedup_check as check
 
     if not 0 < args.min_dice <= 1:
         raise UsageError(f"--min-dice must be in (0, 1], not {args.min_dice}.")
+    if args.max_time_ratio <= 0:
+        raise UsageError(f"--max-time-ratio must be positive, not {args.max_time_ratio}.")
     if args.min_volume_ml < 0:
         raise UsageError(f"--min-volume-ml cannot be negative ({args.min_volume_ml}).")
     if args.record and not Path(args.bundle, META_FILE).is_file():
         raise UsageError("--record needs a bundle folder: unzip the bundle, record in the folder, "
                          "and zip it again.")
     bundle = load_bundle(args.bundle)
-    if not cpu_supports_bf16():
+    possible = check.applicable(bundle)
+    chosen = comma_list(args.only) if args.only else possible
+    unknown = [name for name in chosen if name not in check.SPEEDUPS]
+    if unknown or not chosen:
+        raise UsageError(f"--only takes {', '.join(check.SPEEDUPS)}, not {args.only!r}.")
+    if "crop" in chosen and "crop" not in possible:
+        raise UsageError("The body crop finds the patient by CT intensities, and this model does "
+                         "not take CT: leave crop out of --only.")
+    has_units = cpu_supports_bf16()
+    if "precision" in chosen and not has_units:
+        if args.record:
+            raise UsageError("Recording bf16 needs a CPU with bf16 units (AVX512-BF16 or AMX): "
+                             "whether it pays can only be measured there. Use --only tiling,crop "
+                             "here.")
         print("note: this CPU has no bf16 units; bf16 runs emulated (slow), the labels are what "
               "a CPU with them would give")
     cases = ((name, validate_image(read_image(path), path, bundle.dimension))
              for name, path in expand_inputs(args.inputs, bundle.modality))
-    results = compare_precisions(bundle, cases, threads=args.threads, quick=args.quick,
-                                 min_volume_ml=args.min_volume_ml)
-    for case in results:
-        print(f"{case.case}: network fp32 {case.fp32_network_s:.1f} s, bf16 "
-              f"{case.bf16_network_s:.1f} s (ran {case.bf16_ran})")
-        for s in case.structures:
-            mark = ("" if s.judged else "  (absent)" if s.voxels_differing == 0 and not s.fp32_ml
-                    else "  (too small to judge)")
-            print(f"  {s.name:<28} {s.fp32_ml:9.2f} mL  Dice {s.dice:.4f}  "
-                  f"{s.voxels_differing} voxel(s) differ{mark}")
-    holds = bf16_holds(results, args.min_dice)
-    worst = min((c.min_judged_dice for c in results), default=1.0)
-    print(f"bf16 {'keeps' if holds else 'does NOT keep'} the labels: lowest judged Dice "
-          f"{worst:.4f} over {len(results)} case(s) (needs {args.min_dice})")
+    found = check.compare(bundle, cases, chosen, threads=args.threads, quick=args.quick,
+                          min_volume_ml=args.min_volume_ml)
+    choices, evidence = {}, {}
+    today = datetime.date.today().isoformat()
+    for speedup, results in found.items():
+        option, _, value = check.SPEEDUPS[speedup]
+        print(f"{speedup} ({value} against {INFERENCE_CHOICES[option][1]}):")
+        for case in results:
+            print(f"  {case.case}: network {case.reference_network_s:.1f} s -> "
+                  f"{case.network_s:.1f} s{'' if case.ran else f' ({value} did not run)'}")
+            for s in case.structures:
+                mark = ("" if s.judged else "  (absent)" if s.voxels_differing == 0
+                        and not s.reference_ml else "  (too small to judge)")
+                print(f"    {s.name:<28} {s.reference_ml:9.2f} mL  Dice {s.dice:.4f}  "
+                      f"{s.voxels_differing} voxel(s) differ{mark}")
+        keeps = check.keeps_labels(results, args.min_dice)
+        worst = min((c.min_judged_dice for c in results), default=1.0)
+        print(f"  {value} {'keeps' if keeps else 'does NOT keep'} the labels (lowest judged Dice "
+              f"{worst:.4f}, needs {args.min_dice}); network time "
+              f"{check.time_ratio(results):.2f}x the reference's")
+        pays = check.pays(results, args.min_dice, args.max_time_ratio)
+        choices[option] = value if pays else INFERENCE_CHOICES[option][1]
+        evidence[option] = check.evidence(results, args.min_dice, args.min_volume_ml,
+                                          args.max_time_ratio, args.quick, today)
     if args.record:
-        evidence = {"cases": len(results), "min_dice": round(worst, 4),
-                    "required_dice": args.min_dice, "min_volume_ml": args.min_volume_ml,
-                    "quick": args.quick,
-                    "date": datetime.date.today().isoformat()}
-        record_cpu_precision(args.bundle, "bf16" if holds else "fp32", evidence)
-        print(f"recorded cpu_precision {'bf16' if holds else 'fp32'} in "
-              f"{Path(args.bundle, META_FILE)}")
-    return EXIT_OK if holds else EXIT_FAILED
+        record_inference_choices(args.bundle, choices, evidence)
+        print("recorded in " + str(Path(args.bundle, META_FILE)) + ": "
+              + ", ".join(f"{k} {v}" for k, v in choices.items()))
+    return EXIT_OK

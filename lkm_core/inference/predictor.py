@@ -37,14 +37,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..bundle import NO_ORIENTATION_WARNING, Bundle
+from ..bundle import NO_ORIENTATION_WARNING, TILINGS, Bundle
 from ..ssm.backend import backend_report, reset_backends_used
 from ..errors import Cancelled, InputError, ResourceError
 from ..inputs import images as lkm_io
 from .preprocessing import (Prepared, postprocess_labels, prepare, probabilities_on_input_grid,
                             resolve_crop, to_input_grid)
-from .sliding_window import (TILINGS, DeviceOutOfMemory, pad_to_patch, plan_patch,
-                             scores_to_labels, sliding_window_passes, tiled_voxels)
+from .sliding_window import (DeviceOutOfMemory, pad_to_patch, plan_patch, scores_to_labels,
+                             sliding_window_passes, tiled_voxels)
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +205,10 @@ def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def autocast_dtype(precision: str, device: torch.device,
                    proven_cpu_precision: str = "fp32") -> torch.dtype | None:
     """The autocast dtype for the convolutions: fp16 on GPUs (unless fp32 or bf16 is asked for).
-    On CPUs, "auto" runs bf16 only where the model records it as proven against fp32
-    (``proven_cpu_precision``, the bundle's ``inference.cpu_precision``) and the CPU has bf16
-    units; else fp32. Whether bf16 keeps the labels depends on the model: the default model kept
-    Dice >= 0.995 on its organs, an untrained 3d_paper (whose argmax is noise) only 0.83."""
+    On CPUs, "auto" runs bf16 only where the model records it as keeping its labels and paying
+    (``proven_cpu_precision``, the bundle's ``inference.cpu_precision``, which ``lkm-segment
+    bundle speedups`` measures) and the CPU has bf16 units; else fp32. Both depend on the
+    model: the default model kept Dice >= 0.992 but gained only 6 %, so it records fp32."""
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -241,12 +241,13 @@ def low_precision_agrees(network: Callable, sample: torch.Tensor, device: torch.
     return error <= tolerance
 
 
-def resolve_tiling(tiling: str = "auto") -> str:
-    """'auto' -> nnU-Net's exact tiling. "fit" is on request only: it is not proven to keep the
-    labels (on the default model a patch grown along one axis moved Dice to 0.76)."""
+def resolve_tiling(tiling: str = "auto", recorded: str = "nnunet") -> str:
+    """'auto' -> what the model records (``recorded``, Bundle.tiling): nnU-Net's exact tiling
+    unless "fit" was shown to keep its labels (on the default model a patch grown along one
+    axis moved Dice to 0.76)."""
     tiling = (tiling or "auto").lower()
     if tiling == "auto":
-        return "nnunet"
+        return recorded
     if tiling not in TILINGS:
         raise InputError(f"Unknown tiling {tiling!r}: use auto, {' or '.join(TILINGS)}.")
     return tiling
@@ -266,8 +267,8 @@ class Predictor:
         set_threads(threads)
         self.device = resolve_device(device)
         self.quick = quick
-        self.tiling = resolve_tiling(tiling)
-        self.crop = resolve_crop(crop, bundle.normalization)
+        self.tiling = resolve_tiling(tiling, bundle.tiling)
+        self.crop = resolve_crop(crop, bundle.normalization, bundle.crop)
         if (precision or "auto").lower() not in PRECISIONS:
             raise InputError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
         self.precision = precision.lower()

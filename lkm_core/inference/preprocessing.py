@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from ..bundle import CROPS
 from ..errors import InputError, ResourceError
 from ..nnunet_steps import DEFAULT_RESAMPLING, Resampling, ResampleStep
 
@@ -224,7 +225,6 @@ def nonzero_bbox(array: np.ndarray) -> tuple:
     return tuple(out)
 
 
-CROPS = ("nonzero", "body")
 # Air is about -1000 HU and fat -100: -500 separates the patient (and the table) from the air
 # around them, on any CT, before any normalisation.
 BODY_THRESHOLD_HU = -500.0
@@ -261,12 +261,13 @@ def body_bbox(array: np.ndarray, spacing, threshold: float = BODY_THRESHOLD_HU,
     return tuple(out)
 
 
-def resolve_crop(crop: str, normalization: list) -> str:
-    """'auto' -> nnU-Net's nonzero crop (the body crop is on request: see docs/performance.md);
-    refuses an unknown crop, and the body crop on a model that does not take CT intensities."""
+def resolve_crop(crop: str, normalization: list, recorded: str = "nonzero") -> str:
+    """'auto' -> what the model records (``recorded``, Bundle.crop: nnU-Net's nonzero crop
+    unless the body crop was shown to keep its labels); refuses an unknown crop, and the body
+    crop on a model that does not take CT intensities."""
     crop = (crop or "auto").lower()
     if crop == "auto":
-        return "nonzero"
+        crop = recorded
     if crop not in CROPS:
         raise InputError(f"Unknown crop {crop!r}: use auto, {' or '.join(CROPS)}.")
     scheme = normalization[0].get("scheme") if normalization else None

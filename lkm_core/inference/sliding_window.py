@@ -68,7 +68,6 @@ def tile_starts(size: int, patch: int, step: float) -> list:
     return [int(round(i * stride)) for i in range(n)]
 
 
-TILINGS = ("fit", "nnunet")
 # how much larger than the trained patch a fitted patch may grow (voxels): the memory a patch
 # needs grows with it, and the context the network sees should stay close to the trained one
 FIT_MAX_GROWTH = 1.25

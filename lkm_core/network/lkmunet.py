@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import TRANSPOSED_FOR_CONV, ResidualStage, Stem, as_tuple, run_in_fp32
+from .blocks import (TRANSPOSED_FOR_CONV, ResidualStage, Stem, as_tuple,
+                     run_in_fp32_under_bf16)
 from .mamba_blocks import PARTITIONS, PatchMamba, PixelMamba
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class LKMEncoder(nn.Module):
         self.pam = nn.ModuleList(pams)
 
     def forward(self, x):
-        x = run_in_fp32(self.stem, x)
+        x = run_in_fp32_under_bf16(self.stem, x)
         skips = []
         for stage, pim, pam in zip(self.stages, self.pim, self.pam):
             x = pam(pim(stage(x)))
@@ -108,9 +109,9 @@ class LKMDecoder(nn.Module):
             joined = torch.cat((up(x), skips[-(s + 2)]), dim=1)
             # the full-resolution stage makes the features the head turns into logits; rounded
             # to bf16 they moved labels at boundaries (Dice 0.989 on the default model's aorta)
-            x = run_in_fp32(stage, joined) if s == last else stage(joined)
+            x = run_in_fp32_under_bf16(stage, joined) if s == last else stage(joined)
             if self.deep_supervision or s == last:
-                outputs.append(run_in_fp32(head, x))
+                outputs.append(run_in_fp32_under_bf16(head, x))
         outputs.reverse()  # full resolution first, as nnU-Net's loss expects
         return outputs if self.deep_supervision else outputs[0]
 
