@@ -104,7 +104,9 @@ def run_mode(ct: Path, bundle: Path, out: Path, mode: str, args, engine: Path = 
     path = os.pathsep.join(p for p in (str(engine), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=path)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    # run from the engine's folder: `python -m` puts the working directory first on sys.path,
+    # ahead of PYTHONPATH, so from the repository a baseline would run today's lkm_core
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=str(engine))
     events = [json.loads(line) for line in proc.stdout]
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
