@@ -101,3 +101,27 @@ def test_volume_outside_the_training_range_halves_the_score():
     assert ranged["spleen"]["volume_in_training_range"] is True
     assert ranged["spleen"]["score"] == base["spleen"]["score"]
     assert FLAG_BELOW > 0
+
+
+def test_morphology_and_pieces_match_simpleitks_filters():
+    """The scores' erosion, dilation and connected pieces (scipy.ndimage) give what SimpleITK's
+    BinaryErode/BinaryDilate (cross, radius 1) and ConnectedComponent (fully connected) give,
+    at the array's edges too."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from lkm_core.inference.confidence import _binary, _components
+
+    rng = np.random.default_rng(3)
+    for shape in [(20, 24, 28), (1, 30, 30)]:
+        mask = ndimage.binary_opening(rng.random(shape) > 0.45) if shape[0] > 1 else \
+            rng.random(shape) > 0.5
+        mask[0] = True  # a structure cut by the edge
+        image = sitk.GetImageFromArray(mask.astype(np.uint8))
+        for op, sitk_op in (("dilate", sitk.BinaryDilate), ("erode", sitk.BinaryErode)):
+            expected = sitk_op(image, [1] * 3, sitk.sitkCross, 0, 1)
+            np.testing.assert_array_equal(_binary(mask, op),
+                                          sitk.GetArrayFromImage(expected).astype(bool))
+        pieces = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True))
+        counts = np.bincount(pieces.ravel())[1:]
+        assert _components(mask) == (counts.size, counts.max() / counts.sum())

