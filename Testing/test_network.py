@@ -235,12 +235,12 @@ def test_fp32_cpu_inference_convolves_through_onednn_with_torchs_results(shape, 
 def test_only_bf16_autocast_sends_the_sensitive_layers_to_fp32(dtype, kept_fp32):
     """bf16 keeps 8 mantissa bits: the stem, last decoder stage and heads leave it. fp16 (11
     bits, the GPU's default as in nnU-Net) and plain fp32 run as they are."""
-    from lkm_core.network.blocks import autocast_dtype, run_in_fp32_under_bf16
+    from lkm_core.network.blocks import active_autocast_dtype, run_in_fp32_under_bf16
 
     seen = []
-    probe = lambda x: seen.append((autocast_dtype("cpu"), x.dtype)) or x  # noqa: E731
+    probe = lambda x: seen.append((active_autocast_dtype("cpu"), x.dtype)) or x  # noqa: E731
     x = torch.ones(2, dtype=torch.bfloat16 if dtype else torch.float32)
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        assert autocast_dtype("cpu") == dtype
+        assert active_autocast_dtype("cpu") == dtype
         run_in_fp32_under_bf16(probe, x)
     assert seen == ([(None, torch.float32)] if kept_fp32 else [(dtype, x.dtype)])

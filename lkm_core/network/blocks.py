@@ -24,7 +24,7 @@ def as_tuple(value, dims: int) -> tuple:
     return (int(value),) * dims
 
 
-def autocast_dtype(device_type: str) -> torch.dtype | None:
+def active_autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast runs in on this device type now; None when it is off."""
     try:
         if not torch.is_autocast_enabled(device_type):
@@ -41,7 +41,7 @@ def run_in_fp32_under_bf16(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     mantissa bits costs labels (the stem, which sees raw intensities; the full-resolution
     decoder stage and the heads, whose outputs decide each voxel's class where two classes are
     close). fp16 (11 bits, the GPU's default, as in nnU-Net) and fp32 run unchanged."""
-    if autocast_dtype(x.device.type) != torch.bfloat16:
+    if active_autocast_dtype(x.device.type) != torch.bfloat16:
         return module(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         return module(x.float())
@@ -54,9 +54,9 @@ def convolve(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     full-resolution stages of small models, that kernel was 6-15x slower than oneDNN's, for the
     same result up to float rounding. Training, autocast and other devices take torch's own path."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
-            or autocast_dtype("cpu") is not None or not torch.backends.mkldnn.is_available()
-            or not torch.backends.mkldnn.enabled or conv.padding_mode != "zeros"
-            or isinstance(conv.padding, str)):
+            or active_autocast_dtype("cpu") is not None
+            or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
+            or conv.padding_mode != "zeros" or isinstance(conv.padding, str)):
         return conv(x)
     return torch.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, conv.padding,
                                     conv.stride, conv.dilation, conv.groups)
