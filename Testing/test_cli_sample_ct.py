@@ -148,7 +148,10 @@ def test_info_and_verify_describe_the_bundle(bundle):
     data = json.loads(info.stdout)
     assert data["trained"] is False and data["dimension"] == "3d"
     assert [lab["name"] for lab in data["labels"]][:2] == ["liver", "spleen"]
+    # nothing checked yet: auto is nnU-Net's exact path
+    assert data["auto"] == {"cpu_precision": "fp32", "tiling": "nnunet", "crop": "nonzero"}
     text = run_cli("info", bundle)
     assert "UNTRAINED" in text.stdout
+    assert "auto runs: tiling nnunet, crop nonzero, on CPUs with bf16 units fp32" in text.stdout
     verify = run_cli("bundle", "verify", bundle)
     assert verify.returncode == 0 and "OK" in verify.stdout

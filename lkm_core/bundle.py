@@ -231,6 +231,8 @@ class Bundle:
             "patch_size": list(self.patch_size), "transpose": list(self.transpose),
             "orientation": self.orientation, "network": self.network_config.get("class"),
             "folds": self.folds, "trained": self.trained, "provenance": self.provenance,
+            "auto": {"cpu_precision": self.cpu_precision, "tiling": self.tiling,
+                     "crop": self.crop},
             "labels": [{"value": lab.value, "name": lab.name, "color": list(lab.color),
                         "terminology": lab.terminology} for lab in self.labels],
             "path": str(self.source),

@@ -72,6 +72,8 @@ def cmd_info(args) -> int:
              f"  spacing {info['spacing']} mm, patch {info['patch_size']}, "
              f"transpose {info['transpose']}",
              f"  licence {bundle.licence or 'not stated'}",
+             f"  auto runs: tiling {bundle.tiling}, crop {bundle.crop}, on CPUs with bf16 units "
+             f"{bundle.cpu_precision} (bundle speedups --record sets these)",
              f"  orientation {bundle.orientation}: inputs are reoriented to it" if bundle.orientation
              else "  WARNING: " + NO_ORIENTATION_WARNING.format(name=bundle.name),
              "  labels:"]
