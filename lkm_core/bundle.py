@@ -75,7 +75,7 @@ from pathlib import Path, PurePosixPath
 
 from .contract import META_FILE, BundleContractError, LabelRecord, label_records
 from .errors import ModelError
-from .files import cache_dir, sha256
+from .files import atomic_path, cache_dir, sha256
 from .nnunet_steps import Resampling, check_postprocessing
 
 log = logging.getLogger(__name__)
@@ -575,10 +575,14 @@ def write_bundle(out_dir, meta: dict, weights: dict) -> Path:
         folds.append({"name": str(fold), "file": fname, "sha256": sha256(out / fname)})
     meta["folds"] = folds
     validate_meta(meta, f"{out / META_FILE} (being written)")
-    tmp = out / f".{META_FILE}.partial"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / META_FILE)
+    _write_meta(out, meta)
     return out
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    """model.json, written whole or not at all."""
+    with atomic_path(folder / META_FILE) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def record_inference_choices(folder, choices: dict, evidence: dict) -> Path:
@@ -593,9 +597,7 @@ def record_inference_choices(folder, choices: dict, evidence: dict) -> Path:
     meta.setdefault("inference", {}).update(choices)
     meta.setdefault("provenance", {}).setdefault("speedup_check", {}).update(evidence)
     validate_meta(meta, str(folder / META_FILE))
-    tmp = folder / f".{META_FILE}.partial"
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / META_FILE)
+    _write_meta(folder, meta)
     return folder
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiling_precision import dice_per_label  # noqa: E402
 
+from lkm_core.contract import LabelRecord  # noqa: E402
 from lkm_core.network import blocks  # noqa: E402
 
 ONEDNN = blocks.convolve
@@ -74,7 +75,7 @@ def paper_patch_case(threads: int):
         with torch.inference_mode():
             labels = net(x).argmax(1)[0].numpy().astype(np.uint8)
         return time.perf_counter() - started, labels
-    labels = [type("Label", (), {"name": f"class_{i}", "value": i}) for i in range(1, 10)]
+    labels = [LabelRecord(i, f"class_{i}") for i in range(1, 10)]
     return labels, run
 
 

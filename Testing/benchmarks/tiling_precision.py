@@ -32,13 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from predict import ORGANS, clinical_ct, make_bundle  # noqa: E402
 
+from lkm_core.outputs.reading import dice  # noqa: E402
+
 
 def dice_per_label(a: np.ndarray, b: np.ndarray, labels) -> dict:
+    """{label name: Dice of a and b}, 1.0 where neither has the label."""
     out = {}
     for lab in labels:
-        x, y = a == lab.value, b == lab.value
-        total = int(x.sum()) + int(y.sum())
-        out[lab.name] = 1.0 if total == 0 else round(2 * int((x & y).sum()) / total, 4)
+        value = dice(a == lab.value, b == lab.value)
+        out[lab.name] = 1.0 if np.isnan(value) else round(value, 4)
     return out
 
 

@@ -170,9 +170,8 @@ def cmd_bundle_speedups(args) -> int:
                 print(f"    {s.name:<28} {s.reference_ml:9.2f} mL  Dice {s.dice:.4f}  "
                       f"{s.voxels_differing} voxel(s) differ{mark}")
         keeps = check.keeps_labels(results, args.min_dice)
-        worst = min((c.min_judged_dice for c in results), default=1.0)
         print(f"  {value} {'keeps' if keeps else 'does NOT keep'} the labels (lowest judged Dice "
-              f"{worst:.4f}, needs {args.min_dice}); network time "
+              f"{check.lowest_dice(results):.4f}, needs {args.min_dice}); network time "
               f"{check.time_ratio(results):.2f}x the reference's")
         pays = check.pays(results, args.min_dice, args.max_time_ratio)
         choices[option] = value if pays else INFERENCE_CHOICES[option][1]

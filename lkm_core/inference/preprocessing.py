@@ -261,6 +261,11 @@ def body_bbox(array: np.ndarray, spacing, threshold: float = BODY_THRESHOLD_HU,
     return tuple(out)
 
 
+def takes_body_crop(normalization: list) -> bool:
+    """Whether a model's input is CT intensities (HU), which the body crop needs."""
+    return bool(normalization) and normalization[0].get("scheme") == "ct"
+
+
 def resolve_crop(crop: str, normalization: list, recorded: str = "nonzero") -> str:
     """'auto' -> what the model records (``recorded``, Bundle.crop: nnU-Net's nonzero crop
     unless the body crop was shown to keep its labels); refuses an unknown crop, and the body
@@ -270,8 +275,8 @@ def resolve_crop(crop: str, normalization: list, recorded: str = "nonzero") -> s
         crop = recorded
     if crop not in CROPS:
         raise InputError(f"Unknown crop {crop!r}: use auto, {' or '.join(CROPS)}.")
-    scheme = normalization[0].get("scheme") if normalization else None
-    if crop == "body" and scheme != "ct":
+    if crop == "body" and not takes_body_crop(normalization):
+        scheme = normalization[0].get("scheme") if normalization else None
         raise InputError("The body crop finds the patient by CT intensities (HU), but this model "
                          f"normalises its input as {scheme!r}: use --crop nonzero (or auto).")
     return crop

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from ..bundle import INFERENCE_CHOICES, Bundle
 from ..inference.predictor import Predictor
+from ..inference.preprocessing import takes_body_crop
 from .reading import dice
 
 MIN_DICE = 0.99
@@ -74,8 +75,7 @@ def compare_structures(reference: np.ndarray, other: np.ndarray, bundle: Bundle,
 
 def applicable(bundle: Bundle) -> list:
     """The speed-ups this model can take: the body crop needs CT intensities."""
-    scheme = bundle.normalization[0].get("scheme") if bundle.normalization else None
-    return [name for name in SPEEDUPS if name != "crop" or scheme == "ct"]
+    return [name for name in SPEEDUPS if name != "crop" or takes_body_crop(bundle.normalization)]
 
 
 def _ran(result, keyword: str, value: str) -> bool:
@@ -116,6 +116,11 @@ def compare(bundle: Bundle, cases: Iterable, speedups: list, *, threads: int | N
     return found
 
 
+def lowest_dice(cases: list) -> float:
+    """The lowest judged Dice over the cases (1.0 when nothing was judged)."""
+    return min((c.min_judged_dice for c in cases), default=1.0)
+
+
 def keeps_labels(cases: list, min_dice: float = MIN_DICE) -> bool:
     """True when the speed-up ran in every case and kept every judged structure at
     ``min_dice``."""
@@ -138,7 +143,7 @@ def evidence(cases: list, min_dice: float, min_volume_ml: float, max_time_ratio:
              quick: bool, date: str) -> dict:
     """What model.json keeps of a check, under provenance.speedup_check."""
     return {"cases": len(cases),
-            "min_dice": round(min((c.min_judged_dice for c in cases), default=1.0), 4),
+            "min_dice": round(lowest_dice(cases), 4),
             "time_ratio": round(time_ratio(cases), 3), "required_dice": min_dice,
             "min_volume_ml": min_volume_ml, "max_time_ratio": max_time_ratio, "quick": quick,
             "date": date}
